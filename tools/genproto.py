@@ -1,0 +1,83 @@
+"""Regenerate the committed Python stubs from protos/ (``make proto``), or check them for drift.
+
+The stubs live in ``gateway/_gen``; their cross-file imports are rewritten to be
+relative to that package so the generated code never claims top-level names such as
+``buf`` or ``stablecog``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "gateway" / "_gen"
+PROTO_ROOTS = [ROOT / "protos", ROOT / "third_party" / "protos"]
+SOURCES = ["stablecog/v1/generation.proto", "buf/validate/validate.proto"]
+# `from stablecog.v1 import x` / `from buf.validate import x` / `import buf.validate.x`
+_IMPORT = re.compile(r"^from (stablecog|buf)((?:\.\w+)*) import ", re.MULTILINE)
+
+
+def generate(out: Path) -> None:
+    import grpc_tools
+
+    wkt = Path(grpc_tools.__file__).parent / "_proto"
+    bindir = Path(sys.executable).parent
+    args = [sys.executable, "-m", "grpc_tools.protoc", f"-I{wkt}"]
+    args += [
+        f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
+    ]
+    args += [f"-I{root}" for root in PROTO_ROOTS]
+    args += [f"--python_out={out}", f"--mypy_out={out}"]
+    subprocess.run([*args, *SOURCES], check=True)
+    subprocess.run(
+        [*args[:-2], f"--grpc_python_out={out}", f"--mypy_grpc_out={out}", SOURCES[0]],
+        check=True,
+    )
+    for path in sorted(out.rglob("*.py*")):
+        text = _IMPORT.sub(r"from gateway._gen.\1\2 import ", path.read_text())
+        path.write_text(text)
+    for package in {p.parent for p in out.rglob("*.py")} | {out}:
+        while package != out.parent:
+            (package / "__init__.py").touch()
+            package = package.parent
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    cmp = filecmp.dircmp(a, b, ignore=["__pycache__"])
+    diffs = [*cmp.left_only, *cmp.right_only, *cmp.diff_files]
+    for name, sub in cmp.subdirs.items():
+        diffs += [f"{name}/{d}" for d in differences(Path(sub.left), Path(sub.right))]
+    return diffs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if the committed stubs drift")
+    check = parser.parse_args().check
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp) / "_gen"
+        fresh.mkdir()
+        generate(fresh)
+        if check:
+            drift = differences(fresh, OUT)
+            if drift:
+                print("generated stubs drift from protos/; run `make proto`:", *drift, sep="\n  ")
+                return 1
+            print("generated stubs match protos/")
+            return 0
+        shutil.rmtree(OUT, ignore_errors=True)
+        shutil.copytree(fresh, OUT)
+    print(f"regenerated {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
