@@ -189,7 +189,9 @@ OPTIONS: tuple[_Option, ...] = (
     _Option(
         "--cache", "GATEWAY_CACHE", "cache", _choice("memory", "redis", "off"), "seeded-call cache"
     ),
-    _Option("--redis-url", "GATEWAY_REDIS_URL", "redis_url", _redis_url, "Redis URL for --cache redis"),
+    _Option(
+        "--redis-url", "GATEWAY_REDIS_URL", "redis_url", _redis_url, "Redis URL for --cache redis"
+    ),
     _Option(
         "--cache-ttl", "GATEWAY_CACHE_TTL", "cache_ttl", _positive_float, "seconds an entry lives"
     ),

@@ -49,6 +49,10 @@ class GenerationServiceStub:
     A call can take minutes (the upstream's worker timeout is 240 s); set a deadline
     that allows for it. Each returned output costs one credit; a call served from the
     gateway's cache costs nothing.
+
+    The message names are part of the published contract, hence the exceptions:
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
 
 @_typing.type_check_only
@@ -61,6 +65,10 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     A call can take minutes (the upstream's worker timeout is 240 s); set a deadline
     that allows for it. Each returned output costs one credit; a call served from the
     gateway's cache costs nothing.
+
+    The message names are part of the published contract, hence the exceptions:
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -76,6 +84,10 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         A call can take minutes (the upstream's worker timeout is 240 s); set a deadline
         that allows for it. Each returned output costs one credit; a call served from the
         gateway's cache costs nothing.
+
+        The message names are part of the published contract, hence the exceptions:
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

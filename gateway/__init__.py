@@ -1,0 +1,1 @@
+"""stablecog-gateway: a gRPC gateway to Stablecog's image generation REST API."""

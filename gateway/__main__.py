@@ -1,0 +1,34 @@
+"""`stablecog-gateway` / `python -m gateway`: read settings, configure logging, run."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from gateway import logs
+from gateway.config import ConfigError, load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        print(f"stablecog-gateway: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    from gateway.app import GatewayApp
+
+    async def run() -> None:
+        try:
+            app = GatewayApp(settings)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"stablecog-gateway: cannot start: {exc}") from None
+        await app.run_until_signalled()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Composition root: builds every long-lived object from Settings and runs them in order.
+
+Start: upstream client -> servicer -> gRPC server (health, reflection) -> SERVING.
+Stop (SIGTERM): NOT_SERVING at once -> new calls refused with UNAVAILABLE -> calls in
+flight finish within the grace period -> server and clients closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+import httpx
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from gateway.auth import KeyFile, KeyResolver
+from gateway.config import Settings
+from gateway.generation import Generator, UpstreamGenerator
+from gateway.servicer import GenerationServicer
+from gateway.upstream import StablecogClient
+from gateway.validation import RequestValidator
+
+_log = logging.getLogger(__name__)
+
+SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
+_SERVER_OPTIONS = [
+    # Generations take seconds to minutes, so thousands may be pending at once;
+    # grpc.aio's default cancels bursts above about 3,000.
+    ("grpc.server.max_pending_requests", 20000),
+    ("grpc.server.max_pending_requests_hard_limit", 40000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass
+class Seams:
+    """What tests may replace: the outside world, never the gateway's own parts."""
+
+    upstream_transport: httpx.AsyncBaseTransport | None = None
+
+
+class GatewayApp:
+    """The running gateway."""
+
+    def __init__(self, settings: Settings, seams: Seams | None = None) -> None:
+        seams = seams or Seams()
+        self.settings = settings
+        key_file = KeyFile(settings.api_key_file) if settings.api_key_file else None
+        self.keys = KeyResolver(static_key=settings.api_key, key_file=key_file)
+        self.client = StablecogClient(
+            settings.upstream_url,
+            connect_timeout=settings.upstream_connect_timeout,
+            max_connections=settings.upstream_max_connections,
+            transport=seams.upstream_transport,
+        )
+        self.generator: Generator = UpstreamGenerator(self.client)
+        self.servicer = GenerationServicer(
+            validator=RequestValidator(),
+            keys=self.keys,
+            generator=self.generator,
+            upstream_timeout=settings.upstream_timeout,
+        )
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            options=_SERVER_OPTIONS, maximum_concurrent_rpcs=settings.max_concurrent_calls
+        )
+        generation_pb2_grpc.add_GenerationServiceServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.grpc_port = self._bind(settings)
+        self._stopped = asyncio.Event()
+
+    def _bind(self, settings: Settings) -> int:
+        if settings.tls_cert_file and settings.tls_key_file:
+            client_ca = (
+                settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+            )
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            port = self.server.add_secure_port(settings.listen, credentials)
+        else:
+            port = self.server.add_insecure_port(settings.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {settings.listen}")
+        return port
+
+    async def start(self) -> None:
+        await self.server.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        _log.info(
+            "gateway serving",
+            extra={"grpc_port": self.grpc_port, "upstream": self.settings.upstream_url},
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop: refuse new calls, let calls in flight finish within `grace`."""
+        grace = self.settings.grace_period if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        self.servicer.draining = True
+        in_flight = self.servicer.in_flight.count
+        _log.info("draining", extra={"in_flight": in_flight, "grace_seconds": grace})
+        try:
+            await asyncio.wait_for(self.servicer.in_flight.wait_idle(), timeout=grace)
+        except TimeoutError:
+            _log.warning(
+                "grace period over; cancelling calls in flight",
+                extra={"in_flight": self.servicer.in_flight.count},
+            )
+        await self.server.stop(grace=0.5)
+        await self.client.aclose()
+        self._stopped.set()
+        _log.info("gateway stopped")
+
+    async def run_until_signalled(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
+        await stop_requested.wait()
+        _log.info("stop signal received")
+        await self.stop()

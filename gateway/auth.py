@@ -1,0 +1,102 @@
+"""Which Stablecog API key a call uses.
+
+With a configured key (STABLECOG_API_KEY, or a key file that is re-read whenever it
+changes, as when Kubernetes updates a mounted Secret), the gateway uses it and
+ignores callers' keys. Without one, it forwards the caller's `authorization`
+metadata. With neither, the call fails UNAUTHENTICATED before reaching the upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import MissingCredentials
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key and where it came from. `repr` never shows the key."""
+
+    value: str
+    configured: bool
+
+    def __repr__(self) -> str:
+        return f"ApiKey(configured={self.configured})"
+
+
+class KeyFile:
+    """A key file re-read when its identity or timestamp changes.
+
+    Kubernetes swaps a mounted Secret's files through a symlink, so the stat of the
+    path changes; a reload reads the new key and keeps the last good one if the new
+    content is empty or unreadable, so calls in flight and new calls never fail.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._key = ""
+        self.current()
+        if not self._key:
+            raise ValueError(f"API key file {path} is empty")
+
+    def current(self) -> str:
+        try:
+            st = os.stat(self._path)
+        except OSError as exc:
+            if self._key:
+                _log.warning("cannot stat API key file; keeping the last key: %s", exc.strerror)
+                return self._key
+            raise
+        stamp = (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            try:
+                key = self._path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                if self._key:
+                    _log.warning("cannot read API key file; keeping the last key: %s", exc.strerror)
+                    return self._key
+                raise
+            if key:
+                if self._key and key != self._key:
+                    _log.info("API key file changed; new calls use the new key")
+                self._key = key
+                self._stamp = stamp
+            elif self._key:
+                _log.warning("API key file is empty; keeping the last key")
+        return self._key
+
+
+class KeyResolver:
+    """Picks the key for one call from the configuration and the call's metadata."""
+
+    def __init__(self, *, static_key: str | None = None, key_file: KeyFile | None = None) -> None:
+        self._static_key = static_key
+        self._key_file = key_file
+
+    @property
+    def has_configured_key(self) -> bool:
+        return self._static_key is not None or self._key_file is not None
+
+    def resolve(self, metadata: Mapping[str, str]) -> ApiKey:
+        """The key for a call; raise MissingCredentials when there is none."""
+        if self._key_file is not None:
+            return ApiKey(self._key_file.current(), configured=True)
+        if self._static_key is not None:
+            return ApiKey(self._static_key, configured=True)
+        token = metadata.get("authorization", "").strip()
+        if token[:7].lower() == "bearer ":
+            token = token[7:].strip()
+        if token:
+            return ApiKey(token, configured=False)
+        raise MissingCredentials(
+            "no Stablecog API key: the gateway has none configured and the call carries "
+            "no `authorization: Bearer <key>` metadata",
+            reason="MISSING_API_KEY",
+        )

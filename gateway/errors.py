@@ -1,0 +1,182 @@
+"""The gateway's one error hierarchy and the one table that maps it to gRPC status codes.
+
+Every failure a caller can see is a `GatewayError`. Foreign errors (HTTP statuses,
+httpx exceptions, validation violations) are converted into it at the boundary where
+they occur; the servicer turns it into a `google.rpc.Status` with typed details
+(`ErrorInfo` always, `BadRequest` for invalid input, `RetryInfo` where waiting helps).
+
+    GatewayError
+    ├── InvalidRequest               INVALID_ARGUMENT    a documented constraint is broken
+    ├── MissingCredentials           UNAUTHENTICATED     no configured key, no caller key
+    ├── GatewayDraining              UNAVAILABLE         shutting down; call another replica
+    ├── CallTimedOut                 DEADLINE_EXCEEDED   caller deadline or upstream timeout
+    └── UpstreamError                                    the upstream answered with an error
+        ├── UpstreamInvalidArgument  INVALID_ARGUMENT    validation, nsfw_prompt, json_parse_error
+        ├── InsufficientCredits      FAILED_PRECONDITION top up the account first
+        ├── UpstreamBusy             RESOURCE_EXHAUSTED  429, queue_limit_reached
+        ├── CallerKeyRejected        UNAUTHENTICATED     401 for the caller's own key
+        ├── ConfiguredKeyRejected    INTERNAL            401 for the gateway's configured key
+        ├── UpstreamPermissionDenied PERMISSION_DENIED   403, init_image_not_owned
+        ├── WorkerFailed             UNAVAILABLE         generation failed and was refunded
+        ├── UpstreamUnavailable      UNAVAILABLE         502/503/504, connection failures
+        ├── UpstreamInternal         INTERNAL            any other 5xx or unexpected status
+        └── UpstreamBadResponse      INTERNAL            a 200 that is not the documented shape
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+GATEWAY_DOMAIN = "stablecog-gateway"
+UPSTREAM_DOMAIN = "api.stablecog.com"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One broken rule on one request field (the proto field name)."""
+
+    field: str
+    description: str
+
+
+class GatewayError(Exception):
+    """Base of every error a caller can receive.
+
+    `reason` is the `ErrorInfo.reason`: the upstream's error code in UPPER_SNAKE, or
+    the gateway's own. `message` is short, safe to show, and never holds a secret or a
+    raw upstream body.
+    """
+
+    domain = GATEWAY_DOMAIN
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        retry_after: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        violations: Sequence[FieldViolation] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.retry_after = retry_after
+        self.metadata = dict(metadata or {})
+        self.violations = tuple(violations)
+
+
+class InvalidRequest(GatewayError):
+    """The request breaks one or more documented constraints; nothing was sent upstream."""
+
+
+class MissingCredentials(GatewayError):
+    """No API key is configured and the caller sent no `authorization` metadata."""
+
+
+class GatewayDraining(GatewayError):
+    """The gateway is shutting down and takes no new calls."""
+
+
+class CallTimedOut(GatewayError):
+    """The caller's deadline or the gateway's upstream timeout ran out."""
+
+
+class UpstreamError(GatewayError):
+    """The upstream answered with an error (or not at all)."""
+
+    domain = UPSTREAM_DOMAIN
+
+
+class UpstreamInvalidArgument(UpstreamError):
+    """The upstream rejected the input (its own validation, moderation, JSON parsing)."""
+
+
+class InsufficientCredits(UpstreamError):
+    """The account has fewer credits than `num_outputs`; retrying will not help."""
+
+
+class UpstreamBusy(UpstreamError):
+    """Rate limited (429) or the account's queue is full; retry after `retry_after`."""
+
+
+class CallerKeyRejected(UpstreamError):
+    """The upstream rejected the API key the caller sent."""
+
+
+class ConfiguredKeyRejected(UpstreamError):
+    """The upstream rejected the gateway's configured API key: an operator must fix it."""
+
+
+class UpstreamPermissionDenied(UpstreamError):
+    """The account is banned, or the init image belongs to another account."""
+
+
+class WorkerFailed(UpstreamError):
+    """The upstream's GPU worker failed or timed out; the upstream refunded the credits."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream could not be reached or answered 502/503/504."""
+
+
+class UpstreamInternal(UpstreamError):
+    """The upstream failed in a way the caller cannot fix (other 5xx, unexpected status)."""
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The upstream answered 200 with a body that is not the documented shape."""
+
+
+# The one table. tests/test_errors.py proves every GatewayError subclass is in it.
+GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    MissingCredentials: grpc.StatusCode.UNAUTHENTICATED,
+    GatewayDraining: grpc.StatusCode.UNAVAILABLE,
+    CallTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+    UpstreamInvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,
+    UpstreamBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    CallerKeyRejected: grpc.StatusCode.UNAUTHENTICATED,
+    ConfiguredKeyRejected: grpc.StatusCode.INTERNAL,
+    UpstreamPermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    WorkerFailed: grpc.StatusCode.UNAVAILABLE,
+    UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
+    UpstreamInternal: grpc.StatusCode.INTERNAL,
+    UpstreamBadResponse: grpc.StatusCode.INTERNAL,
+}
+
+
+def grpc_code(error: GatewayError) -> grpc.StatusCode:
+    """The status code for an error: its class's row in `GRPC_CODES`."""
+    return GRPC_CODES[type(error)]
+
+
+def to_status(error: GatewayError) -> status_pb2.Status:
+    """The `google.rpc.Status` a caller receives for `error`, with typed details."""
+    code = grpc_code(error)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=error.domain, metadata=error.metadata
+    )
+    status.details.add().Pack(info)
+    if error.violations:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        status.details.add().Pack(bad_request)
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status

@@ -1,0 +1,138 @@
+"""Pure translation between the gRPC messages and the upstream's REST JSON.
+
+No I/O here. A request field that is unset is left out of the JSON body (the upstream
+applies its own default); a set field is sent even when it holds a zero value. A
+response that is not the documented shape raises `UpstreamBadResponse`; unknown
+extra JSON fields are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.errors import UpstreamBadResponse
+
+# The optional request fields, named exactly as the REST JSON fields.
+OPTIONAL_REQUEST_FIELDS = (
+    "model_id",
+    "width",
+    "height",
+    "negative_prompt",
+    "num_outputs",
+    "guidance_scale",
+    "inference_steps",
+    "scheduler_id",
+    "seed",
+    "init_image_url",
+    "prompt_strength",
+)
+_FLOAT_FIELDS = frozenset({"guidance_scale", "prompt_strength"})
+
+
+def request_to_json(request: generation_pb2.GenerationRequest) -> dict[str, Any]:
+    """The REST body for `request`: the prompt plus exactly the fields that are set."""
+    body: dict[str, Any] = {"prompt": request.prompt}
+    for name in OPTIONAL_REQUEST_FIELDS:
+        if request.HasField(name):  # type: ignore[arg-type]
+            value = getattr(request, name)
+            # proto floats are float32; send the shortest decimal that round-trips to it.
+            body[name] = _float32_decimal(value) if name in _FLOAT_FIELDS else value
+    return body
+
+
+def _float32_decimal(value: float) -> float:
+    for digits in range(1, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if _as_float32(candidate) == _as_float32(value):
+            return candidate
+    return value
+
+
+def _as_float32(value: float) -> float:
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+def response_from_json(payload: Any) -> generation_pb2.GenerationResponse:
+    """The GenerationResponse for a 200 body; raise UpstreamBadResponse if it is malformed."""
+    if not isinstance(payload, dict):
+        raise _bad("the body is not a JSON object")
+    outputs = payload.get("outputs")
+    if not isinstance(outputs, list):
+        raise _bad("`outputs` is not a list")
+    response = generation_pb2.GenerationResponse(
+        remaining_credits=_number(payload, "remaining_credits"),
+    )
+    for index, item in enumerate(outputs):
+        if not isinstance(item, dict):
+            raise _bad(f"`outputs[{index}]` is not an object")
+        url = _string(item, "url", f"outputs[{index}].")
+        image_url = item.get("image_url", url)
+        if not isinstance(image_url, str):
+            raise _bad(f"`outputs[{index}].image_url` is not a string")
+        response.outputs.add(
+            id=_string(item, "id", f"outputs[{index}]."), url=url, image_url=image_url
+        )
+    response.settings.CopyFrom(settings_from_json(payload.get("settings")))
+    return response
+
+
+def settings_from_json(raw: Any) -> generation_pb2.Settings:
+    """The Settings for the upstream's `settings` object."""
+    if not isinstance(raw, dict):
+        raise _bad("`settings` is not an object")
+    settings = generation_pb2.Settings(
+        model_id=_string(raw, "model_id", "settings."),
+        scheduler_id=_string(raw, "scheduler_id", "settings."),
+        width=_integer(raw, "width", "settings."),
+        height=_integer(raw, "height", "settings."),
+        num_outputs=_integer(raw, "num_outputs", "settings."),
+        guidance_scale=_number(raw, "guidance_scale", "settings."),
+        inference_steps=_integer(raw, "inference_steps", "settings."),
+    )
+    # omitempty upstream: absent means "not applicable", not zero.
+    if raw.get("seed") is not None:
+        settings.seed = _integer(raw, "seed", "settings.", bits=64)
+    if raw.get("init_image_url"):
+        settings.init_image_url = _string(raw, "init_image_url", "settings.")
+    if raw.get("prompt_strength") is not None:
+        settings.prompt_strength = _number(raw, "prompt_strength", "settings.")
+    return settings
+
+
+def _bad(what: str) -> UpstreamBadResponse:
+    return UpstreamBadResponse(
+        f"the upstream answered 200 with an unexpected body: {what}",
+        reason="UPSTREAM_BAD_RESPONSE",
+    )
+
+
+def _string(obj: dict[str, Any], key: str, prefix: str = "") -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise _bad(f"`{prefix}{key}` is not a string")
+    return value
+
+
+def _integer(obj: dict[str, Any], key: str, prefix: str = "", bits: int = 32) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f"`{prefix}{key}` is not a number")
+    if isinstance(value, float) and not value.is_integer():
+        raise _bad(f"`{prefix}{key}` is not an integer")
+    number = int(value)
+    if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
+        raise _bad(f"`{prefix}{key}` is out of range")
+    return number
+
+
+def _number(obj: dict[str, Any], key: str, prefix: str = "") -> float:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f"`{prefix}{key}` is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise _bad(f"`{prefix}{key}` is not finite")
+    return number

@@ -1,0 +1,211 @@
+"""Pure mapping from an upstream HTTP error answer to the gateway's error hierarchy.
+
+Reads the status, the JSON `error` code (429 answers in plain text) and `Retry-After`.
+The resulting messages quote at most the upstream's short `error` string, never the
+raw body.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from gateway.errors import (
+    CallerKeyRejected,
+    ConfiguredKeyRejected,
+    FieldViolation,
+    InsufficientCredits,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamInternal,
+    UpstreamInvalidArgument,
+    UpstreamPermissionDenied,
+    UpstreamUnavailable,
+    WorkerFailed,
+)
+
+# What the upstream says when its own infrastructure fails (misspelling is theirs).
+_UNKNOWN_ERRORS = frozenset({"An unknown error has occured", "unknown_error"})
+# Worker failures are refunded upstream; sc-worker may send codes beyond these.
+WORKER_ERRORS = frozenset(
+    {
+        "TIMEOUT",
+        "runpod_failed",
+        "no_outputs",
+        "runpod_endpoint_not_set",
+        "error_decoding_runpod_response",
+    }
+)
+_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_DEFAULT_RETRY_SECONDS = {429: 1.0, "queue_limit_reached": 5.0, "unavailable": 1.0}
+
+# Upstream validation messages (or codes) -> the request field they are about.
+_FIELD_BY_PREFIX = (
+    ("Height", "height"),
+    ("Width", "width"),
+    ("Guidance scale", "guidance_scale"),
+    ("Inference steps", "inference_steps"),
+    ("Pick fewer inference steps", "inference_steps"),
+    ("Number of outputs", "num_outputs"),
+    ("invalid_model_id", "model_id"),
+    ("invalid_scheduler_id", "scheduler_id"),
+    ("invalid_model_or_scheduler", "model_id"),
+    ("invalid_init_image_url", "init_image_url"),
+    ("invalid_image_url", "init_image_url"),
+    ("image_url_width_height_error", "init_image_url"),
+    ("init_image_not_found", "init_image_url"),
+    ("nsfw_prompt", "prompt"),
+)
+
+
+def error_code(body: bytes) -> str | None:
+    """The `error` string of a JSON error body, or None when there is none."""
+    try:
+        payload: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+        return str(payload["error"])
+    return None
+
+
+def has_settings(body: bytes) -> bool:
+    try:
+        payload: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(payload, dict) and isinstance(payload.get("settings"), dict)
+
+
+def reason_for(code: str | None, fallback: str) -> str:
+    """The upstream's code in UPPER_SNAKE when it is a code, else `fallback`."""
+    if code and _CODE.match(code):
+        return code.upper()
+    return fallback
+
+
+def retry_after_seconds(headers: Mapping[str, str], default: float) -> float:
+    """Seconds from a `Retry-After` header (delta-seconds or HTTP date), else `default`."""
+    raw = headers.get("retry-after")
+    if raw is None:
+        return default
+    raw = raw.strip()
+    if raw.isdigit():
+        return float(raw)
+    try:
+        from datetime import UTC, datetime
+
+        when = parsedate_to_datetime(raw)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return default
+
+
+def _safe(text: str) -> str:
+    """An upstream message fit to quote: one line, bounded."""
+    text = " ".join(text.split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _field_for(code: str) -> str | None:
+    for prefix, field in _FIELD_BY_PREFIX:
+        if code.startswith(prefix):
+            return field
+    return None
+
+
+def error_from_response(
+    status: int, body: bytes, headers: Mapping[str, str], *, configured_key: bool
+) -> UpstreamError:
+    """The gateway error for an upstream answer whose status is not 200."""
+    code = error_code(body)
+    meta = {"upstream_status": str(status)}
+    if code is not None:
+        meta["upstream_error"] = _safe(code)
+
+    if status == 400:
+        if code == "insufficient_credits":
+            return InsufficientCredits(
+                "the Stablecog account has too few credits for this generation; "
+                "top it up before retrying",
+                reason="INSUFFICIENT_CREDITS",
+                metadata=meta,
+            )
+        if code == "queue_limit_reached":
+            return UpstreamBusy(
+                "the Stablecog account's generation queue is full; retry later",
+                reason="QUEUE_LIMIT_REACHED",
+                metadata=meta,
+                retry_after=retry_after_seconds(headers, _DEFAULT_RETRY_SECONDS[code]),
+            )
+        text = _safe(code) if code else "malformed request"
+        field = _field_for(code or "")
+        return UpstreamInvalidArgument(
+            f"Stablecog rejected the request: {text}",
+            reason=reason_for(code, "UPSTREAM_VALIDATION_FAILED"),
+            metadata=meta,
+            violations=[FieldViolation(field, text)] if field else (),
+        )
+    if status == 429:
+        return UpstreamBusy(
+            "Stablecog's rate limit was reached; retry after the delay",
+            reason="RATE_LIMITED",
+            metadata=meta,
+            retry_after=retry_after_seconds(headers, _DEFAULT_RETRY_SECONDS[429]),
+        )
+    if status == 401:
+        if code == "init_image_not_owned":
+            return UpstreamPermissionDenied(
+                "the init image belongs to another Stablecog account",
+                reason="INIT_IMAGE_NOT_OWNED",
+                metadata=meta,
+            )
+        if configured_key:
+            return ConfiguredKeyRejected(
+                "Stablecog rejected the gateway's configured API key; "
+                "the gateway's operator must replace it",
+                reason="CONFIGURED_API_KEY_REJECTED",
+                metadata=meta,
+            )
+        return CallerKeyRejected(
+            "Stablecog rejected the API key sent in `authorization` metadata",
+            reason=reason_for(code, "UNAUTHORIZED"),
+            metadata=meta,
+        )
+    if status == 403:
+        return UpstreamPermissionDenied(
+            f"Stablecog refused the account: {_safe(code) if code else 'forbidden'}",
+            reason=reason_for(code, "FORBIDDEN"),
+            metadata=meta,
+        )
+    if (
+        status == 500
+        and code is not None
+        and code not in _UNKNOWN_ERRORS
+        and (code in WORKER_ERRORS or has_settings(body))
+    ):
+        return WorkerFailed(
+            f"the Stablecog worker failed ({_safe(code)}); the upstream refunded "
+            "the credits, retrying may succeed",
+            reason=reason_for(code, "WORKER_FAILED"),
+            metadata=meta,
+            retry_after=retry_after_seconds(headers, _DEFAULT_RETRY_SECONDS["unavailable"]),
+        )
+    if status in (502, 503, 504):
+        return UpstreamUnavailable(
+            f"Stablecog is unavailable (HTTP {status}); retry later",
+            reason=f"UPSTREAM_HTTP_{status}",
+            metadata=meta,
+            retry_after=retry_after_seconds(headers, _DEFAULT_RETRY_SECONDS["unavailable"]),
+        )
+    return UpstreamInternal(
+        f"Stablecog failed with HTTP {status}"
+        + (f" ({_safe(code)})" if code and code not in _UNKNOWN_ERRORS else ""),
+        reason=reason_for(code, f"UPSTREAM_HTTP_{status}")
+        if code not in _UNKNOWN_ERRORS
+        else "UPSTREAM_UNKNOWN_ERROR",
+        metadata=meta,
+    )

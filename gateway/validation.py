@@ -1,0 +1,50 @@
+"""The documented constraints, as declared in generation.proto, checked before any upstream call.
+
+The rules live in the .proto (protovalidate), so every polyglot client can run the
+same ones. This module runs them and turns every violation into one
+`FieldViolation` named by the proto field. Message-level rules carry no field path;
+their rule id starts with the field they are about (`inference_steps.pixel_steps`).
+"""
+
+from __future__ import annotations
+
+import protovalidate
+
+from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.errors import FieldViolation, InvalidRequest
+
+_RULE_DESCRIPTIONS = {
+    "required": "is required",
+}
+
+
+class RequestValidator:
+    """Checks a GenerationRequest against its declared rules. Build once; reuse."""
+
+    def __init__(self) -> None:
+        self._validator = protovalidate.Validator()
+
+    def violations(self, request: generation_pb2.GenerationRequest) -> list[FieldViolation]:
+        """Every broken rule, one FieldViolation each; empty when the request is valid."""
+        found = []
+        for violation in self._validator.collect_violations(request):
+            proto = violation.proto
+            elements = proto.field.elements if proto.field is not None else []
+            if elements:
+                field = ".".join(e.field_name for e in elements)
+            else:
+                field = proto.rule_id.partition(".")[0]
+            message = _RULE_DESCRIPTIONS.get(proto.rule_id, proto.message)
+            found.append(FieldViolation(field=field, description=f"{field} {message}"))
+        return found
+
+    def check(self, request: generation_pb2.GenerationRequest) -> None:
+        """Raise InvalidRequest listing every violation, or return if the request is valid."""
+        found = self.violations(request)
+        if found:
+            fields = sorted({v.field for v in found})
+            raise InvalidRequest(
+                f"invalid request: {len(found)} violation(s) on {', '.join(fields)}",
+                reason="INVALID_REQUEST",
+                violations=found,
+            )

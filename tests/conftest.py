@@ -1,0 +1,87 @@
+"""Shared fixtures: a real emulator over HTTP and a real grpc.aio gateway, both on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import grpc
+import pytest
+
+from emulator.config import EmulatorConfig
+from emulator.server import Emulator
+from gateway._gen.stablecog.v1 import generation_pb2_grpc
+from gateway.app import GatewayApp, Seams
+from gateway.config import Settings
+
+ACCOUNT_KEY = "sc-" + hashlib.sha256(b"tests account").hexdigest()
+OTHER_KEY = "sc-" + hashlib.sha256(b"tests other account").hexdigest()
+INITIAL_CREDITS = 1000
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    emu = Emulator(
+        EmulatorConfig(
+            latency_seconds=0.0,
+            rate_limit_per_second=0,
+            initial_credits=INITIAL_CREDITS,
+        )
+    )
+    await emu.start(host="127.0.0.1", port=0)
+    emu.add_account(ACCOUNT_KEY, INITIAL_CREDITS)
+    emu.add_account(OTHER_KEY, INITIAL_CREDITS)
+    try:
+        yield emu
+    finally:
+        await emu.stop()
+
+
+GatewayFactory = Callable[..., Awaitable[GatewayApp]]
+
+
+@pytest.fixture
+async def make_gateway(emulator: Emulator) -> AsyncIterator[GatewayFactory]:
+    """Start gateways on free loopback ports; each is stopped at teardown."""
+    started: list[GatewayApp] = []
+
+    async def factory(seams: Seams | None = None, **overrides: Any) -> GatewayApp:
+        settings = Settings(
+            listen="127.0.0.1:0",
+            metrics_listen="127.0.0.1:0",
+            upstream_url=emulator.base_url,
+            api_key=ACCOUNT_KEY,
+            grace_period=5.0,
+        )
+        app = GatewayApp(replace(settings, **overrides), seams)
+        await app.start()
+        started.append(app)
+        return app
+
+    try:
+        yield factory
+    finally:
+        for app in started:
+            await app.stop(grace=1.0)
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> GatewayApp:
+    return await make_gateway()
+
+
+@pytest.fixture
+async def channel(gateway: GatewayApp) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> generation_pb2_grpc.GenerationServiceStub:
+    return generation_pb2_grpc.GenerationServiceStub(channel)

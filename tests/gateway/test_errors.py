@@ -1,0 +1,72 @@
+"""The one error table is complete and every error leaves as a rich google.rpc.Status."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import code_pb2, error_details_pb2
+
+from gateway import errors
+from gateway.errors import GRPC_CODES, GatewayError, UpstreamError, to_status
+
+
+def _subclasses(cls: type) -> set[type]:
+    found = set()
+    for sub in cls.__subclasses__():
+        found |= {sub} | _subclasses(sub)
+    return found
+
+
+def test_every_error_class_has_exactly_one_row() -> None:
+    concrete = _subclasses(GatewayError) - {UpstreamError}
+    assert set(GRPC_CODES) == concrete, "add the missing classes to errors.GRPC_CODES"
+
+
+def test_every_error_in_the_module_is_in_the_hierarchy() -> None:
+    exported = {
+        obj
+        for obj in vars(errors).values()
+        if isinstance(obj, type)
+        and issubclass(obj, Exception)
+        and obj.__module__ == errors.__name__
+    }
+    assert exported <= _subclasses(GatewayError) | {GatewayError}
+
+
+@pytest.mark.parametrize("cls", sorted(GRPC_CODES, key=lambda c: c.__name__))
+def test_status_carries_code_message_and_error_info(cls: type[GatewayError]) -> None:
+    error = cls("something happened", reason="SOME_REASON", metadata={"k": "v"})
+    status = to_status(error)
+    assert status.code == getattr(code_pb2, GRPC_CODES[cls].name)
+    assert status.message == "something happened"
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "SOME_REASON"
+    assert info.domain in (errors.GATEWAY_DOMAIN, errors.UPSTREAM_DOMAIN)
+    assert dict(info.metadata) == {"k": "v"}
+    assert len(status.details) == 1
+
+
+def test_retry_info_and_bad_request_details() -> None:
+    error = errors.InvalidRequest(
+        "bad",
+        reason="INVALID_REQUEST",
+        violations=[errors.FieldViolation("width", "width too big")],
+        retry_after=1.5,
+    )
+    status = to_status(error)
+    bad, retry = error_details_pb2.BadRequest(), error_details_pb2.RetryInfo()
+    assert status.details[1].Unpack(bad)
+    assert [(v.field, v.description) for v in bad.field_violations] == [("width", "width too big")]
+    assert status.details[2].Unpack(retry)
+    assert retry.retry_delay.ToNanoseconds() == 1_500_000_000
+
+
+def test_codes_follow_the_contract() -> None:
+    # Spot-check the rows the issue names, so a silent edit of the table fails here.
+    assert GRPC_CODES[errors.InsufficientCredits] is grpc.StatusCode.FAILED_PRECONDITION
+    assert GRPC_CODES[errors.UpstreamBusy] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert GRPC_CODES[errors.WorkerFailed] is grpc.StatusCode.UNAVAILABLE
+    assert GRPC_CODES[errors.UpstreamInternal] is grpc.StatusCode.INTERNAL
+    assert GRPC_CODES[errors.UpstreamBadResponse] is grpc.StatusCode.INTERNAL
+    assert GRPC_CODES[errors.CallTimedOut] is grpc.StatusCode.DEADLINE_EXCEEDED

@@ -1,0 +1,117 @@
+"""Pure translation: exactly the set fields go out; the documented shape comes back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.errors import UpstreamBadResponse
+from gateway.translate import OPTIONAL_REQUEST_FIELDS, request_to_json, response_from_json
+
+SETTINGS = {
+    "model_id": "0a99668b-45bd-4f7e-aa9c-f9aaa41ef13b",
+    "scheduler_id": "6fb13b76-9900-4fa4-abf8-8f843e034a7f",
+    "width": 512,
+    "height": 768,
+    "num_outputs": 2,
+    "guidance_scale": 7,
+    "inference_steps": 25,
+    "seed": 42,
+}
+
+
+def good_body(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "outputs": [
+            {"id": "a", "url": "https://b/a.jpeg", "image_url": "https://b/a.jpeg"},
+            {"id": "b", "url": "https://b/b.jpeg"},
+        ],
+        "remaining_credits": 98,
+        "settings": dict(SETTINGS),
+        "queued_response": None,
+        "something_new": {"x": 1},
+    }
+    body.update(changes)
+    return body
+
+
+def test_unset_fields_are_left_out() -> None:
+    assert request_to_json(generation_pb2.GenerationRequest(prompt="p")) == {"prompt": "p"}
+
+
+def test_zero_values_that_are_set_are_sent() -> None:
+    request = generation_pb2.GenerationRequest(
+        prompt="p", seed=0, negative_prompt="", prompt_strength=0
+    )
+    assert request_to_json(request) == {
+        "prompt": "p",
+        "seed": 0,
+        "negative_prompt": "",
+        "prompt_strength": 0.0,
+    }
+
+
+def test_every_field_keeps_its_rest_name_and_a_clean_float() -> None:
+    request = generation_pb2.GenerationRequest(
+        prompt="p",
+        model_id="m",
+        width=512,
+        height=768,
+        negative_prompt="n",
+        num_outputs=3,
+        guidance_scale=7.1,
+        inference_steps=30,
+        scheduler_id="s",
+        seed=2**40,
+        init_image_url="https://x/y.png",
+        prompt_strength=0.3,
+    )
+    body = request_to_json(request)
+    assert set(body) == {"prompt", *OPTIONAL_REQUEST_FIELDS}
+    # float32 7.1 is 7.099999904632568; the body says what the caller wrote.
+    assert body["guidance_scale"] == 7.1
+    assert body["prompt_strength"] == 0.3
+    assert body["seed"] == 2**40
+
+
+def test_response_maps_outputs_settings_and_tolerates_extra_fields() -> None:
+    response = response_from_json(good_body())
+    assert [(o.id, o.url, o.image_url) for o in response.outputs] == [
+        ("a", "https://b/a.jpeg", "https://b/a.jpeg"),
+        ("b", "https://b/b.jpeg", "https://b/b.jpeg"),
+    ]
+    assert response.remaining_credits == 98
+    assert response.settings.width == 512
+    assert response.settings.seed == 42
+    assert response.settings.HasField("seed")
+    assert not response.settings.HasField("init_image_url")
+    assert not response.settings.HasField("prompt_strength")
+
+
+def test_empty_outputs_are_a_valid_answer() -> None:
+    assert len(response_from_json(good_body(outputs=[])).outputs) == 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [],
+        "text",
+        good_body(outputs="nope"),
+        good_body(outputs=[{"id": 1, "url": "u"}]),
+        good_body(outputs=[{"id": "a"}]),
+        good_body(outputs=["a"]),
+        good_body(remaining_credits="lots"),
+        good_body(remaining_credits=None),
+        good_body(settings=None),
+        good_body(settings={**SETTINGS, "width": "512"}),
+        good_body(settings={**SETTINGS, "width": 2**40}),
+        good_body(settings={**SETTINGS, "inference_steps": 2.5}),
+        {"outputs": []},
+    ],
+)
+def test_malformed_bodies_raise(payload: Any) -> None:
+    with pytest.raises(UpstreamBadResponse):
+        response_from_json(payload)

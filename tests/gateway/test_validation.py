@@ -1,0 +1,45 @@
+"""The documented constraints, each boundary on both sides (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.errors import InvalidRequest
+from gateway.validation import RequestValidator
+from tests.gateway.cases import BOUNDARIES
+
+VALIDATOR = RequestValidator()
+
+
+def request(**fields: Any) -> generation_pb2.GenerationRequest:
+    fields.setdefault("prompt", "a lighthouse at dawn")
+    return generation_pb2.GenerationRequest(**fields)
+
+
+@pytest.mark.parametrize(("fields", "expected"), BOUNDARIES, ids=[str(c[0]) for c in BOUNDARIES])
+def test_boundary(fields: dict[str, Any], expected: list[str]) -> None:
+    violations = VALIDATOR.violations(request(**fields))
+    assert sorted(v.field for v in violations) == sorted(expected)
+    for violation in violations:
+        assert violation.description.startswith(violation.field + " ")
+
+
+def test_check_lists_every_violation_at_once() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        VALIDATOR.check(request(width=248, height=1025, num_outputs=0))
+    fields = sorted(v.field for v in caught.value.violations)
+    assert fields == ["height", "height", "num_outputs", "width"]
+    assert caught.value.reason == "INVALID_REQUEST"
+
+
+def test_pixel_steps_description_names_the_rule() -> None:
+    (violation,) = VALIDATOR.violations(request(width=1024, height=1024, inference_steps=31))
+    assert violation.field == "inference_steps"
+    assert "1024 * 1024 * 30" in violation.description
+
+
+def test_valid_request_passes() -> None:
+    VALIDATOR.check(request(width=512, height=768, num_outputs=4, seed=0))
