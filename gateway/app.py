@@ -10,17 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 
 import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
 from gateway.auth import KeyFile, KeyResolver
+from gateway.cache import CachingGenerator
+from gateway.cache_store import CacheStore, Clock, MemoryStore, RedisStore
 from gateway.config import Settings
 from gateway.generation import Generator, UpstreamGenerator
+from gateway.interceptors import TelemetryInterceptor
+from gateway.metrics import GatewayMetrics
+from gateway.metrics_server import MetricsServer
 from gateway.servicer import GenerationServicer
 from gateway.upstream import StablecogClient
 from gateway.validation import RequestValidator
@@ -42,6 +49,7 @@ class Seams:
     """What tests may replace: the outside world, never the gateway's own parts."""
 
     upstream_transport: httpx.AsyncBaseTransport | None = None
+    clock: Clock = time.monotonic
 
 
 class GatewayApp:
@@ -52,22 +60,34 @@ class GatewayApp:
         self.settings = settings
         key_file = KeyFile(settings.api_key_file) if settings.api_key_file else None
         self.keys = KeyResolver(static_key=settings.api_key, key_file=key_file)
+        # A registry of its own (never the global one), so apps and tests never share series.
+        self.registry = CollectorRegistry()
+        self.metrics = GatewayMetrics(
+            self.registry, default_caller=settings.caller, max_callers=settings.max_callers
+        )
+        self.metrics_server = MetricsServer(self.registry, settings.metrics_listen)
         self.client = StablecogClient(
             settings.upstream_url,
             connect_timeout=settings.upstream_connect_timeout,
             max_connections=settings.upstream_max_connections,
             transport=seams.upstream_transport,
+            telemetry=self.metrics,
         )
-        self.generator: Generator = UpstreamGenerator(self.client)
+        upstream: Generator = UpstreamGenerator(self.client, telemetry=self.metrics)
+        self.cache = _build_cache(settings, upstream, seams.clock, self.metrics)
+        self.generator: Generator = self.cache or upstream
         self.servicer = GenerationServicer(
             validator=RequestValidator(),
             keys=self.keys,
             generator=self.generator,
             upstream_timeout=settings.upstream_timeout,
+            telemetry=self.metrics,
         )
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            options=_SERVER_OPTIONS, maximum_concurrent_rpcs=settings.max_concurrent_calls
+            interceptors=[TelemetryInterceptor(self.metrics, log_prompts=settings.log_prompts)],
+            options=_SERVER_OPTIONS,
+            maximum_concurrent_rpcs=settings.max_concurrent_calls,
         )
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -94,13 +114,23 @@ class GatewayApp:
             raise OSError(f"cannot listen on {settings.listen}")
         return port
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The port /metrics is served on, once started."""
+        return self.metrics_server.port
+
     async def start(self) -> None:
+        await self.metrics_server.start()
         await self.server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         _log.info(
             "gateway serving",
-            extra={"grpc_port": self.grpc_port, "upstream": self.settings.upstream_url},
+            extra={
+                "grpc_port": self.grpc_port,
+                "metrics_port": self.metrics_port,
+                "upstream": self.settings.upstream_url,
+            },
         )
 
     async def stop(self, grace: float | None = None) -> None:
@@ -118,7 +148,10 @@ class GatewayApp:
                 extra={"in_flight": self.servicer.in_flight.count},
             )
         await self.server.stop(grace=0.5)
+        if self.cache is not None:
+            await self.cache.aclose()
         await self.client.aclose()
+        await self.metrics_server.stop()
         self._stopped.set()
         _log.info("gateway stopped")
 
@@ -132,3 +165,29 @@ class GatewayApp:
         await stop_requested.wait()
         _log.info("stop signal received")
         await self.stop()
+
+
+def _build_cache(
+    settings: Settings, upstream: Generator, clock: Clock, telemetry: GatewayMetrics
+) -> CachingGenerator | None:
+    store: CacheStore
+    if settings.cache == "off":
+        return None
+    if settings.cache == "redis" and settings.redis_url:
+        store = RedisStore(settings.redis_url, timeout=settings.redis_timeout)
+    else:
+        store = MemoryStore(
+            max_entries=settings.cache_max_entries,
+            max_bytes=settings.cache_max_bytes,
+            clock=clock,
+        )
+    return CachingGenerator(
+        upstream,
+        store,
+        upstream_url=settings.upstream_url,
+        ttl=settings.cache_ttl,
+        upstream_timeout=settings.upstream_timeout,
+        backend_timeout=settings.redis_timeout,
+        clock=clock,
+        telemetry=telemetry,
+    )

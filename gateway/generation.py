@@ -12,6 +12,8 @@ from typing import Protocol
 
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.auth import ApiKey
+from gateway.calls import NullTelemetry, Telemetry, account_fingerprint, current_call
+from gateway.errors import GatewayError
 from gateway.translate import request_to_json, response_from_json
 from gateway.upstream import CallBudget, StablecogClient
 
@@ -62,15 +64,33 @@ class Generator(Protocol):
 class UpstreamGenerator:
     """Sends every call to the upstream (reported as BYPASS: no cache took part)."""
 
-    def __init__(self, client: StablecogClient) -> None:
+    def __init__(self, client: StablecogClient, telemetry: Telemetry | None = None) -> None:
         self._client = client
+        self._telemetry = telemetry or NullTelemetry()
 
     async def generate(self, call: GenerationCall) -> Generated:
         answer = await self._client.create_generation(
             request_to_json(call.request), call.key, call.budget
         )
+        try:
+            response = response_from_json(answer.payload)
+        except GatewayError as error:
+            self._telemetry.upstream_error(error.reason)
+            raise
+        # Reported here, not when the caller is answered: a generation that outlives its
+        # caller (coalesced, cached) was still paid for.
+        record = current_call.get()
+        self._telemetry.generation(
+            caller=record.caller if record else "unknown",
+            account=account_fingerprint(call.key.value),
+            model_id=response.settings.model_id,
+            credits_spent=response.settings.num_outputs,
+            outputs_requested=response.settings.num_outputs,
+            outputs_returned=len(response.outputs),
+            remaining_credits=response.remaining_credits,
+        )
         return Generated(
-            response=response_from_json(answer.payload),
+            response=response,
             cache_result=CacheResult.CACHE_RESULT_BYPASS,
             upstream_seconds=answer.seconds,
         )

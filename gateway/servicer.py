@@ -16,17 +16,24 @@ from grpc_status import rpc_status
 
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
 from gateway.auth import KeyResolver
-from gateway.errors import GatewayDraining, GatewayError, to_status
+from gateway.calls import (
+    NullTelemetry,
+    Telemetry,
+    account_fingerprint,
+    cache_result_name,
+    current_call,
+)
+from gateway.errors import GatewayDraining, GatewayError, InvalidRequest, grpc_code, to_status
 from gateway.generation import CacheControl, GenerationCall, Generator
 from gateway.upstream import CallBudget
 from gateway.validation import RequestValidator
 
 _log = logging.getLogger(__name__)
 
-CACHE_RESULT_NAMES = {
-    value: name.removeprefix("CACHE_RESULT_").lower()
-    for name, value in generation_pb2.CacheResult.items()
-}
+_SAVED = (
+    generation_pb2.CacheResult.CACHE_RESULT_HIT,
+    generation_pb2.CacheResult.CACHE_RESULT_COALESCED,
+)
 
 
 class InFlight:
@@ -60,7 +67,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         keys: KeyResolver,
         generator: Generator,
         upstream_timeout: float,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry or NullTelemetry()
         self._validator = validator
         self._keys = keys
         self._generator = generator
@@ -75,6 +84,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             generation_pb2.GenerationRequest, generation_pb2.GenerationResponse
         ],
     ) -> generation_pb2.GenerationResponse:
+        record = current_call.get()
         with self.in_flight:
             try:
                 if self.draining:
@@ -83,25 +93,47 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                         reason="GATEWAY_DRAINING",
                         retry_after=1.0,
                     )
-                self._validator.check(request)
+                self._validate(request)
                 metadata = _metadata(context)
+                key = self._keys.resolve(metadata)
+                if record is not None:
+                    record.account = account_fingerprint(key.value)
+                    record.outputs_requested = (
+                        request.num_outputs if request.HasField("num_outputs") else 0
+                    )
                 call = GenerationCall(
                     request=request,
-                    key=self._keys.resolve(metadata),
+                    key=key,
                     budget=CallBudget.of(self._upstream_timeout, context.time_remaining()),
                     cache_control=CacheControl.from_header(metadata.get("cache-control")),
                 )
                 generated = await self._generator.generate(call)
             except GatewayError as error:
+                if record is not None:
+                    record.code = grpc_code(error).name
+                    record.error_reason = error.reason
                 status = rpc_status.to_status(to_status(error))
                 await context.abort(status.code, status.details, status.trailing_metadata)
             response = generation_pb2.GenerationResponse()
             response.CopyFrom(generated.response)
             response.cache_result = generated.cache_result
-            context.set_trailing_metadata(
-                (("x-cache", CACHE_RESULT_NAMES[generated.cache_result]),)
-            )
+            if generated.cache_result in _SAVED:
+                self._telemetry.credits_saved(
+                    caller=record.caller if record else "unknown",
+                    credits=response.settings.num_outputs,
+                )
+            if record is not None:
+                record.complete(response, generated.cache_result, generated.upstream_seconds)
+            context.set_trailing_metadata((("x-cache", cache_result_name(generated.cache_result)),))
             return response
+
+    def _validate(self, request: generation_pb2.GenerationRequest) -> None:
+        try:
+            self._validator.check(request)
+        except InvalidRequest as error:
+            for field in sorted({v.field for v in error.violations}):
+                self._telemetry.validation_failure(field)
+            raise
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:

@@ -15,7 +15,14 @@ from typing import Any
 import httpx
 
 from gateway.auth import ApiKey
-from gateway.errors import CallTimedOut, UpstreamBadResponse, UpstreamInternal, UpstreamUnavailable
+from gateway.calls import NullTelemetry, Telemetry
+from gateway.errors import (
+    CallTimedOut,
+    GatewayError,
+    UpstreamBadResponse,
+    UpstreamInternal,
+    UpstreamUnavailable,
+)
 from gateway.upstream_errors import error_from_response
 
 CREATE_PATH = "/v1/image/generation/create"
@@ -54,7 +61,9 @@ class StablecogClient:
         connect_timeout: float = 10.0,
         max_connections: int = 1000,
         transport: httpx.AsyncBaseTransport | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry or NullTelemetry()
         self._client = httpx.AsyncClient(
             base_url=base_url,
             # The total is enforced per call (CallBudget); a read may last minutes.
@@ -75,42 +84,53 @@ class StablecogClient:
     ) -> UpstreamAnswer:
         """POST one generation; return its JSON body or raise the mapped GatewayError."""
         started = time.perf_counter()
+        status_class = "error"
         try:
-            async with asyncio.timeout(budget.seconds):
-                response = await self._client.post(
-                    CREATE_PATH, json=body, headers={"authorization": f"Bearer {key.value}"}
+            try:
+                async with asyncio.timeout(budget.seconds):
+                    response = await self._client.post(
+                        CREATE_PATH, json=body, headers={"authorization": f"Bearer {key.value}"}
+                    )
+            except TimeoutError:
+                status_class = "timeout"
+                raise _timed_out(budget) from None
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+                raise UpstreamUnavailable(
+                    "cannot connect to Stablecog; nothing was sent, retrying is safe",
+                    reason="UPSTREAM_UNREACHABLE",
+                    retry_after=1.0,
+                ) from None
+            except httpx.HTTPError:
+                # Sent, but the answer was lost: the upstream may have charged for it.
+                raise UpstreamInternal(
+                    "the connection to Stablecog was lost before it answered; the generation "
+                    "may have been charged, so check before retrying",
+                    reason="UPSTREAM_CONNECTION_LOST",
+                ) from None
+            seconds = time.perf_counter() - started
+            status_class = f"{response.status_code // 100}xx"
+            if response.status_code != 200:
+                raise error_from_response(
+                    response.status_code,
+                    response.content,
+                    response.headers,
+                    configured_key=key.configured,
                 )
-        except TimeoutError:
-            raise _timed_out(budget) from None
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-            raise UpstreamUnavailable(
-                "cannot connect to Stablecog; nothing was sent, retrying is safe",
-                reason="UPSTREAM_UNREACHABLE",
-                retry_after=1.0,
-            ) from None
-        except httpx.HTTPError:
-            # Sent, but the answer was lost: the upstream may have charged for it.
-            raise UpstreamInternal(
-                "the connection to Stablecog was lost before it answered; the generation "
-                "may have been charged, so check before retrying",
-                reason="UPSTREAM_CONNECTION_LOST",
-            ) from None
-        seconds = time.perf_counter() - started
-        if response.status_code != 200:
-            raise error_from_response(
-                response.status_code,
-                response.content,
-                response.headers,
-                configured_key=key.configured,
+            try:
+                payload = json.loads(response.content)
+            except (ValueError, UnicodeDecodeError):
+                raise UpstreamBadResponse(
+                    "the upstream answered 200 with a body that is not JSON",
+                    reason="UPSTREAM_BAD_RESPONSE",
+                ) from None
+            return UpstreamAnswer(payload=payload, seconds=seconds)
+        except GatewayError as error:
+            self._telemetry.upstream_error(error.reason)
+            raise
+        finally:
+            self._telemetry.upstream_request(
+                "generation_create", status_class, time.perf_counter() - started
             )
-        try:
-            payload = json.loads(response.content)
-        except (ValueError, UnicodeDecodeError):
-            raise UpstreamBadResponse(
-                "the upstream answered 200 with a body that is not JSON",
-                reason="UPSTREAM_BAD_RESPONSE",
-            ) from None
-        return UpstreamAnswer(payload=payload, seconds=seconds)
 
 
 def _timed_out(budget: CallBudget) -> CallTimedOut:

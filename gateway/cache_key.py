@@ -1,0 +1,101 @@
+"""Pure cache keys for seeded generations.
+
+A generation with an explicit seed >= 0 is deterministic: the same seed and settings
+give the same image. The key is a digest of a canonical form of everything that
+decides the image, normalised the way the upstream normalises it, with the
+upstream's static defaults filled in (so an omitted field and its explicit default
+share a key), scoped to the account (a keyed digest of the API key, never the key)
+and to the upstream URL. Defaults that live in the upstream's database (the default
+model, and the model's default scheduler and size) are not static: an omitted
+model, scheduler, width or height stays "default" in the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import struct
+from typing import Any
+
+from gateway._gen.stablecog.v1 import generation_pb2
+
+KEY_PREFIX = "scgw:v1:"
+_SCOPE_KEY = b"stablecog-gateway cache scope v1"
+
+# The upstream's static defaults (sc-go shared/constants.go, via the API reference).
+DEFAULT_GUIDANCE_SCALE = 7.0
+DEFAULT_NUM_OUTPUTS = 2
+DEFAULT_INFERENCE_STEPS = 30
+DEFAULT_PROMPT_STRENGTH = 0.5
+MAX_PROMPT_RUNES = 500
+
+
+def is_cacheable(request: generation_pb2.GenerationRequest) -> bool:
+    """Only an explicit seed >= 0 is deterministic; the upstream draws the others at random."""
+    return request.HasField("seed") and request.seed >= 0
+
+
+def format_prompt(text: str) -> bytes:
+    """The upstream's FormatPrompt: newlines to spaces, whitespace collapsed, trimmed, and a
+    text over 500 runes cut to its first 500 bytes (which may split a character)."""
+    collapsed = " ".join(text.replace("\r", " ").replace("\n", " ").split())
+    encoded = collapsed.encode("utf-8")
+    if len(collapsed) > MAX_PROMPT_RUNES:
+        return encoded[:MAX_PROMPT_RUNES]
+    return encoded
+
+
+def _float32(value: float) -> str:
+    """A float32 value as its exact bit pattern, so 7 and 7.0 and 7.0000001 compare right."""
+    return struct.pack(">f", value).hex()
+
+
+def canonical_form(request: generation_pb2.GenerationRequest) -> dict[str, Any]:
+    """Everything that decides the image, normalised, defaults filled in."""
+    init_image_url = request.init_image_url if request.HasField("init_image_url") else ""
+    prompt_strength: str | None = None
+    if init_image_url:
+        strength = request.prompt_strength if request.HasField("prompt_strength") else None
+        strength = DEFAULT_PROMPT_STRENGTH if strength is None else min(max(strength, 0.0), 1.0)
+        prompt_strength = _float32(strength)
+    return {
+        "prompt": format_prompt(request.prompt).hex(),
+        "negative_prompt": format_prompt(request.negative_prompt).hex()
+        if request.HasField("negative_prompt")
+        else "",
+        "model_id": request.model_id.lower() if request.HasField("model_id") else "default",
+        "scheduler_id": request.scheduler_id.lower()
+        if request.HasField("scheduler_id")
+        else "default",
+        "width": request.width if request.HasField("width") else "default",
+        "height": request.height if request.HasField("height") else "default",
+        "inference_steps": request.inference_steps
+        if request.HasField("inference_steps")
+        else DEFAULT_INFERENCE_STEPS,
+        "guidance_scale": _float32(
+            request.guidance_scale if request.HasField("guidance_scale") else DEFAULT_GUIDANCE_SCALE
+        ),
+        "num_outputs": request.num_outputs
+        if request.HasField("num_outputs")
+        else DEFAULT_NUM_OUTPUTS,
+        "seed": request.seed,
+        "init_image_url": init_image_url,
+        "prompt_strength": prompt_strength,
+    }
+
+
+def account_scope(api_key: str, upstream_url: str) -> str:
+    """A keyed digest naming the account and upstream; the key cannot be recovered from it."""
+    message = f"{upstream_url}\n{api_key}".encode()
+    return hmac.new(_SCOPE_KEY, message, hashlib.sha256).hexdigest()[:32]
+
+
+def cache_key(request: generation_pb2.GenerationRequest, scope: str) -> str:
+    """The store key for a cacheable request within an account scope."""
+    canonical = json.dumps(
+        {"scope": scope, "request": canonical_form(request)},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return KEY_PREFIX + "gen:" + hashlib.sha256(canonical.encode()).hexdigest()
