@@ -1,0 +1,150 @@
+"""Every injectable failure mode, over real HTTP, with its effect on credits."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from emulator import Emulator
+from tests.emulator.emulator_support import SMALL, TOKEN, Create
+
+
+async def test_worker_failure_charges_then_refunds(create: Create, emu: Emulator) -> None:
+    emu.faults.inject("worker_failure")
+    response = await create(SMALL)
+    assert response.status_code == 500
+    body = response.json()
+    assert body["error"] == "runpod_failed"
+    assert body["settings"]["num_outputs"] == 1
+    assert emu.balance(TOKEN) == 100
+    assert emu.generation_count == 1  # it did reach the worker
+    assert emu.requests[0].fault == "worker_failure"
+    emu.faults.inject("worker_failure", error="no_outputs")
+    assert (await create(SMALL)).json()["error"] == "no_outputs"
+
+
+async def test_rate_limit_fault(create: Create, emu: Emulator) -> None:
+    emu.faults.inject("rate_limit", retry_after=7)
+    response = await create(SMALL)
+    assert response.status_code == 429
+    assert response.content == b"Too Many Requests\n"
+    assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.headers["Retry-After"] == "7"
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert int(response.headers["X-RateLimit-Reset"]) >= int(time.time())
+    assert response.headers["X-RateLimit-Limit"] == "10"  # the real limit, as limiting is off
+    assert emu.balance(TOKEN) == 100
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "error"),
+    [
+        ("queue_full", 400, "queue_limit_reached"),
+        ("insufficient_credits", 400, "insufficient_credits"),
+        ("nsfw_prompt", 400, "nsfw_prompt"),
+    ],
+)
+async def test_refusals_with_settings_cost_nothing(
+    create: Create, emu: Emulator, mode: str, status: int, error: str
+) -> None:
+    emu.faults.inject(mode)
+    response = await create(SMALL)
+    assert response.status_code == status
+    assert response.json()["error"] == error
+    assert response.json()["settings"]["width"] == 256
+    assert emu.balance(TOKEN) == 100 and emu.generation_count == 0
+
+
+async def test_internal_error_and_banned(create: Create, emu: Emulator) -> None:
+    emu.faults.inject("internal_error")
+    emu.faults.inject("internal_error", with_settings=True)
+    emu.faults.inject("banned")
+    plain = await create(SMALL)
+    assert (plain.status_code, plain.content) == (
+        500,
+        b'{"error":"An unknown error has occured"}\n',
+    )
+    assert "settings" in (await create(SMALL)).json()
+    banned = await create(SMALL)
+    assert (banned.status_code, banned.content) == (403, b'{"error":"user_banned"}\n')
+    assert emu.balance(TOKEN) == 100
+
+
+async def test_http_status_as_a_proxy_would(create: Create, emu: Emulator) -> None:
+    emu.faults.inject("http_status", status=503)
+    emu.faults.inject("http_status", status=504, body="upstream timed out", charge=True)
+    response = await create(SMALL)
+    assert (response.status_code, response.text) == (503, "error code: 503\n")
+    assert emu.balance(TOKEN) == 100
+    charged = await create(SMALL)
+    assert (charged.status_code, charged.text) == (504, "upstream timed out\n")
+    assert emu.balance(TOKEN) == 99 and emu.generation_count == 1
+
+
+@pytest.mark.parametrize(
+    ("variant", "check"),
+    [
+        ("wrong_shape", lambda r: r.json() == {"outputs": "nope"}),
+        ("not_json", lambda r: r.headers["Content-Type"] == "text/html"),
+        ("empty", lambda r: r.content == b""),
+        ("truncated", lambda r: r.content.startswith(b'{"outputs":[')),
+        ("missing_fields", lambda r: "settings" not in r.json()),
+    ],
+)
+async def test_malformed_success(
+    create: Create, emu: Emulator, variant: str, check: object
+) -> None:
+    emu.faults.inject("malformed_success", variant=variant)
+    response = await create(SMALL)
+    assert response.status_code == 200
+    assert callable(check) and check(response)
+    assert emu.balance(TOKEN) == 99
+
+
+async def test_filter_outputs_drops_outputs_but_charges_all(create: Create, emu: Emulator) -> None:
+    emu.faults.inject("filter_outputs", drop=2)
+    response = await create({**SMALL, "num_outputs": 3})
+    assert response.status_code == 200
+    assert len(response.json()["outputs"]) == 1
+    assert response.json()["settings"]["num_outputs"] == 3
+    emu.faults.inject("filter_outputs", drop=9)
+    assert (await create(SMALL)).json()["outputs"] == []
+    assert emu.balance(TOKEN) == 96
+
+
+async def test_drop_connection(create: Create, emu: Emulator) -> None:
+    emu.faults.inject("drop_connection")
+    emu.faults.inject("drop_connection", charge=True)
+    with pytest.raises(httpx.RemoteProtocolError):
+        await create(SMALL)
+    assert emu.balance(TOKEN) == 100
+    with pytest.raises(httpx.RemoteProtocolError):
+        await create(SMALL)
+    assert emu.balance(TOKEN) == 99
+    assert [(r.status, r.connection_dropped) for r in emu.requests] == [(None, True)] * 2
+
+
+async def test_delay_adds_worker_time(create: Create, emu: Emulator) -> None:
+    emu.faults.inject("delay", seconds=0.3)
+    started = time.monotonic()
+    assert (await create(SMALL)).status_code == 200
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_faults_count_and_are_only_taken_after_auth(create: Create, emu: Emulator) -> None:
+    emu.faults.inject("banned", count=2)
+    assert (await create(SMALL, token=None)).status_code == 401
+    statuses = [(await create(SMALL)).status_code for _ in range(3)]
+    assert statuses == [403, 403, 200]
+
+
+async def test_fault_is_used_up_even_when_the_request_fails_earlier(
+    create: Create, emu: Emulator
+) -> None:
+    emu.faults.inject("worker_failure")
+    invalid = await create({"width": 1})
+    assert invalid.json()["error"] == "Width is too small, min is: 256"
+    assert emu.requests[0].fault == "worker_failure"
+    assert (await create(SMALL)).status_code == 200
