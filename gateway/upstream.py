@@ -23,6 +23,7 @@ from gateway.errors import (
     UpstreamInternal,
     UpstreamUnavailable,
 )
+from gateway.transport import AiohttpTransport
 from gateway.upstream_errors import error_from_response
 
 CREATE_PATH = "/v1/image/generation/create"
@@ -52,7 +53,11 @@ class CallBudget:
 
 
 class StablecogClient:
-    """Sends generations to the upstream and maps every failure to a GatewayError."""
+    """Sends generations to the upstream and maps every failure to a GatewayError.
+
+    httpx is the API; the connection pool underneath is aiohttp's (gateway.transport),
+    which holds thousands of slow calls open without slowing down.
+    """
 
     def __init__(
         self,
@@ -72,7 +77,7 @@ class StablecogClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             headers={"user-agent": USER_AGENT},
-            transport=transport,
+            transport=transport or AiohttpTransport(max_connections=max_connections),
             follow_redirects=False,
         )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +15,7 @@ from emulator.server import Emulator
 from gateway._gen.stablecog.v1 import generation_pb2_grpc
 from gateway.app import GatewayApp, Seams
 from gateway.config import Settings
+from tests.services import RedisServer
 
 ACCOUNT_KEY = "sc-" + hashlib.sha256(b"tests account").hexdigest()
 OTHER_KEY = "sc-" + hashlib.sha256(b"tests other account").hexdigest()
@@ -31,6 +32,7 @@ async def emulator() -> AsyncIterator[Emulator]:
         EmulatorConfig(
             latency_seconds=0.0,
             rate_limit_per_second=0,
+            queue_limit=0,
             initial_credits=INITIAL_CREDITS,
         )
     )
@@ -85,3 +87,26 @@ async def channel(gateway: GatewayApp) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture
 def stub(channel: grpc.aio.Channel) -> generation_pb2_grpc.GenerationServiceStub:
     return generation_pb2_grpc.GenerationServiceStub(channel)
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class FakeClock:
+    """A monotonic clock tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

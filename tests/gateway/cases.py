@@ -53,7 +53,10 @@ BOUNDARIES: list[tuple[dict[str, Any], list[str]]] = [
     ({"width": 1024, "height": 768, "inference_steps": 41}, ["inference_steps"]),
     ({"width": 1024, "height": 1024, "inference_steps": 50}, ["inference_steps"]),
     ({"width": 768, "height": 768, "inference_steps": 50}, []),
-    ({"width": 1024, "height": 1024, "inference_steps": 51}, ["inference_steps", "inference_steps"]),
+    (
+        {"width": 1024, "height": 1024, "inference_steps": 51},
+        ["inference_steps", "inference_steps"],
+    ),
     ({"width": 1024, "inference_steps": 50}, []),
     ({"model_id": MODEL, "scheduler_id": SCHEDULER}, []),
     ({"model_id": "flux"}, ["model_id"]),

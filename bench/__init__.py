@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): loopback only, bounded in count and time, print numbers."""

@@ -1,0 +1,190 @@
+"""`make bench`: what the gateway adds, measured against the emulator on loopback.
+
+Starts the emulator and one gateway as child processes, drives them with a grpc.aio
+client from this process, and prints throughput and latency percentiles for:
+
+- cache hits (the gateway's own cost: no upstream call),
+- upstream round trips with zero emulator latency (gateway + httpx + emulator),
+- many slow calls held open at once (the normal load: seconds-long generations),
+  with the gateway's resident memory.
+
+Every phase is bounded by a call count and a time limit. Client and servers share the
+machine's cores, so numbers are comparable between runs on one machine, not absolute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+
+from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from tests.processes import GatewayProcess
+from tests.services import free_port
+
+KEY = "sc-" + hashlib.sha256(b"bench account").hexdigest()
+
+
+async def start_emulator(latency: float) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "emulator",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--latency",
+            str(latency),
+            "--rate-limit",
+            "0",
+            "--queue-limit",
+            "0",
+            "--account",
+            KEY,
+            "--initial-credits",
+            "100000000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as client:
+        for _ in range(200):
+            try:
+                if (await client.get(f"{url}/v1/health")).status_code == 200:
+                    return process, url
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
+    process.kill()
+    raise RuntimeError("emulator did not start")
+
+
+async def set_latency(url: str, seconds: float) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{url}/_emulator/config", json={"latency_seconds": seconds})
+        response.raise_for_status()
+
+
+async def drive(
+    stub: generation_pb2_grpc.GenerationServiceStub,
+    make_request: type[generation_pb2.GenerationRequest] | object,
+    *,
+    concurrency: int,
+    total: int,
+    time_limit: float,
+) -> tuple[int, float, list[float]]:
+    latencies: list[float] = []
+    issued = 0
+    deadline = time.perf_counter() + time_limit
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < total and time.perf_counter() < deadline:
+            issued += 1
+            request = make_request(issued)  # type: ignore[operator]
+            started = time.perf_counter()
+            await stub.CreateGeneration(request, timeout=60)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(latencies), time.perf_counter() - started, latencies
+
+
+def report(name: str, concurrency: int, done: int, seconds: float, latencies: list[float]) -> None:
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    print(
+        f"{name:<28} c={concurrency:<5} calls={done:<6} {done / seconds:>8.0f}/s  "
+        f"p50={pct(0.50):7.2f} ms  p99={pct(0.99):7.2f} ms  mean={statistics.fmean(latencies) * 1000:7.2f} ms"
+    )
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000, help="calls per phase (bound)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="time limit per phase")
+    parser.add_argument("--held-open", type=int, default=2000, help="slow calls held at once")
+    args = parser.parse_args()
+
+    emulator, url = await start_emulator(latency=0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        gateway = GatewayProcess(
+            {"STABLECOG_API_URL": url, "STABLECOG_API_KEY": KEY, "GATEWAY_LOG_LEVEL": "warning"},
+            Path(tmp) / "gateway.log",
+        )
+        try:
+            await gateway.start()
+            assert gateway.process is not None
+            print(
+                f"gateway pid {gateway.process.pid}: RSS at start {rss_mb(gateway.process.pid):.0f} MB"
+            )
+            async with grpc.aio.insecure_channel(gateway.target) as channel:
+                stub = generation_pb2_grpc.GenerationServiceStub(channel)
+                seeded = generation_pb2.GenerationRequest(prompt="bench", seed=1, num_outputs=1)
+                await stub.CreateGeneration(seeded)  # fill the cache
+                for concurrency in (1, 16, 64):
+                    done, secs, lat = await drive(
+                        stub,
+                        lambda _: seeded,
+                        concurrency=concurrency,
+                        total=args.calls,
+                        time_limit=args.seconds,
+                    )
+                    report("cache hit (gateway only)", concurrency, done, secs, lat)
+                for concurrency in (1, 16, 64):
+                    done, secs, lat = await drive(
+                        stub,
+                        lambda i: generation_pb2.GenerationRequest(
+                            prompt=f"bench {i}", num_outputs=1
+                        ),
+                        concurrency=concurrency,
+                        total=args.calls,
+                        time_limit=args.seconds,
+                    )
+                    report("upstream round trip", concurrency, done, secs, lat)
+
+                await set_latency(url, 2.0)
+                n = args.held_open
+                done, secs, lat = await drive(
+                    stub,
+                    lambda i: generation_pb2.GenerationRequest(prompt=f"slow {i}", num_outputs=1),
+                    concurrency=n,
+                    total=n,
+                    time_limit=args.seconds * 4,
+                )
+                report("held open, upstream 2 s", n, done, secs, lat)
+                print(
+                    f"gateway RSS after {n} concurrent slow calls: {rss_mb(gateway.process.pid):.0f} MB"
+                )
+        finally:
+            gateway.kill()
+            emulator.kill()
+            emulator.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(asyncio.run(main()))

@@ -1,0 +1,275 @@
+"""The seeded-request cache end to end: real gateways, the emulator counting generations,
+and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from emulator.server import Emulator
+from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from gateway.app import GatewayApp, Seams
+from tests.conftest import (
+    ACCOUNT_KEY,
+    INITIAL_CREDITS,
+    OTHER_KEY,
+    FakeClock,
+    GatewayFactory,
+)
+from tests.services import RedisServer
+
+Stub = generation_pb2_grpc.GenerationServiceStub
+CREATE = "/v1/image/generation/create"
+
+
+def request(**fields: Any) -> generation_pb2.GenerationRequest:
+    fields.setdefault("prompt", "a lighthouse at dawn")
+    fields.setdefault("num_outputs", 2)
+    return generation_pb2.GenerationRequest(**fields)
+
+
+def upstream_calls(emulator: Emulator) -> int:
+    return sum(1 for r in emulator.requests if r.path == CREATE)
+
+
+async def call(
+    app: GatewayApp, req: generation_pb2.GenerationRequest, **kw: Any
+) -> tuple[generation_pb2.GenerationResponse, str]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        rpc = Stub(channel).CreateGeneration(req, **kw)
+        response = await rpc
+        trailing = dict(await rpc.trailing_metadata())
+    return response, str(trailing["x-cache"])
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def cached_gateway(
+    request: pytest.FixtureRequest, make_gateway: GatewayFactory
+) -> GatewayApp:
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return await make_gateway(cache="redis", redis_url=server.url)
+    return await make_gateway(cache="memory")
+
+
+async def test_seeded_call_twice_is_generated_once(
+    cached_gateway: GatewayApp, emulator: Emulator
+) -> None:
+    first, first_cache = await call(cached_gateway, request(seed=42))
+    second, second_cache = await call(cached_gateway, request(seed=42))
+    assert (first_cache, second_cache) == ("miss", "hit")
+    assert second.cache_result == generation_pb2.CACHE_RESULT_HIT
+    assert first.cache_result == generation_pb2.CACHE_RESULT_MISS
+    assert list(second.outputs) == list(first.outputs)
+    assert second.settings == first.settings
+    assert upstream_calls(emulator) == 1
+    assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS - 2
+
+
+async def test_unseeded_and_negative_seeds_always_go_upstream(
+    cached_gateway: GatewayApp, emulator: Emulator
+) -> None:
+    results = [
+        (await call(cached_gateway, request()))[1],
+        (await call(cached_gateway, request()))[1],
+        (await call(cached_gateway, request(seed=-1)))[1],
+        (await call(cached_gateway, request(seed=-1)))[1],
+    ]
+    assert results == ["uncacheable"] * 4
+    assert upstream_calls(emulator) == 4
+
+
+async def test_omitted_default_and_explicit_default_share_an_entry(
+    cached_gateway: GatewayApp, emulator: Emulator
+) -> None:
+    bare = generation_pb2.GenerationRequest(prompt="a  lighthouse\nat dawn", seed=9)
+    explicit = generation_pb2.GenerationRequest(
+        prompt="a lighthouse at dawn", seed=9, num_outputs=2, guidance_scale=7, inference_steps=30
+    )
+    _, first = await call(cached_gateway, bare)
+    _, second = await call(cached_gateway, explicit)
+    assert (first, second) == ("miss", "hit")
+    assert upstream_calls(emulator) == 1
+
+
+async def test_accounts_never_share_entries(
+    make_gateway: GatewayFactory, emulator: Emulator
+) -> None:
+    app = await make_gateway(api_key=None)
+    mine = [("authorization", f"Bearer {ACCOUNT_KEY}")]
+    theirs = [("authorization", f"Bearer {OTHER_KEY}")]
+    _, a = await call(app, request(seed=5), metadata=mine)
+    _, b = await call(app, request(seed=5), metadata=theirs)
+    _, c = await call(app, request(seed=5), metadata=theirs)
+    assert (a, b, c) == ("miss", "miss", "hit")
+    assert upstream_calls(emulator) == 2
+    assert emulator.balance(OTHER_KEY) == INITIAL_CREDITS - 2
+
+
+async def test_hit_reports_the_newest_balance(
+    cached_gateway: GatewayApp, emulator: Emulator
+) -> None:
+    first, _ = await call(cached_gateway, request(seed=1, num_outputs=1))
+    spent, _ = await call(cached_gateway, request(num_outputs=3))  # unseeded: paid
+    hit, result = await call(cached_gateway, request(seed=1, num_outputs=1))
+    assert result == "hit"
+    assert first.remaining_credits == INITIAL_CREDITS - 1
+    assert hit.remaining_credits == spent.remaining_credits == INITIAL_CREDITS - 4
+
+
+async def test_concurrent_identical_calls_share_one_generation(
+    cached_gateway: GatewayApp, emulator: Emulator
+) -> None:
+    emulator.set_latency(0.5)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cached_gateway.grpc_port}") as channel:
+        stub = Stub(channel)
+        calls = [stub.CreateGeneration(request(seed=77)) for _ in range(200)]
+        responses = await asyncio.gather(*calls)
+        results = [dict(await c.trailing_metadata())["x-cache"] for c in calls]
+    assert len(responses) == 200
+    assert upstream_calls(emulator) == 1
+    assert results.count("miss") == 1
+    assert set(results) <= {"miss", "coalesced", "hit"}
+    assert all(list(r.outputs) == list(responses[0].outputs) for r in responses)
+    assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS - 2
+
+
+async def test_cancelled_first_caller_does_not_waste_the_generation(
+    cached_gateway: GatewayApp, emulator: Emulator
+) -> None:
+    emulator.set_latency(1.0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cached_gateway.grpc_port}") as channel:
+        stub = Stub(channel)
+        first = stub.CreateGeneration(request(seed=123), timeout=0.3)
+        await asyncio.sleep(0.1)
+        others = [stub.CreateGeneration(request(seed=123), timeout=10) for _ in range(5)]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await first
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        answered = await asyncio.gather(*others)
+    assert all(len(r.outputs) == 2 for r in answered)
+    # The cache was filled by the generation the first caller started.
+    _, result = await call(cached_gateway, request(seed=123))
+    assert result == "hit"
+    assert upstream_calls(emulator) == 1
+    assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS - 2
+
+
+async def test_abandoned_generation_still_fills_the_cache(
+    cached_gateway: GatewayApp, emulator: Emulator
+) -> None:
+    emulator.set_latency(0.6)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call(cached_gateway, request(seed=321), timeout=0.2)
+    for _ in range(40):  # the generation finishes after its caller left
+        if cached_gateway.cache is not None and cached_gateway.cache.flights == 0:
+            break
+        await asyncio.sleep(0.05)
+    _, result = await call(cached_gateway, request(seed=321))
+    assert result == "hit"
+    assert upstream_calls(emulator) == 1
+
+
+async def test_errors_are_not_cached(cached_gateway: GatewayApp, emulator: Emulator) -> None:
+    emulator.faults.inject("worker_failure", count=1, error="runpod_failed")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(cached_gateway, request(seed=8))
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    _, second = await call(cached_gateway, request(seed=8))
+    _, third = await call(cached_gateway, request(seed=8))
+    assert (second, third) == ("miss", "hit")
+    assert upstream_calls(emulator) == 2
+
+
+async def test_responses_without_outputs_are_not_cached(
+    cached_gateway: GatewayApp, emulator: Emulator
+) -> None:
+    emulator.faults.inject("filter_outputs", count=1, drop=2)
+    empty, _ = await call(cached_gateway, request(seed=6))
+    assert len(empty.outputs) == 0
+    full, result = await call(cached_gateway, request(seed=6))
+    assert result == "miss" and len(full.outputs) == 2
+
+
+async def test_cache_control_metadata(cached_gateway: GatewayApp, emulator: Emulator) -> None:
+    _, stored = await call(
+        cached_gateway, request(seed=3), metadata=[("cache-control", "no-store")]
+    )
+    _, after_no_store = await call(cached_gateway, request(seed=3))
+    _, no_cache = await call(
+        cached_gateway, request(seed=3), metadata=[("cache-control", "no-cache")]
+    )
+    _, hit = await call(cached_gateway, request(seed=3))
+    assert (stored, after_no_store, no_cache, hit) == ("bypass", "miss", "bypass", "hit")
+    assert upstream_calls(emulator) == 3
+
+
+async def test_cache_off_goes_upstream_every_time(
+    make_gateway: GatewayFactory, emulator: Emulator
+) -> None:
+    app = await make_gateway(cache="off")
+    results = [(await call(app, request(seed=1)))[1] for _ in range(2)]
+    assert results == ["bypass", "bypass"]
+    assert upstream_calls(emulator) == 2
+
+
+async def test_ttl_expiry_with_an_injected_clock(
+    make_gateway: GatewayFactory, emulator: Emulator
+) -> None:
+    clock = FakeClock()
+    app = await make_gateway(Seams(clock=clock), cache="memory", cache_ttl=60)
+    _, a = await call(app, request(seed=11))
+    clock.advance(59)
+    _, b = await call(app, request(seed=11))
+    clock.advance(2)
+    _, c = await call(app, request(seed=11))
+    assert (a, b, c) == ("miss", "hit", "miss")
+    assert upstream_calls(emulator) == 2
+
+
+# --- Redis specifics ---
+
+
+async def test_redis_down_fails_open_and_comes_back(
+    make_gateway: GatewayFactory, emulator: Emulator, redis_server: RedisServer
+) -> None:
+    app = await make_gateway(cache="redis", redis_url=redis_server.url, redis_timeout=0.2)
+    _, a = await call(app, request(seed=21))
+    _, b = await call(app, request(seed=21))
+    assert (a, b) == ("miss", "hit")
+
+    redis_server.stop()
+    outage = [(await call(app, request(seed=21)))[1] for _ in range(3)]
+    assert outage == ["miss"] * 3  # served from the upstream, no error
+    assert upstream_calls(emulator) == 4
+
+    redis_server.start()  # empty again: same port, no persistence
+    await asyncio.sleep(1.1)  # the backend is retried after a second
+    _, refill = await call(app, request(seed=21))
+    _, hit = await call(app, request(seed=21))
+    assert (refill, hit) == ("miss", "hit")
+
+
+async def test_redis_never_stores_the_key(
+    make_gateway: GatewayFactory, emulator: Emulator, redis_server: RedisServer
+) -> None:
+    import hashlib
+
+    import redis
+
+    app = await make_gateway(cache="redis", redis_url=redis_server.url)
+    await call(app, request(seed=31, prompt="a secret garden"))
+    await call(app, request(seed=31, prompt="a secret garden"))
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        keys = client.keys("*")
+        assert keys, "the cache wrote nothing to Redis"
+        blobs = b"".join(keys) + b"".join(client.get(k) or b"" for k in keys)
+    finally:
+        client.close()
+    for secret in (ACCOUNT_KEY, ACCOUNT_KEY[3:], hashlib.sha256(ACCOUNT_KEY.encode()).hexdigest()):
+        assert secret.encode() not in blobs
+    assert all(k.startswith(b"scgw:v1:") for k in keys)

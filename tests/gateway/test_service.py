@@ -1,0 +1,363 @@
+"""The gateway end to end: a real grpc.aio server, a generated stub, the emulator over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from emulator.server import Emulator
+from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from gateway.app import GatewayApp
+from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS, OTHER_KEY, GatewayFactory, sha256
+from tests.gateway.cases import BOUNDARIES, MODEL
+from tests.status import rich_error
+
+Stub = generation_pb2_grpc.GenerationServiceStub
+
+
+def request(**fields: Any) -> generation_pb2.GenerationRequest:
+    fields.setdefault("prompt", "a lighthouse at dawn")
+    return generation_pb2.GenerationRequest(**fields)
+
+
+def generation_bodies(emulator: Emulator) -> list[dict[str, Any]]:
+    return [r.json for r in emulator.requests if r.path == "/v1/image/generation/create"]
+
+
+async def test_valid_call_returns_outputs_and_settings(stub: Stub, emulator: Emulator) -> None:
+    response, call = await _with_call(stub, request(num_outputs=3, seed=7, width=512, height=768))
+    assert len(response.outputs) == 3
+    for output in response.outputs:
+        assert output.id and output.url.startswith(emulator.base_url)
+        assert output.image_url == output.url
+    assert response.settings.seed == 7
+    assert (response.settings.width, response.settings.height) == (512, 768)
+    assert response.settings.num_outputs == 3
+    assert response.settings.model_id and response.settings.scheduler_id
+    assert response.remaining_credits == INITIAL_CREDITS - 3
+    assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS - 3
+    trailing = dict(await call.trailing_metadata())
+    assert trailing["x-cache"] in {"bypass", "miss", "uncacheable"}
+
+
+async def _with_call(stub: Stub, req: generation_pb2.GenerationRequest, **kw: Any) -> Any:
+    call = stub.CreateGeneration(req, **kw)
+    return await call, call
+
+
+async def test_images_are_real_and_deterministic(stub: Stub) -> None:
+    import httpx
+
+    first = await stub.CreateGeneration(request(seed=42, num_outputs=1, width=256, height=256))
+    second = await stub.CreateGeneration(request(seed=42, num_outputs=1, width=256, height=256))
+    other = await stub.CreateGeneration(request(seed=43, num_outputs=1, width=256, height=256))
+    async with httpx.AsyncClient() as http:
+        images = [(await http.get(r.outputs[0].url)) for r in (first, second, other)]
+    assert all(i.status_code == 200 and i.content[:2] == b"\xff\xd8" for i in images)
+    assert images[0].content == images[1].content != images[2].content
+
+
+async def test_rest_body_holds_exactly_the_set_fields(stub: Stub, emulator: Emulator) -> None:
+    await stub.CreateGeneration(request())
+    await stub.CreateGeneration(
+        request(seed=0, negative_prompt="", guidance_scale=7.5, model_id=MODEL, num_outputs=1)
+    )
+    await stub.CreateGeneration(
+        request(prompt_strength=0.0, init_image_url="https://example.com/a.png", width=512)
+    )
+    bodies = generation_bodies(emulator)
+    assert bodies == [
+        {"prompt": "a lighthouse at dawn"},
+        {
+            "prompt": "a lighthouse at dawn",
+            "seed": 0,
+            "negative_prompt": "",
+            "guidance_scale": 7.5,
+            "model_id": MODEL,
+            "num_outputs": 1,
+        },
+        {
+            "prompt": "a lighthouse at dawn",
+            "prompt_strength": 0.0,
+            "init_image_url": "https://example.com/a.png",
+            "width": 512,
+        },
+    ]
+    # Seed 0 is a real seed: the upstream used it rather than drawing one.
+    raw = [r.body for r in emulator.requests if r.path == "/v1/image/generation/create"]
+    assert '"seed": 0' in raw[1] or '"seed":0' in raw[1]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [c for c in BOUNDARIES if c[1]],
+    ids=[str(c[0]) for c in BOUNDARIES if c[1]],
+)
+async def test_each_constraint_rejects_before_the_upstream(
+    stub: Stub, emulator: Emulator, fields: dict[str, Any], expected: list[str]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateGeneration(request(**fields))
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(f for f, _ in error.violations) == sorted(expected)
+    assert all(description for _, description in error.violations)
+    assert error.info is not None and error.info.reason == "INVALID_REQUEST"
+    assert emulator.requests == []
+    assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS
+
+
+async def test_valid_boundaries_reach_the_upstream(stub: Stub, emulator: Emulator) -> None:
+    valid = [
+        fields for fields, expected in BOUNDARIES if not expected and "init_image_url" not in fields
+    ]
+    upstream_rejected = []
+    for fields in valid:
+        try:
+            await stub.CreateGeneration(request(**fields))
+        except grpc.aio.AioRpcError as error:
+            info = rich_error(error).info
+            assert info is not None and info.domain == "api.stablecog.com", fields
+            upstream_rejected.append(fields)
+    assert len(generation_bodies(emulator)) == len(valid)
+    # The gateway checks pixel-steps only when both sizes are set; the upstream then fills
+    # in the model's default size (1024 here), and 1024 x 1024 x 50 is over its limit.
+    assert upstream_rejected == [{"inference_steps": 50}, {"width": 1024, "inference_steps": 50}]
+
+
+# --- upstream errors, one row of the table each, through the real emulator ---
+
+FAULT_ROWS = [
+    # fault, params, code, reason, retry_info expected
+    ("worker_failure", {"error": "TIMEOUT"}, grpc.StatusCode.UNAVAILABLE, "TIMEOUT", True),
+    (
+        "worker_failure",
+        {"error": "runpod_failed"},
+        grpc.StatusCode.UNAVAILABLE,
+        "RUNPOD_FAILED",
+        True,
+    ),
+    ("rate_limit", {}, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", True),
+    ("queue_full", {}, grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_LIMIT_REACHED", True),
+    (
+        "insufficient_credits",
+        {},
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INSUFFICIENT_CREDITS",
+        False,
+    ),
+    ("internal_error", {}, grpc.StatusCode.INTERNAL, "UPSTREAM_UNKNOWN_ERROR", False),
+    ("http_status", {"status": 502}, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_HTTP_502", True),
+    ("http_status", {"status": 503}, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_HTTP_503", True),
+    ("http_status", {"status": 504}, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_HTTP_504", True),
+    ("http_status", {"status": 500}, grpc.StatusCode.INTERNAL, "UPSTREAM_HTTP_500", False),
+    ("malformed_success", {}, grpc.StatusCode.INTERNAL, "UPSTREAM_BAD_RESPONSE", False),
+    (
+        "malformed_success",
+        {"variant": "not_json"},
+        grpc.StatusCode.INTERNAL,
+        "UPSTREAM_BAD_RESPONSE",
+        False,
+    ),
+    ("banned", {}, grpc.StatusCode.PERMISSION_DENIED, "USER_BANNED", False),
+    ("nsfw_prompt", {}, grpc.StatusCode.INVALID_ARGUMENT, "NSFW_PROMPT", False),
+    ("drop_connection", {}, grpc.StatusCode.INTERNAL, "UPSTREAM_CONNECTION_LOST", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "params", "code", "reason", "retry"),
+    FAULT_ROWS,
+    ids=[f"{r[0]}-{r[3]}" for r in FAULT_ROWS],
+)
+async def test_upstream_error_row(
+    stub: Stub,
+    emulator: Emulator,
+    fault: str,
+    params: dict[str, Any],
+    code: grpc.StatusCode,
+    reason: str,
+    retry: bool,
+) -> None:
+    emulator.faults.inject(fault, count=1, **params)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateGeneration(request(num_outputs=2))
+    error = rich_error(caught.value)
+    assert error.code is code
+    assert error.info is not None and error.info.reason == reason
+    assert (error.retry_delay is not None) is retry
+    assert ACCOUNT_KEY not in error.message
+    assert "{" not in error.message  # no raw JSON body
+    # The fault was used up: the next call succeeds.
+    response = await stub.CreateGeneration(request(num_outputs=1))
+    assert len(response.outputs) == 1
+
+
+async def test_worker_failure_is_refunded(stub: Stub, emulator: Emulator) -> None:
+    emulator.faults.inject("worker_failure", count=1, error="no_outputs")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.CreateGeneration(request(num_outputs=4))
+    assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS
+
+
+async def test_upstream_validation_error_names_the_field(stub: Stub) -> None:
+    # A well-formed UUID that is no model: only the upstream can know.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateGeneration(
+            request(model_id="00000000-0000-4000-8000-000000000000", width=512, height=512)
+        )
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.info is not None and error.info.reason == "INVALID_MODEL_ID"
+    assert [f for f, _ in error.violations] == ["model_id"]
+
+
+async def test_rate_limit_retry_delay_comes_from_retry_after(
+    stub: Stub, emulator: Emulator
+) -> None:
+    emulator.faults.inject("rate_limit", count=1, retry_after=7)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateGeneration(request())
+    assert rich_error(caught.value).retry_delay == 7.0
+
+
+# --- auth ---
+
+
+async def test_configured_key_wins_over_the_callers(stub: Stub, emulator: Emulator) -> None:
+    await stub.CreateGeneration(request(), metadata=[("authorization", f"Bearer {OTHER_KEY}")])
+    (recorded,) = [r for r in emulator.requests if r.path == "/v1/image/generation/create"]
+    assert recorded.token_sha256 == sha256(ACCOUNT_KEY)
+
+
+async def test_callers_key_is_forwarded_without_a_configured_key(
+    make_gateway: GatewayFactory, emulator: Emulator
+) -> None:
+    app = await make_gateway(api_key=None)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        stub = Stub(channel)
+        response = await stub.CreateGeneration(
+            request(num_outputs=1), metadata=[("authorization", f"Bearer {OTHER_KEY}")]
+        )
+        assert response.remaining_credits == INITIAL_CREDITS - 1
+        assert emulator.balance(OTHER_KEY) == INITIAL_CREDITS - 1
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CreateGeneration(request())
+        error = rich_error(caught.value)
+        assert error.code is grpc.StatusCode.UNAUTHENTICATED
+        assert error.info is not None and error.info.reason == "MISSING_API_KEY"
+        assert len(emulator.requests) == 1  # the keyless call never left the gateway
+
+        bad_key = "sc-" + "0" * 64
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CreateGeneration(
+                request(), metadata=[("authorization", f"Bearer {bad_key}")]
+            )
+        error = rich_error(caught.value)
+        assert error.code is grpc.StatusCode.UNAUTHENTICATED
+        assert error.info is not None and error.info.reason == "UNAUTHORIZED"
+        assert bad_key not in error.message
+
+
+async def test_rejected_configured_key_is_an_operator_problem(
+    make_gateway: GatewayFactory,
+) -> None:
+    app = await make_gateway(api_key="sc-" + "1" * 64)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await Stub(channel).CreateGeneration(request())
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.INTERNAL
+    assert error.info is not None and error.info.reason == "CONFIGURED_API_KEY_REJECTED"
+    assert "1111" not in error.message
+
+
+async def test_unreachable_upstream_is_unavailable(make_gateway: GatewayFactory) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = await make_gateway(upstream_url=f"http://127.0.0.1:{port}")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await Stub(channel).CreateGeneration(request())
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.UNAVAILABLE
+    assert error.info is not None and error.info.reason == "UPSTREAM_UNREACHABLE"
+
+
+# --- deadlines ---
+
+
+async def test_callers_deadline_propagates_to_the_upstream_call(
+    stub: Stub, emulator: Emulator
+) -> None:
+    emulator.set_latency(3.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateGeneration(request(), timeout=0.5)
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    # The gateway gave up on the upstream too: the emulator sees the client leave
+    # long before its 3 s answer would have been ready.
+    for _ in range(50):
+        recorded = [r for r in emulator.requests if r.path == "/v1/image/generation/create"]
+        if recorded and recorded[0].client_disconnected:
+            break
+        await asyncio.sleep(0.05)
+    assert recorded and recorded[0].client_disconnected
+    assert loop.time() - started < 2.5
+
+
+async def test_gateway_upstream_timeout_is_deadline_exceeded(
+    make_gateway: GatewayFactory, emulator: Emulator
+) -> None:
+    emulator.set_latency(2.0)
+    app = await make_gateway(upstream_timeout=0.3)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await Stub(channel).CreateGeneration(request(), timeout=10)
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error.info is not None and error.info.reason == "UPSTREAM_TIMEOUT"
+
+
+async def test_longer_deadline_than_upstream_latency_succeeds(
+    stub: Stub, emulator: Emulator
+) -> None:
+    emulator.set_latency(0.3)
+    response = await stub.CreateGeneration(request(num_outputs=1), timeout=5)
+    assert len(response.outputs) == 1
+
+
+# --- health and reflection ---
+
+
+async def test_health_is_serving_overall_and_per_service(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "stablecog.v1.GenerationService"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_service(channel: grpc.aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    reply = await call.read()
+    await call.done_writing()
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"stablecog.v1.GenerationService", "grpc.health.v1.Health"} <= names
+
+
+async def test_settings_stay_out_of_logs_and_errors(gateway: GatewayApp) -> None:
+    assert ACCOUNT_KEY not in repr(gateway.settings)
+    assert ACCOUNT_KEY not in json.dumps(repr(gateway.keys.resolve({})))

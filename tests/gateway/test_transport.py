@@ -1,0 +1,46 @@
+"""The aiohttp-backed httpx transport: every aiohttp error maps to an httpx one."""
+
+from __future__ import annotations
+
+import aiohttp
+import httpx
+import pytest
+
+from gateway.transport import EXCEPTION_MAP, AiohttpTransport, httpx_error_for
+
+
+def _subclasses(cls: type) -> set[type]:
+    found = {cls}
+    for sub in cls.__subclasses__():
+        found |= _subclasses(sub)
+    return found
+
+
+def test_every_aiohttp_client_error_is_mapped() -> None:
+    for cls in _subclasses(aiohttp.ClientError):
+        if not cls.__module__.startswith("aiohttp"):
+            continue
+        error = cls.__new__(cls)  # type: ignore[call-overload]
+        assert httpx_error_for(error) is not None, cls
+
+
+def test_specific_errors_win_over_general_ones() -> None:
+    order = [a for a, _ in EXCEPTION_MAP]
+    for index, earlier in enumerate(order):
+        for later in order[index + 1 :]:
+            assert not issubclass(later, earlier), f"{later} is shadowed by {earlier}"
+
+
+async def test_round_trip_and_connect_error(emulator: object) -> None:
+    base_url = emulator.base_url  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(transport=AiohttpTransport(max_connections=4)) as client:
+        response = await client.get(f"{base_url}/v1/image/generation/models")
+        assert response.status_code == 200
+        assert response.json()["models"]
+        missing = await client.get(f"{base_url}/nope")
+        assert missing.status_code == 404 and missing.text.startswith("404")
+    from tests.services import free_port
+
+    async with httpx.AsyncClient(transport=AiohttpTransport(max_connections=4)) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{free_port()}/")
