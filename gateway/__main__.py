@@ -22,9 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def run() -> None:
         try:
             app = GatewayApp(settings)
+            await app.start()
         except (OSError, ValueError) as exc:
             raise SystemExit(f"stablecog-gateway: cannot start: {exc}") from None
-        await app.run_until_signalled()
+        await app.serve_until_signalled()
 
     asyncio.run(run())
     return 0

@@ -1,8 +1,10 @@
 """Composition root: builds every long-lived object from Settings and runs them in order.
 
-Start: upstream client -> servicer -> gRPC server (health, reflection) -> SERVING.
+Start: upstream client -> servicer -> /metrics server -> gRPC server (health, reflection)
+-> SERVING.
 Stop (SIGTERM): NOT_SERVING at once -> new calls refused with UNAVAILABLE -> calls in
-flight finish within the grace period -> server and clients closed.
+flight finish within the grace period -> server and clients closed -> /metrics last, so
+the final counts can still be scraped during the drain.
 """
 
 from __future__ import annotations
@@ -155,13 +157,12 @@ class GatewayApp:
         self._stopped.set()
         _log.info("gateway stopped")
 
-    async def run_until_signalled(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then drain and stop."""
+    async def serve_until_signalled(self) -> None:
+        """Serve (after `start`) until SIGTERM or SIGINT, then drain and stop."""
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
-        await self.start()
         await stop_requested.wait()
         _log.info("stop signal received")
         await self.stop()

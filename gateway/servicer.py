@@ -131,8 +131,12 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         try:
             self._validator.check(request)
         except InvalidRequest as error:
-            for field in sorted({v.field for v in error.violations}):
+            fields = tuple(sorted({v.field for v in error.violations}))
+            for field in fields:
                 self._telemetry.validation_failure(field)
+            record = current_call.get()
+            if record is not None:
+                record.invalid_fields = fields
             raise
 
 

@@ -33,7 +33,7 @@ fi
 "$bin/stablecog-gateway" &
 pids+=($!)
 gateway_pid=$!
-"$bin/python" - <<'PY' || { echo "the gateway failed to start" >&2; exit 1; }
+GATEWAY_PID=$gateway_pid "$bin/python" - <<'PY' || { echo "the gateway failed to start" >&2; exit 1; }
 import os, sys, time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -42,6 +42,12 @@ deadline = time.monotonic() + 15
 with grpc.insecure_channel(target) as channel:
     stub = health_pb2_grpc.HealthStub(channel)
     while time.monotonic() < deadline:
+        try:  # the gateway exited (a zombie until the shell reaps it): stop waiting
+            with open(f"/proc/{os.environ['GATEWAY_PID']}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    sys.exit(1)
+        except FileNotFoundError:
+            sys.exit(1)
         try:
             if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
                 sys.exit(0)
