@@ -97,7 +97,6 @@ class GatewayApp:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.grpc_port = self._bind(settings)
-        self._stopped = asyncio.Event()
 
     def _bind(self, settings: Settings) -> int:
         if settings.tls_cert_file and settings.tls_key_file:
@@ -143,18 +142,24 @@ class GatewayApp:
         in_flight = self.servicer.in_flight.count
         _log.info("draining", extra={"in_flight": in_flight, "grace_seconds": grace})
         try:
-            await asyncio.wait_for(self.servicer.in_flight.wait_idle(), timeout=grace)
+            async with asyncio.timeout(grace):
+                await self.servicer.in_flight.wait_idle()
+                # Generations whose callers left are paid for: let them fill the cache.
+                if self.cache is not None:
+                    await self.cache.wait_idle()
         except TimeoutError:
             _log.warning(
                 "grace period over; cancelling calls in flight",
-                extra={"in_flight": self.servicer.in_flight.count},
+                extra={
+                    "in_flight": self.servicer.in_flight.count,
+                    "cache_flights": self.cache.flights if self.cache else 0,
+                },
             )
         await self.server.stop(grace=0.5)
         if self.cache is not None:
             await self.cache.aclose()
         await self.client.aclose()
         await self.metrics_server.stop()
-        self._stopped.set()
         _log.info("gateway stopped")
 
     async def serve_until_signalled(self) -> None:

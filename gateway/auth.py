@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from gateway.errors import MissingCredentials
 
 _log = logging.getLogger(__name__)
+RECHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -34,13 +36,15 @@ class KeyFile:
     """A key file re-read when its identity or timestamp changes.
 
     Kubernetes swaps a mounted Secret's files through a symlink, so the stat of the
-    path changes; a reload reads the new key and keeps the last good one if the new
-    content is empty or unreadable, so calls in flight and new calls never fail.
+    path changes; the content is also re-read once a second whatever the stat says. A
+    reload keeps the last good key if the new content is empty or unreadable, so calls
+    in flight and new calls never fail.
     """
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._stamp: tuple[int, int, int, int] | None = None
+        self._read_at = 0.0
         self._key = ""
         self.current()
         if not self._key:
@@ -55,7 +59,10 @@ class KeyFile:
                 return self._key
             raise
         stamp = (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
+        now = time.monotonic()
+        # Also re-read once a second: an in-place rewrite can keep size and timestamp.
+        if stamp != self._stamp or now - self._read_at >= RECHECK_SECONDS:
+            self._read_at = now
             try:
                 key = self._path.read_text(encoding="utf-8").strip()
             except OSError as exc:

@@ -5,16 +5,21 @@
 in this process or, through Redis, in another gateway (COALESCED), or makes the one
 upstream call (MISS) and stores its result. The upstream call runs in a task of its
 own: a caller that cancels or runs out of deadline leaves it running for the others,
-and it still fills the cache, so no credit is wasted on an abandoned half.
+and it still fills the cache, so no credit is wasted on an abandoned half. Waiters
+share the outcome, errors included: an identical call is never sent twice while the
+first may still be charged.
 
 The backend is never allowed to fail a call: when it errors or is slow (bounded by
 the store's timeout), the call goes to the upstream as if uncached, the failure is
-counted, logged once per outage, and the backend is tried again a second later.
+counted once per call, logged once per outage, and the backend is tried again a
+second later. A gateway already waiting on another's lock keeps waiting through a
+short outage rather than paying for the same generation itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -28,26 +33,39 @@ from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.cache_key import account_scope, cache_key, is_cacheable
 from gateway.cache_store import CacheStore
 from gateway.calls import NullTelemetry, Telemetry
-from gateway.errors import CallTimedOut
+from gateway.errors import CallTimedOut, GatewayError, error_from_dict, error_to_dict
 from gateway.generation import Generated, GenerationCall, Generator
 from gateway.upstream import CallBudget
 
 _log = logging.getLogger(__name__)
 CacheResult = generation_pb2.CacheResult
 T = TypeVar("T")
+D = TypeVar("D")
 
 LOCK_LEASE_SECONDS = 10.0
 POLL_SECONDS = 0.05
 RETRY_BACKEND_AFTER = 1.0
+FAILURE_TTL_SECONDS = 60.0
+
+
+class _Unknown:
+    """The backend did not answer."""
+
+
+UNKNOWN = _Unknown()
+
+
+@dataclass
+class _CallState:
+    """Per call: whether the backend failed at some point while serving it."""
+
+    backend_failed: bool = False
 
 
 class FailOpen:
-    """Runs backend operations so that a failure becomes 'no answer', never an error."""
+    """Runs backend operations so that a failure becomes a default answer, never an error."""
 
-    def __init__(
-        self, telemetry: Telemetry, *, timeout: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._telemetry = telemetry
+    def __init__(self, *, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._timeout = timeout
         self._clock = clock
         self._down_since: float | None = None
@@ -57,15 +75,20 @@ class FailOpen:
     def down(self) -> bool:
         return self._down_since is not None and self._clock() < self._retry_at
 
-    async def run(self, operation: Awaitable[T], default: T) -> T:
+    async def run(
+        self, operation: Awaitable[T], default: D, state: _CallState | None = None
+    ) -> T | D:
         if self.down:
             _close(operation)
+            if state is not None:
+                state.backend_failed = True
             return default
         try:
             async with asyncio.timeout(self._timeout):
                 result = await operation
         except Exception as exc:  # any backend failure: serve without the cache
-            self._telemetry.cache_result("error")
+            if state is not None:
+                state.backend_failed = True
             if self._down_since is None:
                 self._down_since = self._clock()
                 _log.warning(
@@ -117,9 +140,9 @@ class CachingGenerator:
         self._ttl = ttl
         self._upstream_timeout = upstream_timeout
         self._telemetry = telemetry or NullTelemetry()
-        self._backend = FailOpen(self._telemetry, timeout=backend_timeout, clock=clock)
+        self._backend = FailOpen(timeout=backend_timeout, clock=clock)
         self._flights: dict[str, asyncio.Task[_Filled]] = {}
-        self._balances: dict[str, float] = {}
+        self._balances: dict[str, tuple[float, float]] = {}
 
     @property
     def flights(self) -> int:
@@ -128,18 +151,20 @@ class CachingGenerator:
     async def generate(self, call: GenerationCall) -> Generated:
         scope = account_scope(call.key.value, self._upstream_url)
         if not is_cacheable(call.request):
+            self._telemetry.cache_result("uncacheable")
             return await self._uncached(call, scope, CacheResult.CACHE_RESULT_UNCACHEABLE)
         if not call.cache_control.lookup:
+            self._telemetry.cache_result("bypass")
             key = cache_key(call.request, scope) if call.cache_control.store else None
             return await self._uncached(call, scope, CacheResult.CACHE_RESULT_BYPASS, key)
 
         key = cache_key(call.request, scope)
-        stored = await self._backend.run(self._store.get(key), None)
-        if stored is not None:
-            hit = await self._hit(stored, scope)
-            if hit is not None:
-                self._telemetry.cache_result("hit")
-                return hit
+        state = _CallState()
+        stored = await self._backend.run(self._store.get(key), None, state)
+        hit = await self._hit(stored, scope) if stored is not None else None
+        if hit is not None:
+            self._telemetry.cache_result("hit")
+            return hit
 
         flight = self._flights.get(key)
         if flight is not None:
@@ -147,7 +172,8 @@ class CachingGenerator:
             filled = await self._wait(flight, call.budget)
             return _as(filled.generated, CacheResult.CACHE_RESULT_COALESCED)
 
-        self._telemetry.cache_result("miss")
+        # One result per call: `error` when the backend failed the lookup, else `miss`.
+        self._telemetry.cache_result("error" if state.backend_failed else "miss")
         flight = asyncio.create_task(self._fill(key, call, scope), name=f"cache-fill {key[-12:]}")
         self._flights[key] = flight
         flight.add_done_callback(lambda done: self._landed(key, done))
@@ -161,6 +187,11 @@ class CachingGenerator:
         if not flight.cancelled():
             flight.exception()  # retrieved here too, for when every waiter has gone
 
+    async def wait_idle(self) -> None:
+        """Return when no flight is running (each ends by its own upstream timeout)."""
+        while self._flights:
+            await asyncio.wait(list(self._flights.values()))
+
     async def _uncached(
         self,
         call: GenerationCall,
@@ -168,9 +199,6 @@ class CachingGenerator:
         result: generation_pb2.CacheResult.ValueType,
         key: str | None = None,
     ) -> Generated:
-        self._telemetry.cache_result(
-            "uncacheable" if result == CacheResult.CACHE_RESULT_UNCACHEABLE else "bypass"
-        )
         generated = await self._inner.generate(call)
         await self._remember(scope, generated, key)
         return _as(generated, result)
@@ -181,7 +209,8 @@ class CachingGenerator:
         except DecodeError:
             _log.warning("ignoring an undecodable cache entry")
             return None
-        balance = self._balances.get(scope)
+        local = self._balances.get(scope)
+        balance = local[1] if local else None
         if self._store.shared:
             balance = await self._backend.run(self._store.get_balance(scope), balance)
         if balance is not None:
@@ -216,32 +245,75 @@ class CachingGenerator:
 
         token = secrets.token_hex(8)
         deadline = time.monotonic() + self._upstream_timeout
-        while True:
-            if await self._backend.run(self._store.try_lock(key, token, LOCK_LEASE_SECONDS), True):
-                try:
-                    stored = await self._backend.run(self._store.get(key), None)
-                    hit = await self._hit(stored, scope) if stored is not None else None
-                    if hit is not None:  # filled between our lookup and our lock
-                        return _Filled(hit, True)
-                    return _Filled(await self._leased(shared_call, scope, key, token), False)
-                finally:
-                    await self._backend.run(self._store.unlock(key, token), None)
-            # Another gateway holds the lock: wait for its result or for the lock to go.
-            while time.monotonic() < deadline:
-                await asyncio.sleep(POLL_SECONDS)
-                stored = await self._backend.run(self._store.get(key), None)
-                hit = await self._hit(stored, scope) if stored is not None else None
-                if hit is not None:
-                    return _Filled(hit, True)
-                if self._backend.down or not await self._backend.run(
-                    self._store.locked(key), False
-                ):
-                    break
-            else:
-                raise CallTimedOut(
-                    "another gateway's identical generation did not finish in time",
-                    reason="UPSTREAM_TIMEOUT",
+        seen_other_holder = False
+        while time.monotonic() < deadline:
+            acquired = await self._backend.run(
+                self._store.try_lock(key, token, LOCK_LEASE_SECONDS), UNKNOWN
+            )
+            if acquired is True:
+                return await self._lead(shared_call, scope, key, token)
+            if acquired is UNKNOWN and not seen_other_holder:
+                # Nobody we know of is generating it and Redis cannot tell: fail open.
+                return _Filled(await self._generate_and_store(shared_call, scope, key), False)
+            seen_other_holder = True
+            waited = await self._await_holder(key, scope, deadline)
+            if waited is not None:
+                return waited
+            # The holder let go with nothing stored and no failure: try to lead.
+        raise CallTimedOut(
+            "another gateway's identical generation did not finish in time",
+            reason="UPSTREAM_TIMEOUT",
+        )
+
+    async def _lead(self, call: GenerationCall, scope: str, key: str, token: str) -> _Filled:
+        """Holding the lock: make the upstream call, publish its result or its failure."""
+        try:
+            await self._backend.run(self._store.clear_failure(key), None)
+            stored = await self._backend.run(self._store.get(key), None)
+            hit = await self._hit(stored, scope) if stored is not None else None
+            if hit is not None:  # filled between our lookup and our lock
+                return _Filled(hit, True)
+            try:
+                return _Filled(await self._leased(call, scope, key, token), False)
+            except GatewayError as error:
+                # Waiting gateways raise the same error rather than paying again.
+                failure = json.dumps(error_to_dict(error)).encode()
+                await self._backend.run(
+                    self._store.put_failure(key, failure, FAILURE_TTL_SECONDS), None
                 )
+                raise
+        finally:
+            await self._backend.run(self._store.unlock(key, token), None)
+
+    async def _await_holder(self, key: str, scope: str, deadline: float) -> _Filled | None:
+        """Wait while another gateway holds the lock. Returns its result, raises its error,
+        or returns None once it let go without either (then the caller tries to lead)."""
+        unreachable_since: float | None = None
+        while time.monotonic() < deadline:
+            await asyncio.sleep(POLL_SECONDS)
+            stored = await self._backend.run(self._store.get(key), UNKNOWN)
+            if isinstance(stored, _Unknown):
+                # Keep waiting through a short outage: the holder is probably still
+                # generating, and generating here too would pay twice. Past a lease, its
+                # lock would have expired anyway.
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > LOCK_LEASE_SECONDS:
+                    return None
+                continue
+            unreachable_since = None
+            hit = await self._hit(stored, scope) if stored is not None else None
+            if hit is not None:
+                return _Filled(hit, True)
+            locked = await self._backend.run(self._store.locked(key), UNKNOWN)
+            if locked is False:
+                failure = await self._backend.run(self._store.get_failure(key), None)
+                if failure is not None:
+                    raise error_from_dict(json.loads(failure))
+                return None
+        raise CallTimedOut(
+            "another gateway's identical generation did not finish in time",
+            reason="UPSTREAM_TIMEOUT",
+        )
 
     async def _leased(self, call: GenerationCall, scope: str, key: str, token: str) -> Generated:
         async def keep_lease() -> None:
@@ -265,9 +337,12 @@ class CachingGenerator:
     async def _remember(self, scope: str, generated: Generated, key: str | None) -> None:
         """Keep the newest balance; store a successful response that has outputs."""
         balance = generated.response.remaining_credits
-        self._balances[scope] = balance
+        observed_at = generated.upstream_started_at or time.time()
+        known = self._balances.get(scope)
+        if known is None or observed_at >= known[0]:
+            self._balances[scope] = (observed_at, balance)
         if self._store.shared:
-            await self._backend.run(self._store.put_balance(scope, balance), None)
+            await self._backend.run(self._store.put_balance(scope, balance, observed_at), None)
         if key is not None and len(generated.response.outputs) > 0:
             value = generated.response.SerializeToString(deterministic=True)
             await self._backend.run(self._store.put(key, value, self._ttl), None)
@@ -285,4 +360,5 @@ def _as(generated: Generated, result: generation_pb2.CacheResult.ValueType) -> G
         upstream_seconds=generated.upstream_seconds
         if result != CacheResult.CACHE_RESULT_COALESCED
         else None,
+        upstream_started_at=generated.upstream_started_at,
     )

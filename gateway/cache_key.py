@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import struct
 from typing import Any
 
@@ -29,6 +30,8 @@ DEFAULT_NUM_OUTPUTS = 2
 DEFAULT_INFERENCE_STEPS = 30
 DEFAULT_PROMPT_STRENGTH = 0.5
 MAX_PROMPT_RUNES = 500
+# Go's unicode.IsSpace: what strings.Fields splits on.
+GO_SPACE = re.compile("[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
 
 
 def is_cacheable(request: generation_pb2.GenerationRequest) -> bool:
@@ -38,8 +41,12 @@ def is_cacheable(request: generation_pb2.GenerationRequest) -> bool:
 
 def format_prompt(text: str) -> bytes:
     """The upstream's FormatPrompt: newlines to spaces, whitespace collapsed, trimmed, and a
-    text over 500 runes cut to its first 500 bytes (which may split a character)."""
-    collapsed = " ".join(text.replace("\r", " ").replace("\n", " ").split())
+    text over 500 runes cut to its first 500 bytes (which may split a character).
+
+    "Whitespace" is Go's unicode.IsSpace (strings.Fields), not Python's str.split(),
+    which also splits on the separators U+001C..U+001F: two prompts the upstream keeps
+    apart must never share a cache entry."""
+    collapsed = " ".join(part for part in GO_SPACE.split(text) if part)
     encoded = collapsed.encode("utf-8")
     if len(collapsed) > MAX_PROMPT_RUNES:
         return encoded[:MAX_PROMPT_RUNES]

@@ -23,6 +23,13 @@ _UNLOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+_PUT_NEWER_BALANCE = """
+local current = redis.call('get', KEYS[1])
+if current and cjson.decode(current)[1] > tonumber(ARGV[1]) then return 0 end
+redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+BALANCE_TTL_SECONDS = 7 * 86400
 _REFRESH = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
@@ -40,7 +47,14 @@ class CacheStore(Protocol):
 
     async def get_balance(self, scope: str) -> float | None: ...
 
-    async def put_balance(self, scope: str, balance: float) -> None: ...
+    async def put_balance(self, scope: str, balance: float, observed_at: float) -> None:
+        """Keep `balance` unless a balance observed later is already stored."""
+
+    async def put_failure(self, key: str, value: bytes, ttl: float) -> None: ...
+
+    async def get_failure(self, key: str) -> bytes | None: ...
+
+    async def clear_failure(self, key: str) -> None: ...
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool: ...
 
@@ -60,7 +74,7 @@ class MemoryStore:
 
     def __init__(self, *, max_entries: int, max_bytes: int, clock: Clock = time.monotonic) -> None:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self._balances: dict[str, float] = {}
+        self._balances: dict[str, tuple[float, float]] = {}
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -99,10 +113,23 @@ class MemoryStore:
         self._bytes -= len(value)
 
     async def get_balance(self, scope: str) -> float | None:
-        return self._balances.get(scope)
+        found = self._balances.get(scope)
+        return found[1] if found else None
 
-    async def put_balance(self, scope: str, balance: float) -> None:
-        self._balances[scope] = balance
+    async def put_balance(self, scope: str, balance: float, observed_at: float) -> None:
+        found = self._balances.get(scope)
+        if found is None or observed_at >= found[0]:
+            self._balances[scope] = (observed_at, balance)
+
+    # In one process, waiters share a failed flight's error directly.
+    async def put_failure(self, key: str, value: bytes, ttl: float) -> None:
+        pass
+
+    async def get_failure(self, key: str) -> bytes | None:
+        return None
+
+    async def clear_failure(self, key: str) -> None:
+        pass
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:
         return True  # in-process flights already coalesce within this process
@@ -145,10 +172,29 @@ class RedisStore:
 
     async def get_balance(self, scope: str) -> float | None:
         raw = await self._redis.get(_balance_key(scope))
-        return float(json.loads(raw)) if raw is not None else None
+        return float(json.loads(raw)[1]) if raw is not None else None
 
-    async def put_balance(self, scope: str, balance: float) -> None:
-        await self._redis.set(_balance_key(scope), json.dumps(balance), ex=7 * 86400)
+    async def put_balance(self, scope: str, balance: float, observed_at: float) -> None:
+        await self._redis.eval(
+            _PUT_NEWER_BALANCE,
+            1,
+            _balance_key(scope),
+            repr(observed_at),
+            json.dumps([observed_at, balance]),
+            BALANCE_TTL_SECONDS,
+        )
+
+    async def put_failure(self, key: str, value: bytes, ttl: float) -> None:
+        await self._redis.set(_failure_key(key), value, px=max(1, int(ttl * 1000)))
+
+    async def get_failure(self, key: str) -> bytes | None:
+        value = await self._redis.get(_failure_key(key))
+        if value is None:
+            return None
+        return value if isinstance(value, bytes) else value.encode()
+
+    async def clear_failure(self, key: str) -> None:
+        await self._redis.delete(_failure_key(key))
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:
         return bool(await self._redis.set(_lock_key(key), token, nx=True, px=int(lease * 1000)))
@@ -172,3 +218,7 @@ def _balance_key(scope: str) -> str:
 
 def _lock_key(key: str) -> str:
     return f"{key}:lock"
+
+
+def _failure_key(key: str) -> str:
+    return f"{key}:failed"

@@ -83,9 +83,14 @@ class Telemetry(Protocol):
         credits_spent: int,
         outputs_requested: int,
         outputs_returned: int,
-        remaining_credits: float,
+        remaining_credits: float | None,
+        balance_observed_at: float,
     ) -> None:
-        """The upstream generated (and charged for) images."""
+        """The upstream generated (and charged for) images.
+
+        `remaining_credits` is None when the answer could not be read; the balance is
+        from a call that started at `balance_observed_at` (wall clock), so a late
+        answer to an early call does not overwrite a newer balance."""
 
     def credits_saved(self, *, caller: str, credits: int) -> None:
         """A call was served without a generation of its own (cache hit or coalesced)."""
@@ -115,7 +120,8 @@ class NullTelemetry:
         credits_spent: int,
         outputs_requested: int,
         outputs_returned: int,
-        remaining_credits: float,
+        remaining_credits: float | None,
+        balance_observed_at: float,
     ) -> None:
         pass
 

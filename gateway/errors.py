@@ -10,6 +10,7 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
     ├── MissingCredentials           UNAUTHENTICATED     no configured key, no caller key
     ├── GatewayDraining              UNAVAILABLE         shutting down; call another replica
     ├── CallTimedOut                 DEADLINE_EXCEEDED   caller deadline or upstream timeout
+    ├── GatewayInternal              INTERNAL            a bug in the gateway (details only in logs)
     └── UpstreamError                                    the upstream answered with an error
         ├── UpstreamInvalidArgument  INVALID_ARGUMENT    validation, nsfw_prompt, json_parse_error
         ├── InsufficientCredits      FAILED_PRECONDITION top up the account first
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -87,6 +89,10 @@ class CallTimedOut(GatewayError):
     """The caller's deadline or the gateway's upstream timeout ran out."""
 
 
+class GatewayInternal(GatewayError):
+    """An unexpected failure inside the gateway; the log has the details, the caller does not."""
+
+
 class UpstreamError(GatewayError):
     """The upstream answered with an error (or not at all)."""
 
@@ -139,6 +145,7 @@ GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
     MissingCredentials: grpc.StatusCode.UNAUTHENTICATED,
     GatewayDraining: grpc.StatusCode.UNAVAILABLE,
     CallTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+    GatewayInternal: grpc.StatusCode.INTERNAL,
     UpstreamInvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,
     UpstreamBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -177,6 +184,33 @@ def to_status(error: GatewayError) -> status_pb2.Status:
         status.details.add().Pack(bad_request)
     if error.retry_after is not None:
         delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        delay.FromNanoseconds(int(min(max(error.retry_after, 0.0), 86400.0) * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return status
+
+
+def error_to_dict(error: GatewayError) -> dict[str, Any]:
+    """A JSON-ready form of `error`, so another gateway process can raise the same one."""
+    return {
+        "type": type(error).__name__,
+        "message": error.message,
+        "reason": error.reason,
+        "retry_after": error.retry_after,
+        "metadata": error.metadata,
+        "violations": [[v.field, v.description] for v in error.violations],
+    }
+
+
+def error_from_dict(data: dict[str, Any]) -> GatewayError:
+    """The error `error_to_dict` described; an unknown type becomes GatewayInternal."""
+    cls = _BY_NAME.get(str(data.get("type")), GatewayInternal)
+    return cls(
+        str(data.get("message", "")),
+        reason=str(data.get("reason", "GATEWAY_INTERNAL_ERROR")),
+        retry_after=data.get("retry_after"),
+        metadata={str(k): str(v) for k, v in dict(data.get("metadata") or {}).items()},
+        violations=[FieldViolation(str(f), str(d)) for f, d in data.get("violations") or ()],
+    )
+
+
+_BY_NAME = {cls.__name__: cls for cls in GRPC_CODES}

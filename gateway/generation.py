@@ -7,6 +7,7 @@ response came from the upstream or from the cache.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +56,10 @@ class Generated:
     cache_result: generation_pb2.CacheResult.ValueType
     # Seconds the upstream took for this call; None when no upstream call was made for it.
     upstream_seconds: float | None = None
+    # Wall-clock time the upstream call that produced `response` started. The upstream
+    # deducts credits when a generation starts, so of two balances the one from the later
+    # start is the newer, whichever answer arrives last.
+    upstream_started_at: float | None = None
 
 
 class Generator(Protocol):
@@ -69,28 +74,45 @@ class UpstreamGenerator:
         self._telemetry = telemetry or NullTelemetry()
 
     async def generate(self, call: GenerationCall) -> Generated:
+        started_at = time.time()
         answer = await self._client.create_generation(
             request_to_json(call.request), call.key, call.budget
         )
-        try:
-            response = response_from_json(answer.payload)
-        except GatewayError as error:
-            self._telemetry.upstream_error(error.reason)
-            raise
         # Reported here, not when the caller is answered: a generation that outlives its
         # caller (coalesced, cached) was still paid for.
         record = current_call.get()
+        caller = record.caller if record else "unknown"
+        account = account_fingerprint(call.key.value)
+        try:
+            response = response_from_json(answer.payload)
+        except GatewayError as error:
+            # A 200 means the upstream charged, even if its body is unreadable.
+            requested = call.request.num_outputs if call.request.HasField("num_outputs") else 2
+            self._telemetry.upstream_error(error.reason)
+            self._telemetry.generation(
+                caller=caller,
+                account=account,
+                model_id=call.request.model_id or "unknown",
+                credits_spent=requested,
+                outputs_requested=0,
+                outputs_returned=0,
+                remaining_credits=None,
+                balance_observed_at=started_at,
+            )
+            raise
         self._telemetry.generation(
-            caller=record.caller if record else "unknown",
-            account=account_fingerprint(call.key.value),
+            caller=caller,
+            account=account,
             model_id=response.settings.model_id,
             credits_spent=response.settings.num_outputs,
             outputs_requested=response.settings.num_outputs,
             outputs_returned=len(response.outputs),
             remaining_credits=response.remaining_credits,
+            balance_observed_at=started_at,
         )
         return Generated(
             response=response,
             cache_result=CacheResult.CACHE_RESULT_BYPASS,
             upstream_seconds=answer.seconds,
+            upstream_started_at=started_at,
         )

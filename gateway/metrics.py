@@ -113,6 +113,7 @@ class GatewayMetrics:
         self._callers = BoundedLabel(max_callers + 1, [self.default_caller])
         self._models = BoundedLabel(max_models, [sanitize_label(m) for m in known_models])
         self._accounts = BoundedLabel(max_accounts)
+        self._balance_observed_at: dict[str, float] = {}
         self._reasons = BoundedLabel(max_reasons)
         self._fields = frozenset(validation_fields)
 
@@ -257,7 +258,8 @@ class GatewayMetrics:
         credits_spent: int,
         outputs_requested: int,
         outputs_returned: int,
-        remaining_credits: float,
+        remaining_credits: float | None,
+        balance_observed_at: float,
     ) -> None:
         caller = self.caller_label(caller)
         model = self._models(sanitize_label(model_id) or UNKNOWN)
@@ -266,7 +268,10 @@ class GatewayMetrics:
         self.images_filtered.labels(model, caller).inc(max(outputs_requested - outputs_returned, 0))
         fingerprint = self._accounts(sanitize_label(account) or UNKNOWN)
         # One gauge per account; the accounts past the bound would mix in `other`.
-        if fingerprint != OTHER:
+        if remaining_credits is None or fingerprint == OTHER:
+            return
+        if balance_observed_at >= self._balance_observed_at.get(fingerprint, float("-inf")):
+            self._balance_observed_at[fingerprint] = balance_observed_at
             self.credits_remaining.labels(fingerprint).set(remaining_credits)
 
     def credits_saved(self, *, caller: str, credits: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_status import rpc_status
@@ -17,13 +17,21 @@ from grpc_status import rpc_status
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
 from gateway.auth import KeyResolver
 from gateway.calls import (
+    CallRecord,
     NullTelemetry,
     Telemetry,
     account_fingerprint,
     cache_result_name,
     current_call,
 )
-from gateway.errors import GatewayDraining, GatewayError, InvalidRequest, grpc_code, to_status
+from gateway.errors import (
+    GatewayDraining,
+    GatewayError,
+    GatewayInternal,
+    InvalidRequest,
+    grpc_code,
+    to_status,
+)
 from gateway.generation import CacheControl, GenerationCall, Generator
 from gateway.upstream import CallBudget
 from gateway.validation import RequestValidator
@@ -109,11 +117,20 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 )
                 generated = await self._generator.generate(call)
             except GatewayError as error:
-                if record is not None:
-                    record.code = grpc_code(error).name
-                    record.error_reason = error.reason
-                status = rpc_status.to_status(to_status(error))
-                await context.abort(status.code, status.details, status.trailing_metadata)
+                await _abort(context, record, error)
+            except Exception as exc:  # a bug: never let it leave as UNKNOWN with internals
+                _log.error(
+                    "unexpected failure in CreateGeneration",
+                    extra={"error": f"{type(exc).__name__}: {exc}"[:500]},
+                )
+                await _abort(
+                    context,
+                    record,
+                    GatewayInternal(
+                        "the gateway failed unexpectedly; the failure is logged",
+                        reason="GATEWAY_INTERNAL_ERROR",
+                    ),
+                )
             response = generation_pb2.GenerationResponse()
             response.CopyFrom(generated.response)
             response.cache_result = generated.cache_result
@@ -138,6 +155,16 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             if record is not None:
                 record.invalid_fields = fields
             raise
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], record: CallRecord | None, error: GatewayError
+) -> NoReturn:
+    if record is not None:
+        record.code = grpc_code(error).name
+        record.error_reason = error.reason
+    status = rpc_status.to_status(to_status(error))
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:

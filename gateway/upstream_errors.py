@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ WORKER_ERRORS = frozenset(
         "error_decoding_runpod_response",
     }
 )
+MAX_RETRY_SECONDS = 3600.0
 _CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _DEFAULT_RETRY_SECONDS = {429: 1.0, "queue_limit_reached": 5.0, "unavailable": 1.0}
 
@@ -88,20 +90,20 @@ def reason_for(code: str | None, fallback: str) -> str:
 
 
 def retry_after_seconds(headers: Mapping[str, str], default: float) -> float:
-    """Seconds from a `Retry-After` header (delta-seconds or HTTP date), else `default`."""
+    """Seconds from a `Retry-After` header (delta-seconds or HTTP date), else `default`,
+    clamped to 0..MAX_RETRY_SECONDS so a hostile or broken header cannot overflow."""
     raw = headers.get("retry-after")
     if raw is None:
         return default
     raw = raw.strip()
     if raw.isdigit():
-        return float(raw)
+        return min(float(raw), MAX_RETRY_SECONDS)
     try:
-        from datetime import UTC, datetime
-
         when = parsedate_to_datetime(raw)
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    except (TypeError, ValueError, OverflowError):
         return default
+    return min(max(0.0, seconds), MAX_RETRY_SECONDS)
 
 
 def _safe(text: str) -> str:

@@ -71,6 +71,7 @@ def test_same_image_same_key(omitted: dict[str, Any], explicit: dict[str, Any]) 
         {"model_id": "986d447d-c38b-4218-a2c8-6e0b691f47ec"},
         {"scheduler_id": "6fb13b76-9900-4fa4-abf8-8f843e034a7f"},
         {"init_image_url": "https://x/a.png"},
+        {"prompt": "a\x1clighthouse"},  # U+001C is no space to Go's strings.Fields
     ],
 )
 def test_anything_that_decides_the_image_changes_the_key(change: dict[str, Any]) -> None:
@@ -109,6 +110,8 @@ def test_format_prompt_matches_the_upstream() -> None:
     long = "é" * 600  # 600 runes, 1200 bytes: cut to the first 500 bytes
     assert format_prompt(long) == ("é" * 250).encode()
     assert format_prompt("x" * 500) == b"x" * 500
+    assert format_prompt("a\u00a0b\u3000 c\u2028") == b"a b c"
+    assert format_prompt("a\x1cb\x1f") == b"a\x1cb\x1f"
 
 
 def test_canonical_form_fills_static_defaults() -> None:

@@ -273,3 +273,111 @@ async def test_redis_never_stores_the_key(
     for secret in (ACCOUNT_KEY, ACCOUNT_KEY[3:], hashlib.sha256(ACCOUNT_KEY.encode()).hexdigest()):
         assert secret.encode() not in blobs
     assert all(k.startswith(b"scgw:v1:") for k in keys)
+
+
+async def test_explicitly_cancelled_first_caller_still_fills_the_cache(
+    cached_gateway: GatewayApp, emulator: Emulator
+) -> None:
+    emulator.set_latency(0.8)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cached_gateway.grpc_port}") as channel:
+        stub = Stub(channel)
+        first = stub.CreateGeneration(request(seed=404))
+        await asyncio.sleep(0.2)
+        second = stub.CreateGeneration(request(seed=404), timeout=10)
+        await asyncio.sleep(0.1)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        response = await second
+    assert len(response.outputs) == 2
+    _, result = await call(cached_gateway, request(seed=404))
+    assert result == "hit"
+    assert upstream_calls(emulator) == 1
+
+
+async def test_a_hit_reports_the_balance_of_the_latest_started_call(
+    cached_gateway: GatewayApp, emulator: Emulator
+) -> None:
+    await call(cached_gateway, request(seed=55, num_outputs=1))  # 999 left
+    emulator.faults.inject("delay", count=1, seconds=1.0)
+    # The slow call starts first (998 left) and answers last; the quick one starts
+    # second (997 left) and answers first. The newer balance is 997.
+    slow = asyncio.ensure_future(call(cached_gateway, request(num_outputs=1)))
+    await asyncio.sleep(0.3)
+    quick, _ = await call(cached_gateway, request(num_outputs=1))
+    late, _ = await slow
+    assert (late.remaining_credits, quick.remaining_credits) == (998, 997)
+    hit, result = await call(cached_gateway, request(seed=55, num_outputs=1))
+    assert result == "hit"
+    assert hit.remaining_credits == 997
+
+
+async def test_gateways_sharing_redis_wait_through_a_redis_pause(
+    make_gateway: GatewayFactory, emulator: Emulator, redis_server: RedisServer
+) -> None:
+    import redis.asyncio as aioredis
+
+    emulator.set_latency(1.5)
+    first = await make_gateway(cache="redis", redis_url=redis_server.url, redis_timeout=0.2)
+    second = await make_gateway(cache="redis", redis_url=redis_server.url, redis_timeout=0.2)
+    leader = asyncio.ensure_future(call(first, request(seed=606)))
+    await asyncio.sleep(0.3)
+    waiter = asyncio.ensure_future(call(second, request(seed=606)))
+    await asyncio.sleep(0.2)
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", 600, "ALL")
+    finally:
+        await admin.aclose()
+    (a, a_result), (b, b_result) = await asyncio.gather(leader, waiter)
+    assert (a_result, b_result) == ("miss", "coalesced")
+    assert list(a.outputs) == list(b.outputs)
+    assert upstream_calls(emulator) == 1
+
+
+async def test_a_failed_leader_fails_the_other_gateways_waiters_without_a_resend(
+    make_gateway: GatewayFactory, emulator: Emulator, redis_server: RedisServer
+) -> None:
+    from tests.status import rich_error
+
+    emulator.set_latency(0.8)
+    emulator.faults.inject("drop_connection", count=1, charge=True)
+    first = await make_gateway(cache="redis", redis_url=redis_server.url)
+    second = await make_gateway(cache="redis", redis_url=redis_server.url)
+    leader = asyncio.ensure_future(call(first, request(seed=707)))
+    await asyncio.sleep(0.3)
+    waiter = asyncio.ensure_future(call(second, request(seed=707)))
+    errors = []
+    for future in (leader, waiter):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await future
+        errors.append(rich_error(caught.value))
+    # The connection was lost after the upstream charged: nobody may send it again.
+    assert [e.code for e in errors] == [grpc.StatusCode.INTERNAL] * 2
+    assert all(e.info is not None and e.info.reason == "UPSTREAM_CONNECTION_LOST" for e in errors)
+    assert upstream_calls(emulator) == 1
+    # A later call is a new flight, not a replay of the old failure.
+    _, result = await call(second, request(seed=707))
+    assert result == "miss"
+
+
+async def test_stopping_lets_an_abandoned_generation_fill_the_cache(
+    make_gateway: GatewayFactory, emulator: Emulator, redis_server: RedisServer
+) -> None:
+    import redis
+
+    emulator.set_latency(0.8)
+    app = await make_gateway(cache="redis", redis_url=redis_server.url)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call(app, request(seed=808), timeout=0.2)
+    assert app.cache is not None and app.cache.flights == 1
+    await app.stop(grace=5)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        entries = [
+            k for k in client.keys("scgw:v1:gen:*") if not k.endswith((b":lock", b":failed"))
+        ]
+    finally:
+        client.close()
+    assert len(entries) == 1
+    assert upstream_calls(emulator) == 1

@@ -72,6 +72,8 @@ BOUNDARIES: list[tuple[dict[str, Any], list[str]]] = [
     ({"negative_prompt": ""}, []),
     ({"prompt": ""}, ["prompt"]),
     ({"prompt": " \n\t "}, ["prompt"]),
+    ({"prompt": "\u00a0\u3000\u2028"}, ["prompt"]),  # blank to Go's unicode.IsSpace too
+    ({"prompt": "\x1c"}, []),  # not a space to Go
     (
         {"width": 1004, "num_outputs": 9, "guidance_scale": 0.0, "model_id": "x", "prompt": ""},
         ["guidance_scale", "model_id", "num_outputs", "prompt", "width"],

@@ -99,6 +99,7 @@ def test_generation_counts_credits_images_and_filtered(registry: CollectorRegist
         outputs_requested=4,
         outputs_returned=3,
         remaining_credits=96,
+        balance_observed_at=100.0,
     )
     labels = {"model": "model-a", "caller": "svc"}
     assert value(registry, "stablecog_credits_spent_total", **labels) == 4
@@ -107,6 +108,39 @@ def test_generation_counts_credits_images_and_filtered(registry: CollectorRegist
     assert value(registry, "stablecog_credits_remaining", account="0123456789ab") == 96
     metrics.credits_saved(caller="svc", credits=2)
     assert value(registry, "stablecog_credits_saved_total", caller="svc") == 2
+
+
+def test_balance_from_an_earlier_call_never_overwrites_a_newer_one(
+    registry: CollectorRegistry,
+) -> None:
+    metrics = build(registry)
+    common = {"caller": "svc", "account": "acct", "model_id": "m", "outputs_requested": 1}
+    # The later-started call answers first (balance 90); the earlier one answers last (95).
+    metrics.generation(
+        **common,
+        credits_spent=1,
+        outputs_returned=1,
+        remaining_credits=90,
+        balance_observed_at=200.0,
+    )
+    metrics.generation(
+        **common,
+        credits_spent=1,
+        outputs_returned=1,
+        remaining_credits=95,
+        balance_observed_at=100.0,
+    )
+    assert value(registry, "stablecog_credits_remaining", account="acct") == 90
+    # An unreadable answer still counts what was charged, and leaves the balance alone.
+    metrics.generation(
+        **common,
+        credits_spent=2,
+        outputs_returned=0,
+        remaining_credits=None,
+        balance_observed_at=300.0,
+    )
+    assert value(registry, "stablecog_credits_spent_total", model="m", caller="svc") == 4
+    assert value(registry, "stablecog_credits_remaining", account="acct") == 90
 
 
 def test_upstream_requests_and_errors(registry: CollectorRegistry) -> None:
@@ -159,6 +193,7 @@ def test_other_unbounded_labels_are_bounded(registry: CollectorRegistry) -> None
             outputs_requested=1,
             outputs_returned=1,
             remaining_credits=10 - i,
+            balance_observed_at=100.0 + i,
         )
     assert value(registry, "stablecog_upstream_errors_total", reason="REASON_0") == 1
     assert value(registry, "stablecog_upstream_errors_total", reason=OTHER) == 3
