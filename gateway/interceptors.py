@@ -21,6 +21,7 @@ import grpc
 
 from gateway.calls import CallRecord, current_call
 from gateway.metrics import GatewayMetrics, sanitize_label
+from gateway.servicer import text_metadata
 
 access_log = logging.getLogger("gateway.access")
 
@@ -92,7 +93,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
 
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
-            metadata = _metadata(context)
+            metadata = text_metadata(context)
             raw_caller = metadata.get("x-caller")
             record = CallRecord(
                 method=method,
@@ -134,14 +135,6 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 _log_call(record, seconds)
 
         return observed
-
-
-def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for key, value in context.invocation_metadata() or ():
-        if isinstance(value, str):
-            found.setdefault(key.lower(), value)
-    return found
 
 
 def _code_name(code: object) -> str | None:

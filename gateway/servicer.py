@@ -102,7 +102,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                         retry_after=1.0,
                     )
                 self._validate(request)
-                metadata = _metadata(context)
+                metadata = text_metadata(context)
                 key = self._keys.resolve(metadata)
                 if record is not None:
                     record.account = account_fingerprint(key.value)
@@ -167,7 +167,7 @@ async def _abort(
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+def text_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     """The call's text metadata, keys lower-cased (binary `-bin` values are skipped)."""
     found: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():

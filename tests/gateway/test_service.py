@@ -64,13 +64,13 @@ async def test_images_are_real_and_deterministic(stub: Stub) -> None:
 
 
 async def test_rest_body_holds_exactly_the_set_fields(stub: Stub, emulator: Emulator) -> None:
-    await stub.CreateGeneration(request())
-    await stub.CreateGeneration(
+    first = await stub.CreateGeneration(request())
+    seeded = await stub.CreateGeneration(
         request(seed=0, negative_prompt="", guidance_scale=7.5, model_id=MODEL, num_outputs=1)
     )
-    await stub.CreateGeneration(
-        request(prompt_strength=0.0, init_image_url="https://example.com/a.png", width=512)
-    )
+    # img2img from an image the emulator serves itself (it fetches loopback URLs only).
+    init_image = first.outputs[0].url
+    await stub.CreateGeneration(request(prompt_strength=0.0, init_image_url=init_image, width=512))
     bodies = generation_bodies(emulator)
     assert bodies == [
         {"prompt": "a lighthouse at dawn"},
@@ -85,13 +85,12 @@ async def test_rest_body_holds_exactly_the_set_fields(stub: Stub, emulator: Emul
         {
             "prompt": "a lighthouse at dawn",
             "prompt_strength": 0.0,
-            "init_image_url": "https://example.com/a.png",
+            "init_image_url": init_image,
             "width": 512,
         },
     ]
-    # Seed 0 is a real seed: the upstream used it rather than drawing one.
-    raw = [r.body for r in emulator.requests if r.path == "/v1/image/generation/create"]
-    assert '"seed": 0' in raw[1] or '"seed":0' in raw[1]
+    # Seed 0 is a real seed: sent as 0, and the upstream used it rather than drawing one.
+    assert seeded.settings.HasField("seed") and seeded.settings.seed == 0
 
 
 @pytest.mark.parametrize(
