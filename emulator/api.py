@@ -1,20 +1,28 @@
 """Handlers of the emulated Stablecog endpoints, in the real server's order of checks.
 
 POST /v1/image/generation/create (and the deprecated /v1/image/generate) runs: auth, injected
-fault, rate limit, JSON decoding, ban, defaults and validation, image-URL checks, the account
-queue, credit deduction, the prompt check, then the worker (latency, failure or timeout).
+fault, rate limit, JSON decoding, ban, defaults and validation, image-URL checks (an http(s)
+image is fetched there, loopback hosts only: see `emulator.imagefetch`), the account queue,
+credit deduction, the prompt check, then the worker (latency, failure or timeout).
+
+The rate-limited routes (create, /v1/credits, models, defaults and their aliases) share one
+counter per client IP (`api:<ip>`), each with its own limit: create allows
+`rate_limit_per_second`, the others twice that (sc-go `RateLimit(5, "api")` against
+`RateLimit(10, "api")`, each doubled by the middleware). /v1/health and /images/ are not limited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from emulator import catalog, gojson, validation
+from emulator import catalog, gojson, imagefetch, validation
 from emulator.accounts import Account, InsufficientCredits
 from emulator.faults import Fault, FaultMode
 from emulator.images import RenderParams, render_jpeg
@@ -22,10 +30,16 @@ from emulator.ratelimit import RateDecision
 from emulator.state import RECORD_KEY, STATE_KEY, EmulatorState
 from emulator.throttle import QueueFull
 
+logger = logging.getLogger(__name__)
+
 UNKNOWN_ERROR = "An unknown error has occured"  # sic, as sc-go spells it
 CREDIT_TYPE_ID = uuid.UUID("b4d1a5e6-3c1f-4f5e-9a7d-6e2b8c0f1a23")
 CREDITS_EXPIRE_AT = "2100-01-01T00:00:00Z"
 DISCONNECT_POLL_SECONDS = 0.05
+IMAGE_URL_ERROR = "image_url_width_height_error"
+# Route limits relative to the create route's, which is `rate_limit_per_second`.
+CREATE_RATE_SCALE = 1
+OTHER_RATE_SCALE = 2
 
 
 def go_json(status: int, payload: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -82,11 +96,66 @@ def _too_many_requests(decision: RateDecision, retry_after: int) -> web.Response
     )
 
 
-def _rate_limit(request: web.Request, state: EmulatorState) -> RateDecision | None:
-    """The limiter's decision for this client; None when rate limiting is off."""
+def _rate_limit(request: web.Request, state: EmulatorState, scale: int) -> RateDecision | None:
+    """The limiter's decision for this client on a route allowing `scale` times the configured
+    rate, on the shared `api:<ip>` counter; None when rate limiting is off."""
     if state.config.rate_limit_per_second <= 0:
         return None
-    return state.limiter.check("api:" + client_ip(request))
+    limit = state.config.rate_limit_per_second * scale
+    return state.limiter.check("api:" + client_ip(request), limit)
+
+
+def _limited(
+    request: web.Request, state: EmulatorState, scale: int
+) -> tuple[web.Response | None, dict[str, str]]:
+    """(429 response or None, the X-RateLimit-* headers for the answer)."""
+    decision = _rate_limit(request, state, scale)
+    if decision and not decision.allowed:
+        return _too_many_requests(decision, 1), {}
+    return None, decision.headers() if decision else {}
+
+
+def _image_id(name: str) -> uuid.UUID | None:
+    """The output id in an image file name `<uuid>.jpeg`, else None."""
+    stem, dot, extension = name.rpartition(".")
+    if not dot or extension != "jpeg":
+        return None
+    try:
+        return uuid.UUID(stem)
+    except ValueError:
+        return None
+
+
+def _own_image_known(state: EmulatorState, url: str) -> bool | None:
+    """For one of the emulator's own `<public_url>/images/<id>.jpeg` URLs, whether the image
+    exists; None for any other URL."""
+    prefix = f"{state.public_url}/images/"
+    if not state.public_url or not url.startswith(prefix):
+        return None
+    name = urlsplit(url).path.rpartition("/")[2]
+    image_id = _image_id(name)
+    return image_id is not None and state.store.params(image_id) is not None
+
+
+async def _http_image_ok(state: EmulatorState, url: str) -> bool:
+    """sc-go `GetImageWidthHeightFromUrl` passes, as far as the emulator may find out.
+
+    Hosts listed in `image_url_hosts` pass without a fetch. Loopback hosts are really fetched.
+    The emulator's own image URLs on a non-loopback public URL are answered from its store.
+    Any other host fails without a connection, as an unreachable image does.
+    """
+    host = urlsplit(url).hostname or ""
+    if host in state.config.image_url_hosts:
+        return True
+    if imagefetch.is_loopback_url(url):
+        problem = await imagefetch.check_image(url, state.config.image_fetch_timeout_seconds)
+    elif _own_image_known(state, url):
+        problem = None
+    else:
+        problem = "not a loopback host, nor listed in image_url_hosts; not fetched"
+    if problem is not None:
+        logger.info("image URL refused (%s): %s", problem, url)
+    return problem is None
 
 
 def _settings(plan: validation.GenerationPlan) -> dict[str, object]:
@@ -212,10 +281,9 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
         limit = state.config.rate_limit_per_second or 10  # show the real limit when off
         shown = RateDecision(False, limit, 0, int(time.time()) + 1)
         return _too_many_requests(shown, fault.int_param("retry_after"))
-    decision = _rate_limit(request, state)
-    headers = decision.headers() if decision else {}
-    if decision and not decision.allowed:
-        return _too_many_requests(decision, 1)
+    refusal, headers = _limited(request, state, CREATE_RATE_SCALE)
+    if refusal is not None:
+        return refusal
 
     try:
         parsed = validation.parse_request(await request.read())
@@ -238,7 +306,14 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
         if fault.flag("with_settings"):
             return fail(500, UNKNOWN_ERROR)
         return go_json(500, {"error": UNKNOWN_ERROR}, headers)
+    # As in sc-go CreateGeneration: after validation, before the queue and the credits.
+    if mode is FaultMode.IMAGE_URL_ERROR:
+        return fail(400, IMAGE_URL_ERROR)
     for url, is_mask in ((plan.init_image_url, False), (plan.mask_image_url, True)):
+        if url and validation.is_valid_http_url(url):
+            if not await _http_image_ok(state, url):
+                return fail(400, IMAGE_URL_ERROR)
+            continue
         problem = validation.image_url_error(url, account.owner_prefix, mask=is_mask)
         if problem:
             return fail(*problem)
@@ -293,10 +368,8 @@ def _authenticated_or_limited(
     account = state.authenticate(request.headers.get("Authorization"))
     if account is None:
         return None, go_json(401, {"error": "Unauthorized"}), {}
-    decision = _rate_limit(request, state)
-    if decision and not decision.allowed:
-        return account, _too_many_requests(decision, 1), {}
-    return account, None, decision.headers() if decision else {}
+    refusal, headers = _limited(request, state, OTHER_RATE_SCALE)
+    return account, refusal, headers
 
 
 async def get_credits(request: web.Request) -> web.StreamResponse:
@@ -321,7 +394,11 @@ async def get_credits(request: web.Request) -> web.StreamResponse:
 
 
 async def get_models(request: web.Request) -> web.StreamResponse:
-    """GET /v1/image/generation/models: active models with their schedulers."""
+    """GET /v1/image/generation/models: active models with their schedulers (no auth; rate
+    limited on the shared counter)."""
+    refusal, headers = _limited(request, request.app[STATE_KEY], OTHER_RATE_SCALE)
+    if refusal is not None:
+        return refusal
     models = []
     for model in catalog.active_models():
         schedulers = [catalog.get_scheduler(sid) for sid in model.scheduler_ids]
@@ -335,12 +412,16 @@ async def get_models(request: web.Request) -> web.StreamResponse:
                 "default_height": model.default_height,
             }
         )
-    return go_json(200, {"models": models})
+    return go_json(200, {"models": models}, headers)
 
 
 async def get_defaults(request: web.Request) -> web.StreamResponse:
     """GET /v1/image/generation/defaults: note the global scheduler and fixed 30 steps,
-    which can differ from what create uses (reference §1.3)."""
+    which can differ from what create uses (reference §1.3). No auth; rate limited on the
+    shared counter."""
+    refusal, headers = _limited(request, request.app[STATE_KEY], OTHER_RATE_SCALE)
+    if refusal is not None:
+        return refusal
     model = catalog.default_model()
     return go_json(
         200,
@@ -354,6 +435,7 @@ async def get_defaults(request: web.Request) -> web.StreamResponse:
             "inference_steps": validation.DEFAULT_INFERENCE_STEPS,
             "prompt_strength": gojson.Float32(validation.DEFAULT_PROMPT_STRENGTH),
         },
+        headers,
     )
 
 
@@ -365,12 +447,7 @@ async def health(request: web.Request) -> web.StreamResponse:
 async def get_image(request: web.Request) -> web.StreamResponse:
     """GET /images/<id>.jpeg: the output's JPEG, rendered on first fetch."""
     state = request.app[STATE_KEY]
-    name = request.match_info["name"]
-    stem, dot, extension = name.rpartition(".")
-    try:
-        image_id = uuid.UUID(stem) if dot and extension == "jpeg" else None
-    except ValueError:
-        image_id = None
+    image_id = _image_id(request.match_info["name"])
     params = state.store.params(image_id) if image_id else None
     if params is None:
         return not_found()

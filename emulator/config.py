@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +29,26 @@ _RUNTIME_FIELDS = frozenset(
         "queue_poll_interval_seconds",
         "worker_timeout_seconds",
         "nsfw_words",
+        "image_url_hosts",
+        "image_fetch_timeout_seconds",
     }
 )
+
+
+def normalize_host(value: str) -> str:
+    """A bare host name or IP address, lower-cased (IPv6 brackets dropped); ValueError for
+    anything else (a port, a path, a scheme, spaces)."""
+    host = value.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(ch in host for ch in "/@?#[]") or any(ch.isspace() for ch in host):
+        raise ValueError(f"expected a bare host name, got {value!r}")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"expected a host without a port, got {value!r}") from None
+    return host
 
 
 @dataclass(frozen=True)
@@ -42,7 +61,8 @@ class EmulatorConfig:
     initial_credits: int = 100
     # Any well-formed `sc-<64 hex>` token gets an account on first use.
     accept_any_token: bool = False
-    # Requests per second per client IP on the API-token routes (real: 10); 0 turns it off.
+    # Requests per second per client IP on the create route (real: 10); /v1/credits and the
+    # models and defaults routes allow twice as many, on the same counter; 0 turns it off.
     rate_limit_per_second: int = 10
     # Per-account generations in flight before more requests wait (real: 1-4 by plan);
     # 0 turns the queue off. As in sc-go, waiting starts when in-flight > limit.
@@ -57,6 +77,12 @@ class EmulatorConfig:
     public_url: str | None = None
     # Prompts containing any of these words (case-insensitive) are refused as `nsfw_prompt`.
     nsfw_words: tuple[str, ...] = ("nsfw",)
+    # http(s) init/mask image URLs are fetched only from loopback hosts (127.0.0.0/8, ::1,
+    # localhost). URLs on the hosts listed here are accepted without any fetch (for demos); on
+    # any other host they fail as an unreachable image does (400 image_url_width_height_error).
+    image_url_hosts: tuple[str, ...] = ()
+    # Time allowed for checking one loopback image (HEAD, then GET); the real client has none.
+    image_fetch_timeout_seconds: float = 5.0
     # Bounds on memory: image ids remembered, rendered JPEGs cached, requests recorded.
     max_images: int = 10_000
     image_cache_size: int = 64
@@ -67,6 +93,7 @@ class EmulatorConfig:
             "latency_seconds",
             "worker_timeout_seconds",
             "queue_poll_interval_seconds",
+            "image_fetch_timeout_seconds",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool):
@@ -90,6 +117,14 @@ class EmulatorConfig:
         if isinstance(self.nsfw_words, str) or not all(isinstance(w, str) for w in self.nsfw_words):
             raise ValueError("nsfw_words must be a sequence of strings")
         object.__setattr__(self, "nsfw_words", tuple(w for w in self.nsfw_words if w))
+        hosts = self.image_url_hosts
+        if isinstance(hosts, str) or not all(isinstance(h, str) for h in hosts):
+            raise ValueError("image_url_hosts must be a sequence of strings")
+        try:
+            normalized = tuple(dict.fromkeys(normalize_host(h) for h in hosts if h.strip()))
+        except ValueError as exc:
+            raise ValueError(f"image_url_hosts: {exc}") from None
+        object.__setattr__(self, "image_url_hosts", normalized)
         if self.public_url is not None:
             if not self.public_url.startswith(("http://", "https://")):
                 raise ValueError(
@@ -103,8 +138,10 @@ class EmulatorConfig:
         if unknown:
             raise ValueError(f"not adjustable at runtime: {', '.join(unknown)}")
         values = dict(changes)
-        if "nsfw_words" in values and isinstance(values["nsfw_words"], list):
-            values["nsfw_words"] = tuple(values["nsfw_words"])
+        for name in ("nsfw_words", "image_url_hosts"):
+            value = values.get(name)
+            if isinstance(value, list):
+                values[name] = tuple(value)
         return dataclasses.replace(self, **values)  # type: ignore[arg-type]
 
     def runtime_dict(self) -> dict[str, object]:
@@ -166,7 +203,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="stablecog-emulator",
         description="Serve an emulation of Stablecog's REST API for tests and demos.",
         epilog=f"Every option can also be set as an environment variable {ENV_PREFIX}<NAME>, "
-        f"e.g. {ENV_PREFIX}LATENCY=0.2; --account takes a comma-separated list there.",
+        f"e.g. {ENV_PREFIX}LATENCY=0.2; --account and --image-url-host take a comma-separated "
+        "list there.",
     )
     parser.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8000")
     parser.add_argument("--latency", metavar="SECONDS", help="generation time, default 1.5")
@@ -184,6 +222,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queue-limit", metavar="N", help="in-flight per account, 0 = off")
     parser.add_argument("--worker-timeout", metavar="SECONDS", help="default 240")
     parser.add_argument("--public-url", metavar="URL", help="base of image URLs")
+    parser.add_argument(
+        "--image-url-host",
+        metavar="HOST",
+        action="append",
+        help="accept http(s) init/mask image URLs on HOST without fetching them (repeatable); "
+        "only loopback hosts are ever fetched, other hosts are refused",
+    )
     return parser
 
 
@@ -205,6 +250,23 @@ def _pick(
         return None
     try:
         return convert(raw)
+    except ValueError as exc:
+        parser.error(f"{source}: {exc}")
+
+
+def _image_url_hosts(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[str, ...] | None:
+    """--image-url-host (repeatable), else the comma-separated variable; None when neither."""
+    source, raw = "--image-url-host", args.image_url_host
+    if raw is None:
+        source = ENV_PREFIX + "IMAGE_URL_HOST"
+        text = environ.get(source)
+        if text is None:
+            return None
+        raw = [part for part in text.split(",") if part.strip()]
+    try:
+        return tuple(normalize_host(host) for host in raw)
     except ValueError as exc:
         parser.error(f"{source}: {exc}")
 
@@ -244,6 +306,7 @@ def parse_cli(argv: Sequence[str], environ: Mapping[str, str]) -> CliOptions:
             _pick(parser, args, environ, "worker_timeout", "WORKER_TIMEOUT", _non_negative_float),
         ),
         ("public_url", _pick(parser, args, environ, "public_url", "PUBLIC_URL", str)),
+        ("image_url_hosts", _image_url_hosts(parser, args, environ)),
     ):
         if value is not None:
             overrides[key] = value

@@ -25,6 +25,9 @@ malformed_success      200 whose body is not the documented shape; `variant` one
                        truncated, missing_fields. Charged.
 banned                 403 {"error": "user_banned"}.
 nsfw_prompt            400 {"error": "nsfw_prompt", "settings"}; nothing charged.
+image_url_error        400 {"error": "image_url_width_height_error", "settings"}, as when
+                       the init image cannot be fetched or decoded; nothing charged.
+                       Applies with or without an init image in the request.
 filter_outputs         200 with `drop` (default 1) outputs silently missing; all charged.
 drop_connection        the socket closes without a response; with `charge` true it
                        closes after the generation was charged.
@@ -54,6 +57,7 @@ class FaultMode(enum.StrEnum):
     MALFORMED_SUCCESS = "malformed_success"
     BANNED = "banned"
     NSFW_PROMPT = "nsfw_prompt"
+    IMAGE_URL_ERROR = "image_url_error"
     FILTER_OUTPUTS = "filter_outputs"
     DROP_CONNECTION = "drop_connection"
     DELAY = "delay"
@@ -72,6 +76,7 @@ _PARAMS: dict[FaultMode, dict[str, tuple[type, object]]] = {
     FaultMode.MALFORMED_SUCCESS: {"variant": (str, "wrong_shape")},
     FaultMode.BANNED: {},
     FaultMode.NSFW_PROMPT: {},
+    FaultMode.IMAGE_URL_ERROR: {},
     FaultMode.FILTER_OUTPUTS: {"drop": (int, 1)},
     FaultMode.DROP_CONNECTION: {"charge": (bool, False)},
     FaultMode.DELAY: {"seconds": (float, 1.0)},

@@ -3,6 +3,9 @@
 The estimated rate is the previous window's count weighted by how much of it still overlaps,
 plus the current window's count; a request is refused when that (rounded) plus one exceeds
 the limit. Refused requests are not counted. The clock is injected so tests can drive it.
+
+Like sc-go's limiters, which share the Redis key prefix `api`, one counter per key serves routes
+with different limits: each check may name its own limit (`check(key, limit=20)`).
 """
 
 from __future__ import annotations
@@ -55,8 +58,13 @@ class SlidingWindowLimiter:
         """Requests allowed per window."""
         return self._limit
 
-    def check(self, key: str) -> RateDecision:
-        """Decide on one request for `key`, counting it if allowed."""
+    def check(self, key: str, limit: int | None = None) -> RateDecision:
+        """Decide on one request for `key`, counting it if allowed.
+
+        `limit` (default: the limiter's) is this route's limit, compared with the key's shared
+        count.
+        """
+        limit = self._limit if limit is None else limit
         now = self._clock()
         current = math.floor(now / self._window) * self._window
         previous = current - self._window
@@ -68,12 +76,14 @@ class SlidingWindowLimiter:
             overlap = (self._window - (now - current)) / self._window
             rate = counts.get(previous, 0) * overlap + counts.get(current, 0)
             estimated = _go_round(rate)
-            if estimated + 1 > self._limit:
-                return RateDecision(False, self._limit, self._limit - estimated, reset)
+            if estimated + 1 > limit:
+                # Negative when other routes pushed the shared count past this route's limit,
+                # as httprate prints it.
+                return RateDecision(False, limit, limit - estimated, reset)
             counts[current] = counts.get(current, 0) + 1
             if len(self._counts) > 10_000:
                 self._forget_idle(previous)
-            return RateDecision(True, self._limit, self._limit - estimated - 1, reset)
+            return RateDecision(True, limit, limit - estimated - 1, reset)
 
     def _forget_idle(self, previous: float) -> None:
         idle = [k for k, c in self._counts.items() if not c or max(c) < previous]

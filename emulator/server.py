@@ -6,6 +6,10 @@ Stablecog endpoints (reference §1-§7):
     GET  /v1/image/generation/models     also /v1/image/models/generate; no auth
     GET  /v1/image/generation/defaults   also /v1/image/defaults/generate; no auth
     GET  /v1/credits                     API token
+
+All but /v1/health and /images/ are rate limited per client IP on one shared counter (create
+at `rate_limit_per_second`, the others at twice that). An http(s) init or mask image is
+fetched (HEAD, then GET) only from a loopback host; see `emulator.imagefetch`.
     GET  /v1/health
     GET  /images/<id>.jpeg               the outputs' pictures (the real ones live on a CDN)
 

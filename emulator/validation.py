@@ -322,9 +322,12 @@ def validate(request: CreateGenerationRequest) -> None:
         request.prompt_strength = min(max(request.prompt_strength, 0.0), 1.0)
 
 
-def _is_valid_http_url(url: str) -> bool:
+def is_valid_http_url(url: str) -> bool:
     """Approximates sc-go `utils.IsValidHTTPURL` (url.ParseRequestURI, http(s), a host)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket, which Go's parser rejects too
+        return False
     return (
         parts.scheme in ("http", "https")
         and bool(parts.netloc)
@@ -333,14 +336,15 @@ def _is_valid_http_url(url: str) -> bool:
 
 
 def image_url_error(url: str, owner_prefix: str, *, mask: bool) -> tuple[int, str] | None:
-    """What `CreateGeneration` says about an init (or mask) image URL, as (status, error).
+    """What `CreateGeneration` says about an init (or mask) image URL that is not a valid
+    http(s) URL, as (status, error); None for an empty or a valid http(s) URL, whose image the
+    caller checks (`emulator.imagefetch`).
 
-    http(s) URLs are accepted without fetching them (the real server downloads the header;
-    the emulator stays offline). Anything else is treated as an `s3://` upload key, which must
-    start with `owner_prefix` (sha256 of the user ID plus "/"); the emulator has no upload
-    endpoint, so an owned key is never found.
+    Anything else is treated as an `s3://` upload key, which must start with `owner_prefix`
+    (sha256 of the user ID plus "/"); the emulator has no upload endpoint, so an owned key is
+    never found.
     """
-    if not url or _is_valid_http_url(url):
+    if not url or is_valid_http_url(url):
         return None
     key = url.removeprefix("s3://")
     if not key.startswith(owner_prefix):

@@ -34,3 +34,12 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+async def start_of_window(budget: float = 0.4) -> None:
+    """Make sure at least `budget` seconds are left in the current 1 s rate-limit window
+    (sleeping into the next one if needed), so a quick test's requests all fall in one
+    window: a window rolling over mid-test would weigh the counts."""
+    left = 1.0 - time.time() % 1.0
+    if left < budget:
+        await asyncio.sleep(left + 0.01)

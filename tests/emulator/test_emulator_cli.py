@@ -29,6 +29,7 @@ def test_flags_env_vars_and_defaults() -> None:
     assert defaults.config.worker_timeout_seconds == 240
     assert defaults.config.initial_credits == 100
     assert not defaults.config.accept_any_token
+    assert defaults.config.image_url_hosts == ()
 
     env = {
         "STABLECOG_EMULATOR_LISTEN": "0.0.0.0:9000",
@@ -37,6 +38,7 @@ def test_flags_env_vars_and_defaults() -> None:
         "STABLECOG_EMULATOR_ACCEPT_ANY_TOKEN": "yes",
         "STABLECOG_EMULATOR_RATE_LIMIT": "0",
         "STABLECOG_EMULATOR_PUBLIC_URL": "https://cdn.example/",
+        "STABLECOG_EMULATOR_IMAGE_URL_HOST": "images.example, ,Demo.Example",
     }
     from_env = parse_cli([], env)
     assert (from_env.host, from_env.port) == ("0.0.0.0", 9000)
@@ -45,6 +47,7 @@ def test_flags_env_vars_and_defaults() -> None:
     assert from_env.config.accept_any_token
     assert from_env.config.rate_limit_per_second == 0
     assert from_env.config.public_url == "https://cdn.example"
+    assert from_env.config.image_url_hosts == ("images.example", "demo.example")
 
     flags = parse_cli(
         ["--latency", "0", "--queue-limit", "2", "--worker-timeout", "9", "--account", "x"], env
@@ -52,6 +55,9 @@ def test_flags_env_vars_and_defaults() -> None:
     assert flags.config.latency_seconds == 0  # the flag wins over the variable
     assert (flags.config.queue_limit, flags.config.worker_timeout_seconds) == (2, 9)
     assert flags.accounts == ("x",)
+    assert flags.config.image_url_hosts == ("images.example", "demo.example")
+    hosts = parse_cli(["--image-url-host", "a.example", "--image-url-host", "[::1]"], env)
+    assert hosts.config.image_url_hosts == ("a.example", "::1")  # the flags win over the variable
 
 
 @pytest.mark.parametrize(
@@ -62,6 +68,8 @@ def test_flags_env_vars_and_defaults() -> None:
         (["--rate-limit", "-1"], {}, "--rate-limit"),
         (["--listen", "nowhere"], {}, "--listen"),
         (["--public-url", "cdn.example"], {}, "public_url"),
+        (["--image-url-host", "example.com:443"], {}, "--image-url-host"),
+        ([], {"STABLECOG_EMULATOR_IMAGE_URL_HOST": "https://x"}, "IMAGE_URL_HOST"),
     ],
 )
 def test_bad_values_exit_naming_the_setting(

@@ -43,6 +43,12 @@ async def test_faults_config_requests_and_reset(
     assert emu.config.latency_seconds == 0.05
     assert (await client.post("/_emulator/config", json={"public_url": "x"})).status_code == 400
     assert (await client.post("/_emulator/config", json={"queue_limit": -1})).status_code == 400
+    hosts = await client.post("/_emulator/config", json={"image_url_hosts": ["Example.com"]})
+    assert hosts.json()["image_url_hosts"] == ["example.com"]
+    assert emu.config.image_url_hosts == ("example.com",)
+    for bad in (["example.com:80"], "example.com", [5]):
+        rejected = await client.post("/_emulator/config", json={"image_url_hosts": bad})
+        assert rejected.status_code == 400
     assert (await client.post("/_emulator/config", content=b"[1]")).status_code == 400
 
     await create(SMALL)

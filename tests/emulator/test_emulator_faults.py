@@ -44,6 +44,7 @@ async def test_rate_limit_fault(create: Create, emu: Emulator) -> None:
         ("queue_full", 400, "queue_limit_reached"),
         ("insufficient_credits", 400, "insufficient_credits"),
         ("nsfw_prompt", 400, "nsfw_prompt"),
+        ("image_url_error", 400, "image_url_width_height_error"),
     ],
 )
 async def test_refusals_with_settings_cost_nothing(
@@ -55,6 +56,20 @@ async def test_refusals_with_settings_cost_nothing(
     assert response.json()["error"] == error
     assert response.json()["settings"]["width"] == 256
     assert emu.balance(TOKEN) == 100 and emu.generation_count == 0
+    assert emu.requests[0].fault == mode
+
+
+async def test_image_url_error_fault_with_a_good_init_image(create: Create, emu: Emulator) -> None:
+    url = (await create(SMALL)).json()["outputs"][0]["url"]
+    emu.faults.inject("image_url_error")
+    response = await create({**SMALL, "init_image_url": url})
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "image_url_width_height_error",
+        "settings": {**response.json()["settings"], "init_image_url": url},
+    }
+    assert not any(r.method == "HEAD" for r in emu.requests)  # refused before any fetch
+    assert emu.balance(TOKEN) == 99 and emu.generation_count == 1
 
 
 async def test_internal_error_and_banned(create: Create, emu: Emulator) -> None:

@@ -131,13 +131,19 @@ async def test_absent_or_negative_seed_is_random(create: Create) -> None:
     assert len(set(seeds)) == 3
 
 
-async def test_img2img_echoes_url_and_default_prompt_strength(create: Create) -> None:
+async def test_img2img_echoes_url_and_default_prompt_strength(
+    create: Create, emu: Emulator
+) -> None:
+    emu.configure(image_url_hosts=["example.com"])  # accepted without a fetch
     url = "https://example.com/cat.png"
-    settings = (await create({**SMALL, "model_id": SDXL, "init_image_url": url})).json()["settings"]
+    response = await create({**SMALL, "model_id": SDXL, "init_image_url": url})
+    assert response.status_code == 200
+    settings = response.json()["settings"]
     assert settings["init_image_url"] == url
     assert settings["prompt_strength"] == 0.5
     assert settings["scheduler_id"] == K_EULER_ANCESTRAL
     clamped = await create({**SMALL, "init_image_url": url, "prompt_strength": 7})
+    assert clamped.status_code == 200
     assert clamped.json()["settings"]["prompt_strength"] == 1
 
 
@@ -180,9 +186,34 @@ async def test_content_type_is_not_checked(client: httpx.AsyncClient) -> None:
 
 
 async def test_deprecated_alias_creates_too(client: httpx.AsyncClient, emu: Emulator) -> None:
-    response = await client.post("/v1/image/generate", json=SMALL, headers=auth())
+    response = await client.post(
+        "/v1/image/generate", json={**SMALL, "num_outputs": 2, "seed": 9}, headers=auth()
+    )
     assert response.status_code == 200
-    assert emu.balance(TOKEN) == 99
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["outputs", "remaining_credits", "settings"]
+    assert body["remaining_credits"] == 98 and isinstance(body["remaining_credits"], int)
+    assert len(body["outputs"]) == 2
+    for output in body["outputs"]:
+        assert list(output) == ["id", "url", "image_url"]
+        assert UUID_V4.fullmatch(output["id"])
+        assert (
+            output["url"] == output["image_url"] == f"{emu.public_url}/images/{output['id']}.jpeg"
+        )
+        picture = await client.get(output["url"])
+        assert picture.headers["Content-Type"] == "image/jpeg"
+    assert body["settings"] == {
+        "model_id": FLUX,
+        "scheduler_id": K_EULER,
+        "width": 256,
+        "height": 256,
+        "num_outputs": 2,
+        "guidance_scale": 7,
+        "inference_steps": 4,
+        "seed": 9,
+    }
+    assert emu.balance(TOKEN) == 98 and emu.generation_count == 1
 
 
 async def test_insufficient_credits(create: Create, emu: Emulator) -> None:
@@ -295,6 +326,10 @@ async def test_defaults_endpoint(client: httpx.AsyncClient) -> None:
         b'"scheduler_id":"af2679a4-dbbb-4950-8c06-c3bb15416ef6","width":1024,"height":1024,'
         b'"num_outputs":2,"guidance_scale":7,"inference_steps":30,"prompt_strength":0.5}\n'
     )
+    alias = await client.get("/v1/image/defaults/generate")
+    assert alias.status_code == 200
+    assert alias.headers["Content-Type"] == "application/json"
+    assert alias.content == response.content
 
 
 async def test_credits_endpoint(client: httpx.AsyncClient, create: Create) -> None:

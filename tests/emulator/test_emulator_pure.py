@@ -141,3 +141,30 @@ def test_config_rejects_bad_values_and_limits_runtime_changes() -> None:
     for bad in ("8000", "host:", "host:99999", ":80"):
         with pytest.raises(ValueError, match=r"PORT|port"):
             parse_listen(bad)
+
+
+def test_rate_limiter_shares_one_count_between_route_limits() -> None:
+    limiter = SlidingWindowLimiter(10, clock=lambda: 1000.0)
+    assert [limiter.check("ip", 2).allowed for _ in range(3)] == [True, True, False]
+    wider = limiter.check("ip", 4)  # the refused request was not counted: 2 so far
+    assert (wider.allowed, wider.limit, wider.remaining) == (True, 4, 1)
+    narrow = limiter.check("ip", 2)
+    assert (narrow.allowed, narrow.limit, narrow.remaining) == (False, 2, -1)
+    assert limiter.check("ip").remaining == 6  # the limiter's own limit, 10
+
+
+def test_config_image_url_hosts() -> None:
+    config = EmulatorConfig(image_url_hosts=(" Example.COM ", "[2001:DB8::1]", "example.com", ""))
+    assert config.image_url_hosts == ("example.com", "2001:db8::1")
+    assert EmulatorConfig().image_url_hosts == ()
+    assert EmulatorConfig().image_fetch_timeout_seconds == 5.0
+    changed = config.with_runtime_changes({"image_url_hosts": ["cdn.test"]})
+    assert changed.image_url_hosts == ("cdn.test",)
+    assert changed.runtime_dict()["image_url_hosts"] == ["cdn.test"]
+    for bad in ("example.com:8080", "http://example.com", "a b", "x/y", "user@host"):
+        with pytest.raises(ValueError, match="image_url_hosts"):
+            EmulatorConfig(image_url_hosts=(bad,))
+    with pytest.raises(ValueError, match="image_url_hosts"):
+        EmulatorConfig(image_url_hosts="example.com")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="image_fetch_timeout_seconds"):
+        EmulatorConfig(image_fetch_timeout_seconds=-1)

@@ -276,3 +276,10 @@ def test_image_url_checks() -> None:
         400,
         "mask_image_not_found",
     )
+    # Not a valid http(s) URL for Go's parser: handled as an s3 key, so not the caller's.
+    assert validation.image_url_error("http://[::1/x.png", owner, mask=False) == (
+        401,
+        "init_image_not_owned",
+    )
+    assert validation.is_valid_http_url("http://[::1]:8000/x.png")
+    assert not validation.is_valid_http_url("https://")

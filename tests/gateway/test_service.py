@@ -166,6 +166,13 @@ FAULT_ROWS = [
     ),
     ("banned", {}, grpc.StatusCode.PERMISSION_DENIED, "USER_BANNED", False),
     ("nsfw_prompt", {}, grpc.StatusCode.INVALID_ARGUMENT, "NSFW_PROMPT", False),
+    (
+        "image_url_error",
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "IMAGE_URL_WIDTH_HEIGHT_ERROR",
+        False,
+    ),
     ("drop_connection", {}, grpc.StatusCode.INTERNAL, "UPSTREAM_CONNECTION_LOST", False),
 ]
 
@@ -215,6 +222,17 @@ async def test_upstream_validation_error_names_the_field(stub: Stub) -> None:
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert error.info is not None and error.info.reason == "INVALID_MODEL_ID"
     assert [f for f, _ in error.violations] == ["model_id"]
+
+
+async def test_an_unreadable_init_image_names_the_field(stub: Stub, emulator: Emulator) -> None:
+    missing = f"{emulator.base_url}/images/00000000-0000-4000-8000-000000000000.jpeg"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateGeneration(request(init_image_url=missing))
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.info is not None and error.info.reason == "IMAGE_URL_WIDTH_HEIGHT_ERROR"
+    assert [f for f, _ in error.violations] == ["init_image_url"]
+    assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS
 
 
 async def test_rate_limit_retry_delay_comes_from_retry_after(
