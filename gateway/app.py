@@ -19,13 +19,14 @@ import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
-from gateway.auth import KeyFile, KeyResolver
+from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
 from gateway.cache import CachingGenerator
 from gateway.cache_store import CacheStore, Clock, MemoryStore, RedisStore
-from gateway.config import Settings
+from gateway.calls import account_fingerprint
+from gateway.config import VERSION, Settings
 from gateway.generation import Generator, UpstreamGenerator
 from gateway.interceptors import TelemetryInterceptor
 from gateway.metrics import GatewayMetrics
@@ -43,6 +44,9 @@ _SERVER_OPTIONS = [
     ("grpc.server.max_pending_requests", 20000),
     ("grpc.server.max_pending_requests_hard_limit", 40000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # grpc sets SO_REUSEPORT by default, so a second gateway on a busy port would start
+    # and silently take a share of the calls. A busy port must fail at start instead.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -60,13 +64,19 @@ class GatewayApp:
     def __init__(self, settings: Settings, seams: Seams | None = None) -> None:
         seams = seams or Seams()
         self.settings = settings
-        key_file = KeyFile(settings.api_key_file) if settings.api_key_file else None
-        self.keys = KeyResolver(static_key=settings.api_key, key_file=key_file)
         # A registry of its own (never the global one), so apps and tests never share series.
+        # No `_created` series: they double the series count and no panel or alert uses them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.metrics = GatewayMetrics(
             self.registry, default_caller=settings.caller, max_callers=settings.max_callers
         )
+        key_file = (
+            KeyFile(settings.api_key_file, on_change=self._key_rotated)
+            if settings.api_key_file
+            else None
+        )
+        self.keys = KeyResolver(static_key=settings.api_key, key_file=key_file)
         self.metrics_server = MetricsServer(self.registry, settings.metrics_listen)
         self.client = StablecogClient(
             settings.upstream_url,
@@ -99,6 +109,7 @@ class GatewayApp:
         self.grpc_port = self._bind(settings)
 
     def _bind(self, settings: Settings) -> int:
+        credentials = None
         if settings.tls_cert_file and settings.tls_key_file:
             client_ca = (
                 settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
@@ -108,11 +119,15 @@ class GatewayApp:
                 root_certificates=client_ca,
                 require_client_auth=client_ca is not None,
             )
-            port = self.server.add_secure_port(settings.listen, credentials)
-        else:
-            port = self.server.add_insecure_port(settings.listen)
+        try:
+            if credentials is not None:
+                port = self.server.add_secure_port(settings.listen, credentials)
+            else:
+                port = self.server.add_insecure_port(settings.listen)
+        except RuntimeError:  # grpc's way of saying the address is taken or invalid
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {settings.listen}")
+            raise OSError(f"cannot listen on --listen / GATEWAY_LISTEN {settings.listen}")
         return port
 
     @property
@@ -125,14 +140,37 @@ class GatewayApp:
         await self.server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        configured = self.keys.configured_key()
         _log.info(
             "gateway serving",
             extra={
+                "version": VERSION,
                 "grpc_port": self.grpc_port,
                 "metrics_port": self.metrics_port,
                 "upstream": self.settings.upstream_url,
+                "cache": self.settings.cache,
+                "key_source": self.keys.source,
+                "key_fingerprint": account_fingerprint(configured) if configured else None,
+                "tls": self.settings.tls_cert_file is not None,
+                "mtls": self.settings.tls_client_ca_file is not None,
             },
         )
+        if configured is None:
+            _log.warning(
+                "no STABLECOG_API_KEY or key file: every call must carry its own "
+                "`authorization: Bearer <key>` metadata"
+            )
+        elif not looks_like_a_stablecog_key(configured):
+            _log.warning(
+                "the configured API key does not look like a Stablecog key "
+                "(`sc-` and 64 hex digits); Stablecog will probably reject it",
+                extra={"key_fingerprint": account_fingerprint(configured)},
+            )
+
+    def _key_rotated(self, old_key: str, new_key: str) -> None:
+        # The old key's balance series would stay frozen (and could keep a low-credits
+        # alert firing) until restart.
+        self.metrics.forget_account(account_fingerprint(old_key))
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop: refuse new calls, let calls in flight finish within `grace`."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.calls import account_fingerprint
 from gateway.errors import MissingCredentials
 
 _log = logging.getLogger(__name__)
@@ -41,8 +43,9 @@ class KeyFile:
     in flight and new calls never fail.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_change: Callable[[str, str], None] | None = None) -> None:
         self._path = path
+        self._on_change = on_change
         self._stamp: tuple[int, int, int, int] | None = None
         self._read_at = 0.0
         self._key = ""
@@ -71,13 +74,27 @@ class KeyFile:
                     return self._key
                 raise
             if key:
-                if self._key and key != self._key:
-                    _log.info("API key file changed; new calls use the new key")
+                previous = self._key
                 self._key = key
                 self._stamp = stamp
+                if previous and key != previous:
+                    _log.info(
+                        "API key file changed; new calls use the new key",
+                        extra={"key_fingerprint": account_fingerprint(key)},
+                    )
+                    if self._on_change is not None:
+                        self._on_change(previous, key)
             elif self._key:
                 _log.warning("API key file is empty; keeping the last key")
         return self._key
+
+
+STABLECOG_KEY = re.compile(r"^sc-[0-9a-f]{64}$")
+
+
+def looks_like_a_stablecog_key(key: str) -> bool:
+    """Stablecog issues `sc-` and 64 lowercase hex digits."""
+    return bool(STABLECOG_KEY.match(key))
 
 
 class KeyResolver:
@@ -88,8 +105,16 @@ class KeyResolver:
         self._key_file = key_file
 
     @property
-    def has_configured_key(self) -> bool:
-        return self._static_key is not None or self._key_file is not None
+    def source(self) -> str:
+        """Where keys come from: `file`, `env`, or `caller` (forwarded metadata)."""
+        if self._key_file is not None:
+            return "file"
+        return "env" if self._static_key is not None else "caller"
+
+    def configured_key(self) -> str | None:
+        if self._key_file is not None:
+            return self._key_file.current()
+        return self._static_key
 
     def resolve(self, metadata: Mapping[str, str]) -> ApiKey:
         """The key for a call; raise MissingCredentials when there is none."""

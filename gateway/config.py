@@ -11,11 +11,22 @@ import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_UPSTREAM_URL = "https://api.stablecog.com"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("stablecog-gateway")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+VERSION = _version()
 
 
 class ConfigError(ValueError):
@@ -187,7 +198,11 @@ OPTIONS: tuple[_Option, ...] = (
         "seconds calls in flight may run after SIGTERM",
     ),
     _Option(
-        "--cache", "GATEWAY_CACHE", "cache", _choice("memory", "redis", "off"), "seeded-call cache"
+        "--cache",
+        "GATEWAY_CACHE",
+        "cache",
+        _choice("memory", "redis", "off"),
+        "seeded-call cache: memory, redis or off",
     ),
     _Option(
         "--redis-url", "GATEWAY_REDIS_URL", "redis_url", _redis_url, "Redis URL for --cache redis"
@@ -230,7 +245,13 @@ OPTIONS: tuple[_Option, ...] = (
         _positive_int,
         "distinct caller labels in metrics; later ones count as 'other'",
     ),
-    _Option("--log-level", "GATEWAY_LOG_LEVEL", "log_level", _log_level, "log level"),
+    _Option(
+        "--log-level",
+        "GATEWAY_LOG_LEVEL",
+        "log_level",
+        _log_level,
+        "log level: debug, info, warning or error",
+    ),
     _Option("--log-prompts", "GATEWAY_LOG_PROMPTS", "log_prompts", _bool, "log prompts in clear"),
     _Option("--tls-cert-file", "GATEWAY_TLS_CERT_FILE", "tls_cert_file", _path, "TLS certificate"),
     _Option("--tls-key-file", "GATEWAY_TLS_KEY_FILE", "tls_key_file", _path, "TLS private key"),
@@ -270,13 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"{option.help} (env {option.env})",
             )
             continue
+        default = getattr(defaults, option.attr)
+        shown = "unset" if default is None else str(default).lower()
         parser.add_argument(
             option.flag,
             dest=option.attr,
             default=None,
             metavar="VALUE",
-            help=f"{option.help} (env {option.env}; default {getattr(defaults, option.attr)})",
+            help=f"{option.help} (env {option.env}; default {shown})",
         )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     return parser
 
 

@@ -15,7 +15,7 @@ from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.auth import ApiKey
 from gateway.calls import NullTelemetry, Telemetry, account_fingerprint, current_call
 from gateway.errors import GatewayError
-from gateway.translate import request_to_json, response_from_json
+from gateway.translate import request_to_json, response_from_body
 from gateway.upstream import CallBudget, StablecogClient
 
 CacheResult = generation_pb2.CacheResult
@@ -84,7 +84,7 @@ class UpstreamGenerator:
         caller = record.caller if record else "unknown"
         account = account_fingerprint(call.key.value)
         try:
-            response = response_from_json(answer.payload)
+            response = response_from_body(answer.body)
         except GatewayError as error:
             # A 200 means the upstream charged, even if its body is unreadable.
             requested = call.request.num_outputs if call.request.HasField("num_outputs") else 2

@@ -35,6 +35,7 @@ _EXCLUDED_PREFIXES = tuple(f"/{service}/" for service in EXCLUDED_SERVICES)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _SAVED = frozenset({"hit", "coalesced"})
 PROMPT_DIGEST_CHARS = 16
+DEADLINE_SLACK_SECONDS = 0.1
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
@@ -119,7 +120,9 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 remaining = context.time_remaining()
-                if remaining is not None and remaining <= 0:
+                # The caller's own deadline timer fires a little before ours (ours starts
+                # when its header arrives), and its cancel can reach us first.
+                if remaining is not None and remaining <= DEADLINE_SLACK_SECONDS:
                     code = "DEADLINE_EXCEEDED"
                 raise
             except BaseException:

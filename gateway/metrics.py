@@ -8,11 +8,12 @@ so `rate()` works from the first scrape.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Sequence
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from gateway._gen.stablecog.v1 import generation_pb2
 
@@ -108,6 +109,8 @@ class GatewayMetrics:
         max_reasons: int = 64,
     ) -> None:
         self.registry = registry
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds, start time.
+        ProcessCollector(registry=registry)
         self.default_caller = sanitize_label(default_caller) or UNKNOWN
         # The default caller is always admitted, on top of `max_callers` others.
         self._callers = BoundedLabel(max_callers + 1, [self.default_caller])
@@ -224,6 +227,12 @@ class GatewayMetrics:
                 counter.labels(self._models(sanitize_label(model)), self.default_caller)
 
     # --- the interceptor's half ---
+
+    def forget_account(self, fingerprint: str) -> None:
+        """Drop an account's balance series (its key was rotated away)."""
+        self._balance_observed_at.pop(fingerprint, None)
+        with contextlib.suppress(KeyError):
+            self.credits_remaining.remove(fingerprint)
 
     def caller_label(self, raw: str | None) -> str:
         """The bounded caller label for an `x-caller` value (None: the configured caller)."""

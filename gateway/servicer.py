@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, NoReturn
 
 import grpc
@@ -25,6 +26,7 @@ from gateway.calls import (
     current_call,
 )
 from gateway.errors import (
+    ConfiguredKeyRejected,
     GatewayDraining,
     GatewayError,
     GatewayInternal,
@@ -83,6 +85,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self._generator = generator
         self._upstream_timeout = upstream_timeout
         self.in_flight = InFlight()
+        self._rejected_key_logged_at = float("-inf")
         self.draining = False
 
     async def CreateGeneration(
@@ -117,6 +120,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 )
                 generated = await self._generator.generate(call)
             except GatewayError as error:
+                if isinstance(error, ConfiguredKeyRejected):
+                    self._alarm_rejected_key()
                 await _abort(context, record, error)
             except Exception as exc:  # a bug: never let it leave as UNKNOWN with internals
                 _log.error(
@@ -143,6 +148,18 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 record.complete(response, generated.cache_result, generated.upstream_seconds)
             context.set_trailing_metadata((("x-cache", cache_result_name(generated.cache_result)),))
             return response
+
+    def _alarm_rejected_key(self) -> None:
+        """An operator problem every caller sees: say so loudly, at most once a minute."""
+        now = time.monotonic()
+        if now - self._rejected_key_logged_at >= 60.0:
+            self._rejected_key_logged_at = now
+            configured = self._keys.configured_key()
+            _log.error(
+                "Stablecog rejects the configured API key; every call fails until it is "
+                "replaced (STABLECOG_API_KEY or the key file)",
+                extra={"key_fingerprint": account_fingerprint(configured) if configured else None},
+            )
 
     def _validate(self, request: generation_pb2.GenerationRequest) -> None:
         try:

@@ -8,6 +8,7 @@ extra JSON fields are ignored.
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from typing import Any
@@ -55,8 +56,17 @@ def _as_float32(value: float) -> float:
     return float(struct.unpack("f", struct.pack("f", value))[0])
 
 
+def response_from_body(body: bytes) -> generation_pb2.GenerationResponse:
+    """The GenerationResponse for the bytes of a 200 answer; UpstreamBadResponse if malformed."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("the body is not JSON") from None
+    return response_from_json(payload)
+
+
 def response_from_json(payload: Any) -> generation_pb2.GenerationResponse:
-    """The GenerationResponse for a 200 body; raise UpstreamBadResponse if it is malformed."""
+    """The GenerationResponse for a parsed 200 body; UpstreamBadResponse if it is malformed."""
     if not isinstance(payload, dict):
         raise _bad("the body is not a JSON object")
     outputs = payload.get("outputs")

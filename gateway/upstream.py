@@ -7,7 +7,6 @@ request it may have acted on must not be sent twice.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,6 @@ from gateway.calls import NullTelemetry, Telemetry
 from gateway.errors import (
     CallTimedOut,
     GatewayError,
-    UpstreamBadResponse,
     UpstreamInternal,
     UpstreamUnavailable,
 )
@@ -32,9 +30,9 @@ USER_AGENT = "stablecog-gateway/0.1"
 
 @dataclass(frozen=True)
 class UpstreamAnswer:
-    """A successful generation body and how long the upstream took."""
+    """The body of a 200 answer (parsed by gateway.translate) and how long it took."""
 
-    payload: Any
+    body: bytes
     seconds: float
 
 
@@ -87,7 +85,7 @@ class StablecogClient:
     async def create_generation(
         self, body: dict[str, Any], key: ApiKey, budget: CallBudget
     ) -> UpstreamAnswer:
-        """POST one generation; return its JSON body or raise the mapped GatewayError."""
+        """POST one generation; return the 200 answer or raise the mapped GatewayError."""
         started = time.perf_counter()
         status_class = "error"
         try:
@@ -121,14 +119,7 @@ class StablecogClient:
                     response.headers,
                     configured_key=key.configured,
                 )
-            try:
-                payload = json.loads(response.content)
-            except (ValueError, UnicodeDecodeError):
-                raise UpstreamBadResponse(
-                    "the upstream answered 200 with a body that is not JSON",
-                    reason="UPSTREAM_BAD_RESPONSE",
-                ) from None
-            return UpstreamAnswer(payload=payload, seconds=seconds)
+            return UpstreamAnswer(body=response.content, seconds=seconds)
         except GatewayError as error:
             self._telemetry.upstream_error(error.reason)
             raise

@@ -30,12 +30,14 @@ class RequestValidator:
         for violation in self._validator.collect_violations(request):
             proto = violation.proto
             elements = proto.field.elements if proto.field is not None else []
+            message = _RULE_DESCRIPTIONS.get(proto.rule_id, proto.message)
             if elements:
                 field = ".".join(e.field_name for e in elements)
-            else:
+                description = f"{field} {message}"
+            else:  # a message-level rule: its message names the fields itself
                 field = proto.rule_id.partition(".")[0]
-            message = _RULE_DESCRIPTIONS.get(proto.rule_id, proto.message)
-            found.append(FieldViolation(field=field, description=f"{field} {message}"))
+                description = message[:1].upper() + message[1:]
+            found.append(FieldViolation(field=field, description=description))
         return found
 
     def check(self, request: generation_pb2.GenerationRequest) -> None:

@@ -63,8 +63,9 @@ Try it from another terminal:
 
   .venv/bin/python examples/generate.py "a lighthouse at dawn, oil painting" --seed 42 --target ${target}
 
-or with grpcurl (server reflection is on):
+or through server reflection with buf curl (in the venv) or grpcurl:
 
+  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge -d '{"prompt": "a lighthouse at dawn", "seed": 42}' http://${target}/stablecog.v1.GenerationService/CreateGeneration
   grpcurl -plaintext -d '{"prompt": "a lighthouse at dawn", "seed": 42}' ${target} stablecog.v1.GenerationService/CreateGeneration
 
 Press Ctrl-C to stop.

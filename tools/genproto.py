@@ -36,11 +36,15 @@ def generate(out: Path) -> None:
     ]
     args += [f"-I{root}" for root in PROTO_ROOTS]
     args += [f"--python_out={out}", f"--mypy_out={out}"]
-    subprocess.run([*args, *SOURCES], check=True)
-    subprocess.run(
+    for command in (
+        [*args, *SOURCES],
         [*args[:-2], f"--grpc_python_out={out}", f"--mypy_grpc_out={out}", SOURCES[0]],
-        check=True,
-    )
+    ):
+        # The mypy plugin narrates each file it writes; show protoc's output only on failure.
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.stderr.write(result.stdout + result.stderr)
+            raise SystemExit(result.returncode)
     for path in sorted(out.rglob("*.py*")):
         text = _IMPORT.sub(r"from gateway._gen.\1\2 import ", path.read_text())
         path.write_text(text)

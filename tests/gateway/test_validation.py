@@ -24,7 +24,7 @@ def test_boundary(fields: dict[str, Any], expected: list[str]) -> None:
     violations = VALIDATOR.violations(request(**fields))
     assert sorted(v.field for v in violations) == sorted(expected)
     for violation in violations:
-        assert violation.description.startswith(violation.field + " ")
+        assert violation.field in violation.description
 
 
 def test_check_lists_every_violation_at_once() -> None:

@@ -173,3 +173,13 @@ async def test_bad_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="GATEWAY_UPSTREAM_TIMEOUT"):
         await gateway.start(timeout=10)
     assert gateway.process is not None and gateway.process.returncode == 2
+
+
+async def test_a_busy_port_fails_at_start(
+    spawn: Callable[..., GatewayProcess], make_gateway: GatewayFactory
+) -> None:
+    running = await make_gateway()
+    second = spawn(GATEWAY_LISTEN=f"127.0.0.1:{running.grpc_port}")
+    with pytest.raises(RuntimeError, match="cannot listen on --listen / GATEWAY_LISTEN"):
+        await second.start(timeout=10)
+    assert second.process is not None and second.process.returncode == 1
