@@ -170,7 +170,9 @@ class GatewayApp:
     def _key_rotated(self, old_key: str, new_key: str) -> None:
         # The old key's balance series would stay frozen (and could keep a low-credits
         # alert firing) until restart.
-        self.metrics.forget_account(account_fingerprint(old_key))
+        self.metrics.retire_account(
+            account_fingerprint(old_key), successor=account_fingerprint(new_key)
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop: refuse new calls, let calls in flight finish within `grace`."""

@@ -117,6 +117,7 @@ class GatewayMetrics:
         self._models = BoundedLabel(max_models, [sanitize_label(m) for m in known_models])
         self._accounts = BoundedLabel(max_accounts)
         self._balance_observed_at: dict[str, float] = {}
+        self._retired: set[str] = set()
         self._reasons = BoundedLabel(max_reasons)
         self._fields = frozenset(validation_fields)
 
@@ -228,8 +229,11 @@ class GatewayMetrics:
 
     # --- the interceptor's half ---
 
-    def forget_account(self, fingerprint: str) -> None:
-        """Drop an account's balance series (its key was rotated away)."""
+    def retire_account(self, fingerprint: str, *, successor: str) -> None:
+        """Drop a rotated-away key's balance series; answers still in flight for that key
+        do not bring it back. `successor` (the new key) is never retired."""
+        self._retired.add(fingerprint)
+        self._retired.discard(successor)
         self._balance_observed_at.pop(fingerprint, None)
         with contextlib.suppress(KeyError):
             self.credits_remaining.remove(fingerprint)
@@ -277,7 +281,7 @@ class GatewayMetrics:
         self.images_filtered.labels(model, caller).inc(max(outputs_requested - outputs_returned, 0))
         fingerprint = self._accounts(sanitize_label(account) or UNKNOWN)
         # One gauge per account; the accounts past the bound would mix in `other`.
-        if remaining_credits is None or fingerprint == OTHER:
+        if remaining_credits is None or fingerprint == OTHER or fingerprint in self._retired:
             return
         if balance_observed_at >= self._balance_observed_at.get(fingerprint, float("-inf")):
             self._balance_observed_at[fingerprint] = balance_observed_at

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from emulator.server import Emulator
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from gateway.calls import account_fingerprint
 from tests.conftest import ACCOUNT_KEY, OTHER_KEY, GatewayFactory, sha256
 from tests.processes import GatewayProcess
 from tests.services import RedisServer
@@ -133,6 +134,13 @@ async def test_key_file_rotation_without_restart(
         await stub.CreateGeneration(request(), timeout=10)
     assert failures == []
     assert made > 8
+    # The old key's balance series is gone; the new key's is there.
+    balance = "stablecog_credits_remaining"
+    assert (
+        app.registry.get_sample_value(balance, {"account": account_fingerprint(ACCOUNT_KEY)})
+        is None
+    )
+    assert app.registry.get_sample_value(balance, {"account": account_fingerprint(OTHER_KEY)})
     tokens = [r.token_sha256 for r in emulator.requests if r.path == CREATE]
     assert tokens[0] == sha256(ACCOUNT_KEY)
     assert tokens[-1] == sha256(OTHER_KEY)
