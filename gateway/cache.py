@@ -9,16 +9,23 @@ and it still fills the cache, so no credit is wasted on an abandoned half. Waite
 share the outcome, errors included: an identical call is never sent twice while the
 first may still be charged.
 
-The backend is never allowed to fail a call: when it errors or is slow (bounded by
-the store's timeout), the call goes to the upstream as if uncached, the failure is
-counted once per call, logged once per outage, and the backend is tried again a
-second later. A gateway already waiting on another's lock keeps waiting through a
-short outage rather than paying for the same generation itself.
+Across gateways (Redis), the one holding a lease lock makes the call and publishes how
+it ended: the entry, or an outcome record (its error, an answer with no outputs, or
+"abandoned" when it was stopped mid-call). Those writes are retried past a short
+outage; the lease is refreshed (and re-created if Redis lost it); waiters wait through
+short outages rather than paying for the same generation themselves.
+
+The backend is never allowed to fail a call: when it is unreachable or slow (bounded
+by the store's timeout), a call nobody else is generating goes to the upstream as if
+uncached; the failure is counted once per call, logged once per outage, and the
+backend is tried again a second later. Unreadable content in Redis is ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import json
 import logging
 import secrets
@@ -28,12 +35,20 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.cache_key import account_scope, cache_key, is_cacheable
 from gateway.cache_store import CacheStore
 from gateway.calls import NullTelemetry, Telemetry
-from gateway.errors import CallTimedOut, GatewayError, error_from_dict, error_to_dict
+from gateway.errors import (
+    CallTimedOut,
+    GatewayError,
+    UpstreamInternal,
+    error_from_dict,
+    error_to_dict,
+)
 from gateway.generation import Generated, GenerationCall, Generator
 from gateway.upstream import CallBudget
 
@@ -45,7 +60,10 @@ D = TypeVar("D")
 LOCK_LEASE_SECONDS = 10.0
 POLL_SECONDS = 0.05
 RETRY_BACKEND_AFTER = 1.0
-FAILURE_TTL_SECONDS = 60.0
+OUTCOME_TTL_SECONDS = 60.0
+# How long the leader keeps retrying the writes other gateways wait on.
+PUBLISH_WITHIN_SECONDS = 2.0
+OUTAGE_ERRORS = (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)
 
 
 class _Unknown:
@@ -53,6 +71,13 @@ class _Unknown:
 
 
 UNKNOWN = _Unknown()
+
+
+class _RedisLost:
+    """Redis stayed unreachable for longer than a lease while we waited."""
+
+
+_REDIS_LOST = _RedisLost()
 
 
 @dataclass
@@ -76,9 +101,16 @@ class FailOpen:
         return self._down_since is not None and self._clock() < self._retry_at
 
     async def run(
-        self, operation: Awaitable[T], default: D, state: _CallState | None = None
+        self,
+        operation: Awaitable[T],
+        default: D,
+        state: _CallState | None = None,
+        *,
+        force: bool = False,
     ) -> T | D:
-        if self.down:
+        """`operation`'s result, or `default` if the backend fails or is known to be down
+        (`force` tries anyway: for writes other gateways are waiting on)."""
+        if self.down and not force:
             _close(operation)
             if state is not None:
                 state.backend_failed = True
@@ -86,7 +118,7 @@ class FailOpen:
         try:
             async with asyncio.timeout(self._timeout):
                 result = await operation
-        except Exception as exc:  # any backend failure: serve without the cache
+        except OUTAGE_ERRORS as exc:  # unreachable or slow: serve without the cache
             if state is not None:
                 state.backend_failed = True
             if self._down_since is None:
@@ -97,6 +129,11 @@ class FailOpen:
                 )
             self._retry_at = self._clock() + RETRY_BACKEND_AFTER
             return default
+        except Exception as exc:  # it answered, but not sensibly: this operation only
+            if state is not None:
+                state.backend_failed = True
+            _log.warning("cache backend error", extra={"error": type(exc).__name__})
+            return default
         if self._down_since is not None:
             _log.info(
                 "cache backend is back",
@@ -104,6 +141,17 @@ class FailOpen:
             )
             self._down_since = None
         return result
+
+    async def must(self, operation: Callable[[], Awaitable[object]], *, within: float) -> bool:
+        """Retry a write others wait on (an entry, an outcome, an unlock) for `within` s."""
+        deadline = time.monotonic() + within
+        while True:
+            sentinel = object()
+            if await self.run(operation(), sentinel, force=True) is not sentinel:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(POLL_SECONDS * 2)
 
 
 def _close(operation: Awaitable[object]) -> None:
@@ -207,7 +255,9 @@ class CachingGenerator:
         try:
             response = generation_pb2.GenerationResponse.FromString(stored)
         except DecodeError:
-            _log.warning("ignoring an undecodable cache entry")
+            response = None
+        if response is None or len(response.outputs) == 0:  # never stored by us: garbage
+            _log.warning("ignoring an unreadable cache entry")
             return None
         local = self._balances.get(scope)
         balance = local[1] if local else None
@@ -246,96 +296,152 @@ class CachingGenerator:
         token = secrets.token_hex(8)
         deadline = time.monotonic() + self._upstream_timeout
         seen_other_holder = False
+        redis_lost = False
         while time.monotonic() < deadline:
             acquired = await self._backend.run(
                 self._store.try_lock(key, token, LOCK_LEASE_SECONDS), UNKNOWN
             )
             if acquired is True:
                 return await self._lead(shared_call, scope, key, token)
-            if acquired is UNKNOWN and not seen_other_holder:
-                # Nobody we know of is generating it and Redis cannot tell: fail open.
+            if acquired is UNKNOWN and (not seen_other_holder or redis_lost):
+                # Redis cannot tell, and nobody is known to be generating it (or Redis has
+                # been gone longer than any lease would last): fail open.
                 return _Filled(await self._generate_and_store(shared_call, scope, key), False)
             seen_other_holder = True
             waited = await self._await_holder(key, scope, deadline)
-            if waited is not None:
+            if isinstance(waited, _Filled):
                 return waited
-            # The holder let go with nothing stored and no failure: try to lead.
+            redis_lost = waited is _REDIS_LOST
+            # Otherwise the holder let go with nothing stored and no outcome: try to lead.
         raise CallTimedOut(
             "another gateway's identical generation did not finish in time",
             reason="UPSTREAM_TIMEOUT",
         )
 
     async def _lead(self, call: GenerationCall, scope: str, key: str, token: str) -> _Filled:
-        """Holding the lock: make the upstream call, publish its result or its failure."""
+        """Holding the lock: make the upstream call and publish how it ended, so waiting
+        gateways get the result, the error, or the empty answer instead of paying again."""
         try:
-            await self._backend.run(self._store.clear_failure(key), None)
+            await self._backend.run(self._store.clear_outcome(key), None)
             stored = await self._backend.run(self._store.get(key), None)
             hit = await self._hit(stored, scope) if stored is not None else None
             if hit is not None:  # filled between our lookup and our lock
                 return _Filled(hit, True)
+            keeper = asyncio.create_task(self._keep_lease(key, token))
             try:
-                return _Filled(await self._leased(call, scope, key, token), False)
+                generated = await self._inner.generate(call)
             except GatewayError as error:
-                # Waiting gateways raise the same error rather than paying again.
-                failure = json.dumps(error_to_dict(error)).encode()
-                await self._backend.run(
-                    self._store.put_failure(key, failure, FAILURE_TTL_SECONDS), None
+                await self._publish_outcome(key, {"error": error_to_dict(error)})
+                raise
+            except BaseException:
+                # Cancelled (shutdown past the grace period) or a bug: the upstream may
+                # still charge for it, so nobody may send it again in the meantime.
+                abandoned = UpstreamInternal(
+                    "the gateway making this generation stopped before Stablecog answered; "
+                    "it may have been charged, so check before retrying",
+                    reason="GENERATION_ABANDONED",
+                )
+                await asyncio.shield(
+                    self._publish_outcome(key, {"error": error_to_dict(abandoned)})
                 )
                 raise
+            finally:
+                keeper.cancel()
+            await self._remember(scope, generated, key, must=True)
+            if len(generated.response.outputs) == 0:  # paid for, never stored: share it
+                answer = generated.response.SerializeToString(deterministic=True)
+                await self._publish_outcome(key, {"response": base64.b64encode(answer).decode()})
+            return _Filled(generated, False)
         finally:
-            await self._backend.run(self._store.unlock(key, token), None)
+            unlock = functools.partial(self._store.unlock, key, token)
+            await asyncio.shield(self._backend.must(unlock, within=PUBLISH_WITHIN_SECONDS))
 
-    async def _await_holder(self, key: str, scope: str, deadline: float) -> _Filled | None:
+    async def _keep_lease(self, key: str, token: str) -> None:
+        while True:
+            await asyncio.sleep(LOCK_LEASE_SECONDS / 4)
+            await self._backend.run(
+                self._store.refresh_lock(key, token, LOCK_LEASE_SECONDS), None, force=True
+            )
+
+    async def _publish_outcome(self, key: str, outcome: dict[str, object]) -> None:
+        value = json.dumps(outcome).encode()
+        put = functools.partial(self._store.put_outcome, key, value, OUTCOME_TTL_SECONDS)
+        await self._backend.must(put, within=PUBLISH_WITHIN_SECONDS)
+
+    async def _read_outcome(self, key: str, scope: str) -> Generated | None:
+        """A finished holder's outcome: raises its error, returns its empty answer, or None."""
+        raw = await self._backend.run(self._store.get_outcome(key), None)
+        if raw is None:
+            return None
+        try:
+            outcome = json.loads(raw)
+            if "error" in outcome:
+                error = error_from_dict(outcome["error"])
+            else:
+                answer = base64.b64decode(outcome["response"])
+                response = generation_pb2.GenerationResponse.FromString(answer)
+                return Generated(response=response, cache_result=CacheResult.CACHE_RESULT_HIT)
+        except (ValueError, TypeError, KeyError, AttributeError, DecodeError):
+            _log.warning("ignoring an unreadable cache outcome")
+            return None
+        raise error
+
+    async def _await_holder(
+        self, key: str, scope: str, deadline: float
+    ) -> _Filled | _RedisLost | None:
         """Wait while another gateway holds the lock. Returns its result, raises its error,
-        or returns None once it let go without either (then the caller tries to lead)."""
+        `_REDIS_LOST` when Redis stayed unreachable for a whole lease, or None once the
+        lock stayed gone with nothing published (then the caller tries to lead)."""
         unreachable_since: float | None = None
+        unlocked_since: float | None = None
         while time.monotonic() < deadline:
             await asyncio.sleep(POLL_SECONDS)
             stored = await self._backend.run(self._store.get(key), UNKNOWN)
             if isinstance(stored, _Unknown):
                 # Keep waiting through a short outage: the holder is probably still
-                # generating, and generating here too would pay twice. Past a lease, its
-                # lock would have expired anyway.
+                # generating, and generating here too would pay twice.
                 unreachable_since = unreachable_since or time.monotonic()
                 if time.monotonic() - unreachable_since > LOCK_LEASE_SECONDS:
-                    return None
+                    return _REDIS_LOST
                 continue
             unreachable_since = None
             hit = await self._hit(stored, scope) if stored is not None else None
             if hit is not None:
                 return _Filled(hit, True)
             locked = await self._backend.run(self._store.locked(key), UNKNOWN)
-            if locked is False:
-                failure = await self._backend.run(self._store.get_failure(key), None)
-                if failure is not None:
-                    raise error_from_dict(json.loads(failure))
+            if locked is not False:
+                unlocked_since = None
+                continue
+            outcome = await self._read_outcome(key, scope)
+            if outcome is not None:
+                return _Filled(outcome, True)
+            # Gone with nothing published: Redis may have lost the lock (a restart) while
+            # the holder still generates; its next lease refresh puts the lock back.
+            unlocked_since = unlocked_since or time.monotonic()
+            if time.monotonic() - unlocked_since > LOCK_LEASE_SECONDS / 3:
                 return None
         raise CallTimedOut(
             "another gateway's identical generation did not finish in time",
             reason="UPSTREAM_TIMEOUT",
         )
 
-    async def _leased(self, call: GenerationCall, scope: str, key: str, token: str) -> Generated:
-        async def keep_lease() -> None:
-            while True:
-                await asyncio.sleep(LOCK_LEASE_SECONDS / 3)
-                await self._backend.run(
-                    self._store.refresh_lock(key, token, LOCK_LEASE_SECONDS), None
-                )
-
-        keeper = asyncio.create_task(keep_lease())
-        try:
-            return await self._generate_and_store(call, scope, key)
-        finally:
-            keeper.cancel()
-
     async def _generate_and_store(self, call: GenerationCall, scope: str, key: str) -> Generated:
         generated = await self._inner.generate(call)
         await self._remember(scope, generated, key)
         return generated
 
-    async def _remember(self, scope: str, generated: Generated, key: str | None) -> None:
-        """Keep the newest balance; store a successful response that has outputs."""
+    async def _remember(
+        self, scope: str, generated: Generated, key: str | None, *, must: bool = False
+    ) -> None:
+        """Store a successful response that has outputs (first: others may wait on it), and
+        keep the newest balance."""
+        if key is not None and len(generated.response.outputs) > 0:
+            value = generated.response.SerializeToString(deterministic=True)
+            put = functools.partial(self._store.put, key, value, self._ttl)
+            if must:
+                await self._backend.must(put, within=PUBLISH_WITHIN_SECONDS)
+            else:
+                await self._backend.run(put(), None)
         balance = generated.response.remaining_credits
         observed_at = generated.upstream_started_at or time.time()
         known = self._balances.get(scope)
@@ -343,13 +449,13 @@ class CachingGenerator:
             self._balances[scope] = (observed_at, balance)
         if self._store.shared:
             await self._backend.run(self._store.put_balance(scope, balance, observed_at), None)
-        if key is not None and len(generated.response.outputs) > 0:
-            value = generated.response.SerializeToString(deterministic=True)
-            await self._backend.run(self._store.put(key, value, self._ttl), None)
 
     async def aclose(self) -> None:
-        for flight in list(self._flights.values()):
+        flights = list(self._flights.values())
+        for flight in flights:
             flight.cancel()
+        if flights:  # let them publish that they were abandoned and release their locks
+            await asyncio.wait(flights, timeout=PUBLISH_WITHIN_SECONDS * 2)
         await self._store.aclose()
 
 

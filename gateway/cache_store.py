@@ -23,15 +23,26 @@ _UNLOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# Keeps the balance observed latest; an unreadable stored value counts as absent.
 _PUT_NEWER_BALANCE = """
 local current = redis.call('get', KEYS[1])
-if current and cjson.decode(current)[1] > tonumber(ARGV[1]) then return 0 end
+if current then
+  local ok, stored = pcall(cjson.decode, current)
+  if ok and type(stored) == 'table' and tonumber(stored[1])
+      and tonumber(stored[1]) > tonumber(ARGV[1]) then
+    return 0
+  end
+end
 redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1
 """
 BALANCE_TTL_SECONDS = 7 * 86400
+# Extends our lease; re-creates it when Redis lost it (a restart), so a waiting gateway
+# does not take over a generation that is still running.
 _REFRESH = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+local current = redis.call('get', KEYS[1])
+if current == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not current then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0
 """
 
@@ -50,11 +61,12 @@ class CacheStore(Protocol):
     async def put_balance(self, scope: str, balance: float, observed_at: float) -> None:
         """Keep `balance` unless a balance observed later is already stored."""
 
-    async def put_failure(self, key: str, value: bytes, ttl: float) -> None: ...
+    async def put_outcome(self, key: str, value: bytes, ttl: float) -> None:
+        """What a flight that stored no entry ended with (an error, or an empty answer)."""
 
-    async def get_failure(self, key: str) -> bytes | None: ...
+    async def get_outcome(self, key: str) -> bytes | None: ...
 
-    async def clear_failure(self, key: str) -> None: ...
+    async def clear_outcome(self, key: str) -> None: ...
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool: ...
 
@@ -121,14 +133,14 @@ class MemoryStore:
         if found is None or observed_at >= found[0]:
             self._balances[scope] = (observed_at, balance)
 
-    # In one process, waiters share a failed flight's error directly.
-    async def put_failure(self, key: str, value: bytes, ttl: float) -> None:
+    # In one process, waiters share a flight's outcome directly.
+    async def put_outcome(self, key: str, value: bytes, ttl: float) -> None:
         pass
 
-    async def get_failure(self, key: str) -> bytes | None:
+    async def get_outcome(self, key: str) -> bytes | None:
         return None
 
-    async def clear_failure(self, key: str) -> None:
+    async def clear_outcome(self, key: str) -> None:
         pass
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:
@@ -172,7 +184,12 @@ class RedisStore:
 
     async def get_balance(self, scope: str) -> float | None:
         raw = await self._redis.get(_balance_key(scope))
-        return float(json.loads(raw)[1]) if raw is not None else None
+        if raw is None:
+            return None
+        try:
+            return float(json.loads(raw)[1])
+        except (ValueError, TypeError, IndexError, KeyError):
+            return None  # unreadable: as if unknown
 
     async def put_balance(self, scope: str, balance: float, observed_at: float) -> None:
         await self._redis.eval(
@@ -184,17 +201,17 @@ class RedisStore:
             BALANCE_TTL_SECONDS,
         )
 
-    async def put_failure(self, key: str, value: bytes, ttl: float) -> None:
-        await self._redis.set(_failure_key(key), value, px=max(1, int(ttl * 1000)))
+    async def put_outcome(self, key: str, value: bytes, ttl: float) -> None:
+        await self._redis.set(_outcome_key(key), value, px=max(1, int(ttl * 1000)))
 
-    async def get_failure(self, key: str) -> bytes | None:
-        value = await self._redis.get(_failure_key(key))
+    async def get_outcome(self, key: str) -> bytes | None:
+        value = await self._redis.get(_outcome_key(key))
         if value is None:
             return None
         return value if isinstance(value, bytes) else value.encode()
 
-    async def clear_failure(self, key: str) -> None:
-        await self._redis.delete(_failure_key(key))
+    async def clear_outcome(self, key: str) -> None:
+        await self._redis.delete(_outcome_key(key))
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:
         return bool(await self._redis.set(_lock_key(key), token, nx=True, px=int(lease * 1000)))
@@ -220,5 +237,5 @@ def _lock_key(key: str) -> str:
     return f"{key}:lock"
 
 
-def _failure_key(key: str) -> str:
-    return f"{key}:failed"
+def _outcome_key(key: str) -> str:
+    return f"{key}:outcome"

@@ -375,7 +375,7 @@ async def test_stopping_lets_an_abandoned_generation_fill_the_cache(
     client = redis.Redis.from_url(redis_server.url)
     try:
         entries = [
-            k for k in client.keys("scgw:v1:gen:*") if not k.endswith((b":lock", b":failed"))
+            k for k in client.keys("scgw:v1:gen:*") if not k.endswith((b":lock", b":outcome"))
         ]
     finally:
         client.close()
