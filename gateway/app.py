@@ -25,7 +25,7 @@ from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
 from gateway.cache import CachingGenerator
 from gateway.cache_store import CacheStore, Clock, MemoryStore, RedisStore
-from gateway.calls import account_fingerprint
+from gateway.calls import Telemetry, account_fingerprint
 from gateway.config import VERSION, Settings
 from gateway.generation import Generator, UpstreamGenerator
 from gateway.interceptors import TelemetryInterceptor
@@ -214,7 +214,7 @@ class GatewayApp:
 
 
 def _build_cache(
-    settings: Settings, upstream: Generator, clock: Clock, telemetry: GatewayMetrics
+    settings: Settings, upstream: Generator, clock: Clock, telemetry: Telemetry
 ) -> CachingGenerator | None:
     store: CacheStore
     if settings.cache == "off":

@@ -66,13 +66,16 @@ def cache_result_name(value: generation_pb2.CacheResult.ValueType) -> str:
 
 
 class Telemetry(Protocol):
-    """Where the gateway reports what it does; gateway.metrics implements it."""
+    """Where the gateway reports what it does; gateway.metrics implements it. Every
+    method does nothing here, so `NullTelemetry` is this protocol made concrete."""
 
     def upstream_request(self, endpoint: str, status_class: str, seconds: float) -> None:
         """One HTTP request to the upstream ended (status_class: 2xx..5xx, error, timeout)."""
+        return None
 
     def upstream_error(self, reason: str) -> None:
         """The upstream call failed with this ErrorInfo reason."""
+        return None
 
     def generation(
         self,
@@ -91,48 +94,23 @@ class Telemetry(Protocol):
         `remaining_credits` is None when the answer could not be read; the balance is
         from a call that started at `balance_observed_at` (wall clock), so a late
         answer to an early call does not overwrite a newer balance."""
+        return None
 
     def credits_saved(self, *, caller: str, credits: int) -> None:
         """A call was served without a generation of its own (cache hit or coalesced)."""
+        return None
 
     def cache_result(self, result: str) -> None:
         """hit, miss, coalesced, bypass, uncacheable, or error (the cache backend failed)."""
+        return None
 
     def validation_failure(self, field: str) -> None:
         """A request broke a documented constraint on this field."""
+        return None
 
 
-class NullTelemetry:
+class NullTelemetry(Telemetry):
     """Reports nowhere."""
-
-    def upstream_request(self, endpoint: str, status_class: str, seconds: float) -> None:
-        pass
-
-    def upstream_error(self, reason: str) -> None:
-        pass
-
-    def generation(
-        self,
-        *,
-        caller: str,
-        account: str,
-        model_id: str,
-        credits_spent: int,
-        outputs_requested: int,
-        outputs_returned: int,
-        remaining_credits: float | None,
-        balance_observed_at: float,
-    ) -> None:
-        pass
-
-    def credits_saved(self, *, caller: str, credits: int) -> None:
-        pass
-
-    def cache_result(self, result: str) -> None:
-        pass
-
-    def validation_failure(self, field: str) -> None:
-        pass
 
 
 current_call: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar(

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.auth import ApiKey
+from gateway.cache_key import DEFAULT_NUM_OUTPUTS
 from gateway.calls import NullTelemetry, Telemetry, account_fingerprint, current_call
 from gateway.errors import GatewayError
 from gateway.translate import request_to_json, response_from_body
@@ -87,7 +88,11 @@ class UpstreamGenerator:
             response = response_from_body(answer.body)
         except GatewayError as error:
             # A 200 means the upstream charged, even if its body is unreadable.
-            requested = call.request.num_outputs if call.request.HasField("num_outputs") else 2
+            requested = (
+                call.request.num_outputs
+                if call.request.HasField("num_outputs")
+                else DEFAULT_NUM_OUTPUTS
+            )
             self._telemetry.upstream_error(error.reason)
             self._telemetry.generation(
                 caller=caller,
