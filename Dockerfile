@@ -14,9 +14,10 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
 # Dependencies first, so this layer is rebuilt only when the lock or the dependency list
-# changes. The lock also pins the development tools (pytest, mypy, buf, ...); installing
-# pyproject's runtime dependencies with the lock as constraints keeps those out of the
-# image while every installed version stays the locked one. Wheels only: no compiler needed.
+# changes. requirements.lock pins the runtime dependencies only (the development tools are
+# in requirements-dev.lock, outside the build context); installing pyproject's dependencies
+# with the lock as constraints installs what pyproject asks for, each at its locked version
+# (tests/k8s checks the lock pins all of them). Wheels only: no compiler needed.
 COPY requirements.lock pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > runtime-requirements.txt \
     && pip install --only-binary=:all: --constraint requirements.lock --requirement runtime-requirements.txt

@@ -3,26 +3,38 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# Two stamps: `make run` needs only the runtime lock; the targets that test, lint or build
+# stubs add the development lock to the same venv (a venv made by `make run` is upgraded).
+RUNTIME := $(VENV)/.runtime-installed
+DEV := $(VENV)/.dev-installed
 # checkov (manifest and Dockerfile policy checks) pins an older `packaging`: own venv.
 CHECKOV := .tools/checkov/bin/checkov
 
-.PHONY: venv run test proto proto-check lint bench services k8s-sync clean
+.PHONY: venv dev-venv run test proto proto-check lint bench services k8s-sync clean
 
-$(STAMP): requirements.lock pyproject.toml
+$(RUNTIME): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	touch $(STAMP)
+	$(PIP) -r requirements.lock
+	$(PIP) --no-deps -e .
+	touch $@
 
-venv: $(STAMP)
+$(DEV): $(RUNTIME) requirements-dev.lock
+	$(PIP) -r requirements-dev.lock
+	touch $@
+
+## The runtime virtualenv (gateway and emulator only).
+venv: $(RUNTIME)
+
+## The runtime virtualenv plus the development tools (pytest, mypy, ruff, buf, ...).
+dev-venv: $(DEV)
 
 ## Start the gateway (against the bundled emulator when STABLECOG_API_KEY is unset).
 run: venv
 	@scripts/run-local.sh
 
 ## Run the whole test suite (installs redis-server and prometheus when missing and possible).
-test: venv services $(CHECKOV) examples/node_modules
+test: dev-venv services $(CHECKOV) examples/node_modules
 	CHECKOV=$(CHECKOV) $(PY) -m pytest
 
 # The Node client example's dependencies (pinned by examples/package-lock.json).
@@ -38,28 +50,29 @@ services:
 	@scripts/ensure-services.sh
 
 ## Rewrap k8s/monitoring/alerts.yaml into the PrometheusRule object.
-k8s-sync: venv
-	$(PY) tests/k8s/sync_prometheusrule.py
+k8s-sync: dev-venv
+	$(PY) tools/sync_prometheusrule.py
 
 ## Regenerate the committed stubs in gateway/_gen from protos/.
-proto: venv
+proto: dev-venv
 	$(PY) tools/genproto.py
 
-proto-check: venv
+proto-check: dev-venv
 	$(PY) tools/genproto.py --check
 
 ## ruff, mypy --strict on gateway/, buf lint on protos/, stub drift.
-lint: venv
+lint: dev-venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy gateway
 	$(VENV)/bin/buf lint
 	$(PY) tools/genproto.py --check
-	$(PY) tests/k8s/sync_prometheusrule.py --check
+	$(PY) tools/sync_prometheusrule.py --check
 
 ## Benchmarks that print numbers (loopback only, bounded).
-bench: venv
+bench: dev-venv
 	$(PY) -m bench
 
+## Remove the virtualenvs (their stamps with them), the editable install's metadata, caches.
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools stablecog_gateway.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -28,22 +28,21 @@ from pathlib import Path
 import grpc
 import httpx
 
+from bench.processes import GatewayProcess, line_in
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
-from tests.processes import GatewayProcess
-from tests.services import free_port
 
 KEY = "sc-" + hashlib.sha256(b"bench account").hexdigest()
 
 
-async def start_emulator(latency: float) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+async def start_emulator(latency: float, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    log = log_path.open("wb")
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "emulator",
             "--listen",
-            f"127.0.0.1:{port}",
+            "127.0.0.1:0",
             "--latency",
             str(latency),
             "--rate-limit",
@@ -55,10 +54,12 @@ async def start_emulator(latency: float) -> tuple[subprocess.Popen[bytes], str]:
             "--initial-credits",
             "100000000",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
+    log.close()
+    listening = await line_in(log_path, r"listening on (http://127\.0\.0\.1:\d+)", process, 20.0)
+    url = listening.group(1)
     async with httpx.AsyncClient() as client:
         for _ in range(200):
             try:
@@ -128,11 +129,11 @@ async def main() -> int:
     parser.add_argument("--held-open", type=int, default=2000, help="slow calls held at once")
     args = parser.parse_args()
 
-    emulator, url = await start_emulator(latency=0.0)
     with tempfile.TemporaryDirectory() as tmp:
+        emulator, url = await start_emulator(latency=0.0, log_path=Path(tmp) / "emulator.log")
+        # The gateway as shipped: default log level, one access-log line per call.
         gateway = GatewayProcess(
-            {"STABLECOG_API_URL": url, "STABLECOG_API_KEY": KEY, "GATEWAY_LOG_LEVEL": "warning"},
-            Path(tmp) / "gateway.log",
+            {"STABLECOG_API_URL": url, "STABLECOG_API_KEY": KEY}, Path(tmp) / "gateway.log"
         )
         try:
             await gateway.start()

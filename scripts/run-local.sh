@@ -63,10 +63,11 @@ Try it from another terminal:
 
   .venv/bin/python examples/generate.py "a lighthouse at dawn, oil painting" --seed 42 --target ${target}
 
-or through server reflection with buf curl (in the venv) or grpcurl:
+or through server reflection with grpcurl, or buf curl (in the venv once \`make test\` or
+\`make lint\` has installed the development tools):
 
-  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge -d '{"prompt": "a lighthouse at dawn", "seed": 42}' http://${target}/stablecog.v1.GenerationService/CreateGeneration
   grpcurl -plaintext -d '{"prompt": "a lighthouse at dawn", "seed": 42}' ${target} stablecog.v1.GenerationService/CreateGeneration
+  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge -d '{"prompt": "a lighthouse at dawn", "seed": 42}' http://${target}/stablecog.v1.GenerationService/CreateGeneration
 
 Press Ctrl-C to stop.
 MSG

@@ -15,7 +15,7 @@ from packaging.utils import canonicalize_name
 
 from gateway.config import Settings
 from tests.k8s.manifests import REPO
-from tests.k8s.run_checkov import failed_checks
+from tests.k8s.policy import failed_checks
 
 DOCKERFILE = REPO / "Dockerfile"
 PINNED_PYTHON = re.compile(r"python:3\.11\.\d+-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?")
@@ -127,9 +127,9 @@ def test_builder_installs_from_the_lock(stages: list[Stage]) -> None:
     assert re.search(r"pip install --no-deps \.", runs), "install the project with --no-deps"
 
 
-def _locked() -> dict[str, str]:
+def _locked(name: str) -> dict[str, str]:
     pins = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
+    for line in (REPO / name).read_text().splitlines():
         line = line.split("#")[0].strip()
         if line and not line.startswith("-"):
             requirement = Requirement(line)
@@ -137,12 +137,9 @@ def _locked() -> dict[str, str]:
     return pins
 
 
-def test_every_runtime_dependency_is_pinned_by_the_lock() -> None:
-    # The image installs pyproject's dependencies with the lock as constraints: anything the
-    # lock does not pin would be resolved afresh at build time.
-    locked = _locked()
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    pending = [Requirement(r) for r in project["dependencies"]]
+def _closure(requirements: list[str]) -> set[str]:
+    """The distributions these requirements pull in here, following installed metadata."""
+    pending = [Requirement(r) for r in requirements]
     seen: set[str] = set()
     while pending:
         requirement = pending.pop()
@@ -150,14 +147,51 @@ def test_every_runtime_dependency_is_pinned_by_the_lock() -> None:
         if name in seen or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
             continue
         seen.add(name)
-        assert locked.get(name, "").startswith("=="), (
-            f"{requirement.name} (needed at run time) is not pinned in requirements.lock"
-        )
         try:
             requires = metadata.distribution(requirement.name).requires or []
         except metadata.PackageNotFoundError:
             pytest.fail(f"{requirement.name} is not installed: cannot follow its dependencies")
         pending += [Requirement(r) for r in requires]
+    return seen
+
+
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def test_every_runtime_dependency_is_pinned_by_the_lock() -> None:
+    # The image installs pyproject's dependencies with the lock as constraints: anything the
+    # lock does not pin would be resolved afresh at build time.
+    locked = _locked("requirements.lock")
+    for name in sorted(_closure(PROJECT["dependencies"])):
+        assert locked.get(name, "").startswith("=="), (
+            f"{name} (needed at run time) is not pinned in requirements.lock"
+        )
+
+
+def test_the_runtime_lock_holds_nothing_else() -> None:
+    # `make run` installs requirements.lock alone: development tools belong elsewhere.
+    extra = set(_locked("requirements.lock")) - _closure(PROJECT["dependencies"])
+    assert not extra, (
+        f"requirements.lock pins {sorted(extra)}, which pyproject's dependencies do not need: "
+        "move development tools to requirements-dev.lock"
+    )
+
+
+def test_the_dev_lock_adds_exactly_the_development_tools() -> None:
+    text = (REPO / "requirements-dev.lock").read_text()
+    assert "-r requirements.lock" in text.splitlines(), "include the runtime lock"
+    runtime, dev = _locked("requirements.lock"), _locked("requirements-dev.lock")
+    unpinned = sorted(name for name, spec in dev.items() if not spec.startswith("=="))
+    assert not unpinned, f"requirements-dev.lock: pin {unpinned} exactly (==)"
+    both = sorted(set(runtime) & set(dev))
+    assert not both, f"{both}: pinned in requirements.lock, leave them out of the dev lock"
+    wanted = _closure(PROJECT["optional-dependencies"]["dev"]) - set(runtime)
+    assert not wanted - set(dev), (
+        f"{sorted(wanted - set(dev))} (pulled in by the dev extra) not in requirements-dev.lock"
+    )
+    assert not set(dev) - wanted, (
+        f"requirements-dev.lock pins {sorted(set(dev) - wanted)}, which the dev extra does not need"
+    )
 
 
 def _glob(pattern: str) -> str:

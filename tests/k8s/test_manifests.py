@@ -26,7 +26,7 @@ from tests.k8s.manifests import (
     resolved_env,
     workloads,
 )
-from tests.k8s.run_checkov import failed_checks
+from tests.k8s.policy import failed_checks
 
 # The Kubernetes release the manifests are checked against, and the oldest they support:
 # native sidecars are on by default from 1.29, the preStop sleep action from 1.30.

@@ -13,7 +13,6 @@ import re
 import pytest
 import yaml
 
-from tests.k8s import sync_prometheusrule
 from tests.k8s.manifests import (
     MONITORING,
     VARIANTS,
@@ -24,6 +23,7 @@ from tests.k8s.manifests import (
     render,
     selector_matches,
 )
+from tools import sync_prometheusrule
 
 API_VERSION = "monitoring.coreos.com/v1"
 # kubectl apply (client side) keeps the whole object in an annotation limited to 256 KiB.
@@ -151,8 +151,7 @@ def test_prometheusrule_is_alerts_yaml() -> None:
 def test_prometheusrule_yaml_is_up_to_date() -> None:
     wanted = sync_prometheusrule.render(sync_prometheusrule.ALERTS.read_text())
     assert sync_prometheusrule.PROMETHEUS_RULE.read_text() == wanted, (
-        "k8s/monitoring/prometheusrule.yaml is out of date with alerts.yaml: "
-        "run python tests/k8s/sync_prometheusrule.py"
+        "k8s/monitoring/prometheusrule.yaml is out of date with alerts.yaml: run make k8s-sync"
     )
 
 

@@ -1,8 +1,8 @@
 """Write k8s/monitoring/prometheusrule.yaml: alerts.yaml wrapped as a PrometheusRule.
 
 Kustomize cannot place a plain file under a resource's `spec`, so the wrapper is generated
-and committed, and a test fails when it drifts. Run `python tests/k8s/sync_prometheusrule.py`
-after changing alerts.yaml (`--check` only reports).
+and committed, and a test fails when it drifts. Run `make k8s-sync` (this script) after
+changing alerts.yaml; `--check` only reports (`make lint` runs it).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-MONITORING = Path(__file__).resolve().parents[2] / "k8s" / "monitoring"
+MONITORING = Path(__file__).resolve().parents[1] / "k8s" / "monitoring"
 ALERTS = MONITORING / "alerts.yaml"
 PROMETHEUS_RULE = MONITORING / "prometheusrule.yaml"
 
 HEADER = """\
-# Generated from alerts.yaml by tests/k8s/sync_prometheusrule.py: do not edit by hand.
+# Generated from alerts.yaml by tools/sync_prometheusrule.py: do not edit by hand.
 # The rules live in alerts.yaml, a plain Prometheus rules file (promtool check rules).
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if current == wanted:
         return 0
     if args.check:
-        print(f"{PROMETHEUS_RULE} is out of date: run python tests/k8s/sync_prometheusrule.py")
+        print(f"{PROMETHEUS_RULE} is out of date: run make k8s-sync")
         return 1
     PROMETHEUS_RULE.write_text(wanted, encoding="utf-8")
     print(f"wrote {PROMETHEUS_RULE}")

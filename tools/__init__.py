@@ -1,0 +1,1 @@
+"""Development tools: stub generation, lint helpers (run as scripts, imported by tests/k8s)."""
