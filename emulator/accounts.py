@@ -1,8 +1,8 @@
 """Accounts and their credits, keyed by the SHA-256 of the API token (as sc-go stores them).
 
 Cost is `num_outputs` credits, taken before the worker runs and refunded in full when the
-worker fails or times out (reference §5). Operations are atomic under a lock, so the ledger can
-be read from another thread while the event loop serves requests.
+worker fails or times out (docs/upstream-api.md#credits). Operations are atomic under a lock,
+so the ledger can be read from another thread while the event loop serves requests.
 """
 
 from __future__ import annotations

@@ -417,8 +417,8 @@ async def get_models(request: web.Request) -> web.StreamResponse:
 
 async def get_defaults(request: web.Request) -> web.StreamResponse:
     """GET /v1/image/generation/defaults: note the global scheduler and fixed 30 steps,
-    which can differ from what create uses (reference §1.3). No auth; rate limited on the
-    shared counter."""
+    which can differ from what create uses (docs/upstream-api.md#defaults-endpoint). No auth;
+    rate limited on the shared counter."""
     refusal, headers = _limited(request, request.app[STATE_KEY], OTHER_RATE_SCALE)
     if refusal is not None:
         return refusal

@@ -1,4 +1,5 @@
-"""Stablecog's generation models and schedulers (reference §4), as the emulator's fixed catalog.
+"""Stablecog's generation models and schedulers, as the emulator's fixed catalog
+(docs/upstream-api.md#models, docs/upstream-api.md#schedulers).
 
 IDs, names and scheduler compatibility come from Stablecog's own clients. The per-model
 defaults (default scheduler, size, inference steps) and the global default scheduler are rows

@@ -1,6 +1,7 @@
 """The init/mask image check of sc-go `utils.GetImageWidthHeightFromUrl`, on loopback only.
 
-The real server, for an http(s) `init_image_url` or `mask_image_url` (reference §1.6):
+The real server, for an http(s) `init_image_url` or `mask_image_url`
+(docs/upstream-api.md#init-images):
 
 1. HEAD the URL: the status must be 200 and `Content-Length` must parse as an integer
    (`strconv.Atoi`) of at most 5 MiB (`MAX_GENERATE_IMAGE_SIZE`);

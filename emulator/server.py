@@ -1,6 +1,7 @@
 """The emulator's aiohttp application and `Emulator`, the handle tests and the CLI use.
 
-Stablecog endpoints (reference §1-§7):
+Stablecog endpoints (docs/upstream-api.md; what is left out or deliberately different:
+docs/upstream-api.md#emulator-differences):
 
     POST /v1/image/generation/create     also at the deprecated /v1/image/generate
     GET  /v1/image/generation/models     also /v1/image/models/generate; no auth
@@ -93,7 +94,7 @@ async def _record_requests(request: web.Request, handler: _Handler) -> web.Strea
         client_ip=api.client_ip(request),
         received_at=time.time(),
     )
-    state.log.append(record)
+    state.record(record)
     request[RECORD_KEY] = record
     try:
         response = await handler(request)
@@ -246,6 +247,37 @@ class Emulator:
     def requests(self) -> list[RecordedRequest]:
         """Requests received so far (control API excluded), oldest first."""
         return self._state.records()
+
+    async def wait_for_requests(
+        self,
+        path: str,
+        count: int,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the bound is part of what tests ask for
+        *,
+        where: Callable[[RecordedRequest], bool] | None = None,
+    ) -> None:
+        """Return once `count` requests to `path` (and, if given, for which `where(record)`
+        holds) have been received; TimeoutError after `timeout` seconds. They are counted
+        in `requests`, so `reset()` starts the count again."""
+        woken = asyncio.Event()
+        self._state.record_waiters.add(woken)
+        try:
+            async with asyncio.timeout(timeout):
+                while self._received(path, where) < count:
+                    woken.clear()
+                    await woken.wait()
+        except TimeoutError:
+            seen = self._received(path, where)
+            raise TimeoutError(
+                f"{seen} of {count} requests to {path} received within {timeout} s"
+            ) from None
+        finally:
+            self._state.record_waiters.discard(woken)
+
+    def _received(self, path: str, where: Callable[[RecordedRequest], bool] | None) -> int:
+        return sum(
+            1 for r in self._state.records() if r.path == path and (where is None or where(r))
+        )
 
     @property
     def generation_count(self) -> int:

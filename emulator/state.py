@@ -41,6 +41,8 @@ class EmulatorState:
         # Set while the server shuts down: no new generation starts.
         self.closing = False
         self.random_seed: Callable[[], int] = _random_seed
+        # Set on every recorded request: `Emulator.wait_for_requests` waits on these.
+        self.record_waiters: set[asyncio.Event] = set()
 
     def configure(self, changes: Mapping[str, object]) -> EmulatorConfig:
         """Change runtime-adjustable settings (ValueError on a bad name or value)."""
@@ -75,6 +77,12 @@ class EmulatorState:
         if account is None and self.config.accept_any_token and is_well_formed_token(token):
             account = self.ledger.get_or_create(token, self.config.initial_credits)
         return account
+
+    def record(self, request: RecordedRequest) -> None:
+        """Keep a received request's record and wake whoever waits for one."""
+        self.log.append(request)
+        for waiter in self.record_waiters:
+            waiter.set()
 
     def records(self) -> list[RecordedRequest]:
         """Recorded requests, oldest first."""

@@ -1,10 +1,11 @@
-"""The per-account generation queue of sc-go's `CreateGeneration` (reference §2.4).
+"""The per-account generation queue of sc-go's `CreateGeneration`.
 
-Each account has a count of generations in flight. A request that finds more than `limit` in
-flight does not fail: it waits, polling every `interval x (waiting requests + 1)`, until the
-count is back to `limit` or below. Only when more than `overflow_max` requests are already
-waiting does it give up with `queue_limit_reached`. Like the real check (`nq > qMax`), up to
-`limit + 1` generations can be in flight, and waiters are not served in arrival order.
+The real rules are in docs/upstream-api.md#queue-limits. Each account has a count of
+generations in flight. A request that finds more than `limit` in flight does not fail: it
+waits, polling every `interval x (waiting requests + 1)`, until the count is back to `limit`
+or below. Only when more than `overflow_max` requests are already waiting does it give up with
+`queue_limit_reached`. Like the real check (`nq > qMax`), up to `limit + 1` generations can be
+in flight, and waiters are not served in arrival order.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The create-generation request as sc-go handles it: decode, apply defaults, validate, format.
 
-Mirrors `server/requests/create_generation.go` and `utils/format.go` (reference §1): the body
-is decoded like Go's `json.Unmarshal` into the request struct, defaults are applied, checks
-run in the server's order with its exact messages, and the prompt is normalised. Pure code.
+Mirrors `server/requests/create_generation.go` and `utils/format.go`: the body is decoded like
+Go's `json.Unmarshal` into the request struct, defaults are applied, checks run in the server's
+order with its exact messages, and the prompt is normalised. Pure code. The rules it follows:
+docs/upstream-api.md#request-body, docs/upstream-api.md#defaults,
+docs/upstream-api.md#validation and docs/upstream-api.md#prompt-formatting.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Composition root: builds every long-lived object from Settings and runs them in order.
 
-Start: upstream client -> servicer -> /metrics server -> gRPC server (health, reflection)
--> SERVING.
+Start: upstream client -> cache -> call runner -> servicer -> /metrics server -> gRPC
+server (health, reflection) -> SERVING.
 Stop (SIGTERM): NOT_SERVING at once -> new calls refused with UNAVAILABLE -> calls in
 flight finish within the grace period -> server and clients closed -> /metrics last, so
 the final counts can still be scraped during the drain.
@@ -12,32 +12,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 from dataclasses import dataclass
 
 import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import CollectorRegistry
 
-from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from gateway._gen.stablecog.v1 import generation_pb2_grpc
+from gateway.account import account_fingerprint
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
 from gateway.cache import CachingGenerator
-from gateway.cache_store import CacheStore, Clock, MemoryStore, RedisStore
-from gateway.calls import Telemetry, account_fingerprint
-from gateway.config import VERSION, Settings
+from gateway.call_runner import CallRunner
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.config import Settings
+from gateway.events import Telemetry
 from gateway.generation import Generator, UpstreamGenerator
-from gateway.interceptors import TelemetryInterceptor
 from gateway.metrics import GatewayMetrics
 from gateway.metrics_server import MetricsServer
-from gateway.servicer import GenerationServicer
+from gateway.servicer import SERVICE_NAME, GenerationServicer
 from gateway.upstream import StablecogClient
 from gateway.validation import RequestValidator
+from gateway.version import VERSION
 
 _log = logging.getLogger(__name__)
 
-SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
 _SERVER_OPTIONS = [
     # Generations take seconds to minutes, so thousands may be pending at once;
     # grpc.aio's default cancels bursts above about 3,000.
@@ -55,7 +55,7 @@ class Seams:
     """What tests may replace: the outside world, never the gateway's own parts."""
 
     upstream_transport: httpx.AsyncBaseTransport | None = None
-    clock: Clock = time.monotonic
+    clock: Clock = SYSTEM_CLOCK
 
 
 class GatewayApp:
@@ -65,18 +65,18 @@ class GatewayApp:
         seams = seams or Seams()
         self.settings = settings
         # A registry of its own (never the global one), so apps and tests never share series.
-        # No `_created` series: they double the series count and no panel or alert uses them.
-        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.metrics = GatewayMetrics(
             self.registry, default_caller=settings.caller, max_callers=settings.max_callers
         )
         key_file = (
-            KeyFile(settings.api_key_file, on_change=self._key_rotated)
+            KeyFile(settings.api_key_file, on_change=self._key_rotated, clock=seams.clock)
             if settings.api_key_file
             else None
         )
-        self.keys = KeyResolver(static_key=settings.api_key, key_file=key_file)
+        self.keys = KeyResolver(
+            static_key=settings.api_key, key_file=key_file, upstream_url=settings.upstream_url
+        )
         self.metrics_server = MetricsServer(self.registry, settings.metrics_listen)
         self.client = StablecogClient(
             settings.upstream_url,
@@ -85,19 +85,26 @@ class GatewayApp:
             transport=seams.upstream_transport,
             telemetry=self.metrics,
         )
-        upstream: Generator = UpstreamGenerator(self.client, telemetry=self.metrics)
+        upstream: Generator = UpstreamGenerator(
+            self.client, telemetry=self.metrics, clock=seams.clock
+        )
         self.cache = _build_cache(settings, upstream, seams.clock, self.metrics)
-        self.generator: Generator = self.cache or upstream
+        self.runner = CallRunner(
+            telemetry=self.metrics,
+            caller_label=self.metrics.caller_label,
+            upstream_timeout=settings.upstream_timeout,
+            log_prompts=settings.log_prompts,
+        )
         self.servicer = GenerationServicer(
+            runner=self.runner,
             validator=RequestValidator(),
             keys=self.keys,
-            generator=self.generator,
-            upstream_timeout=settings.upstream_timeout,
+            generator=self.cache or upstream,
             telemetry=self.metrics,
+            clock=seams.clock,
         )
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[TelemetryInterceptor(self.metrics, log_prompts=settings.log_prompts)],
             options=_SERVER_OPTIONS,
             maximum_concurrent_rpcs=settings.max_concurrent_calls,
         )
@@ -178,12 +185,12 @@ class GatewayApp:
         """Drain and stop: refuse new calls, let calls in flight finish within `grace`."""
         grace = self.settings.grace_period if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        self.servicer.draining = True
-        in_flight = self.servicer.in_flight.count
+        self.runner.draining = True
+        in_flight = self.runner.in_flight.count
         _log.info("draining", extra={"in_flight": in_flight, "grace_seconds": grace})
         try:
             async with asyncio.timeout(grace):
-                await self.servicer.in_flight.wait_idle()
+                await self.runner.in_flight.wait_idle()
                 # Generations whose callers left are paid for: let them fill the cache.
                 if self.cache is not None:
                     await self.cache.wait_idle()
@@ -191,7 +198,7 @@ class GatewayApp:
             _log.warning(
                 "grace period over; cancelling calls in flight",
                 extra={
-                    "in_flight": self.servicer.in_flight.count,
+                    "in_flight": self.runner.in_flight.count,
                     "cache_flights": self.cache.flights if self.cache else 0,
                 },
             )
@@ -216,24 +223,40 @@ class GatewayApp:
 def _build_cache(
     settings: Settings, upstream: Generator, clock: Clock, telemetry: Telemetry
 ) -> CachingGenerator | None:
-    store: CacheStore
     if settings.cache == "off":
         return None
     if settings.cache == "redis" and settings.redis_url:
-        store = RedisStore(settings.redis_url, timeout=settings.redis_timeout)
-    else:
-        store = MemoryStore(
+        # Imported only here: a gateway with the memory cache never loads the Redis client.
+        from gateway.cache_backend import BackendGuard, FailOpenEntries
+        from gateway.cache_coordinator import CrossReplicaCoordinator
+        from gateway.cache_redis import RedisBackend
+
+        backend = RedisBackend(settings.redis_url, timeout=settings.redis_timeout)
+        guard = BackendGuard(timeout=settings.redis_timeout, clock=clock)
+        return CachingGenerator(
+            upstream,
+            FailOpenEntries(backend.entries, guard),
+            ttl=settings.cache_ttl,
+            upstream_timeout=settings.upstream_timeout,
+            coordinator=CrossReplicaCoordinator(
+                backend.shared,
+                backend.entries,
+                guard,
+                clock=clock,
+                upstream_timeout=settings.upstream_timeout,
+            ),
+            telemetry=telemetry,
+        )
+    from gateway.cache_store import MemoryStore
+
+    return CachingGenerator(
+        upstream,
+        MemoryStore(
             max_entries=settings.cache_max_entries,
             max_bytes=settings.cache_max_bytes,
             clock=clock,
-        )
-    return CachingGenerator(
-        upstream,
-        store,
-        upstream_url=settings.upstream_url,
+        ),
         ttl=settings.cache_ttl,
         upstream_timeout=settings.upstream_timeout,
-        backend_timeout=settings.redis_timeout,
-        clock=clock,
         telemetry=telemetry,
     )

@@ -11,27 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.calls import account_fingerprint
+from gateway.account import ApiKey, account_fingerprint
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import MissingCredentials
 
 _log = logging.getLogger(__name__)
 RECHECK_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """A key and where it came from. `repr` never shows the key."""
-
-    value: str
-    configured: bool
-
-    def __repr__(self) -> str:
-        return f"ApiKey(configured={self.configured})"
 
 
 class KeyFile:
@@ -43,9 +31,15 @@ class KeyFile:
     in flight and new calls never fail.
     """
 
-    def __init__(self, path: Path, on_change: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        on_change: Callable[[str, str], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self._path = path
         self._on_change = on_change
+        self._clock = clock
         self._stamp: tuple[int, int, int, int] | None = None
         self._read_at = 0.0
         self._key = ""
@@ -62,7 +56,7 @@ class KeyFile:
                 return self._key
             raise
         stamp = (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
-        now = time.monotonic()
+        now = self._clock.monotonic()
         # Also re-read once a second: an in-place rewrite can keep size and timestamp.
         if stamp != self._stamp or now - self._read_at >= RECHECK_SECONDS:
             self._read_at = now
@@ -98,11 +92,22 @@ def looks_like_a_stablecog_key(key: str) -> bool:
 
 
 class KeyResolver:
-    """Picks the key for one call from the configuration and the call's metadata."""
+    """Picks the key for one call from the configuration and the call's metadata.
 
-    def __init__(self, *, static_key: str | None = None, key_file: KeyFile | None = None) -> None:
+    A configured key is one `ApiKey` object (remade only when the key file changes), so
+    its digests are computed once, not per call."""
+
+    def __init__(
+        self,
+        *,
+        static_key: str | None = None,
+        key_file: KeyFile | None = None,
+        upstream_url: str = "",
+    ) -> None:
         self._static_key = static_key
         self._key_file = key_file
+        self._upstream_url = upstream_url
+        self._configured: ApiKey | None = None
 
     @property
     def source(self) -> str:
@@ -118,17 +123,19 @@ class KeyResolver:
 
     def resolve(self, metadata: Mapping[str, str]) -> ApiKey:
         """The key for a call; raise MissingCredentials when there is none."""
-        if self._key_file is not None:
-            return ApiKey(self._key_file.current(), configured=True)
-        if self._static_key is not None:
-            return ApiKey(self._static_key, configured=True)
+        configured = self.configured_key()
+        if configured is not None:
+            if self._configured is None or self._configured.value != configured:
+                self._configured = ApiKey(
+                    configured, configured=True, upstream_url=self._upstream_url
+                )
+            return self._configured
         token = metadata.get("authorization", "").strip()
         if token[:7].lower() == "bearer ":
             token = token[7:].strip()
         if token:
-            return ApiKey(token, configured=False)
+            return ApiKey(token, configured=False, upstream_url=self._upstream_url)
         raise MissingCredentials(
             "no Stablecog API key: the gateway has none configured and the call carries "
-            "no `authorization: Bearer <key>` metadata",
-            reason="MISSING_API_KEY",
+            "no `authorization: Bearer <key>` metadata"
         )

@@ -13,23 +13,21 @@ model, scheduler, width or height stays "default" in the key.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 import struct
 from typing import Any
 
 from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.upstream_defaults import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INFERENCE_STEPS,
+    DEFAULT_NUM_OUTPUTS,
+    DEFAULT_PROMPT_STRENGTH,
+    MAX_PROMPT_RUNES,
+)
 
 KEY_PREFIX = "scgw:v1:"
-_SCOPE_KEY = b"stablecog-gateway cache scope v1"
-
-# The upstream's static defaults (sc-go shared/constants.go, via the API reference).
-DEFAULT_GUIDANCE_SCALE = 7.0
-DEFAULT_NUM_OUTPUTS = 2
-DEFAULT_INFERENCE_STEPS = 30
-DEFAULT_PROMPT_STRENGTH = 0.5
-MAX_PROMPT_RUNES = 500
 # Go's unicode.IsSpace: what strings.Fields splits on.
 GO_SPACE = re.compile("[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
 
@@ -90,12 +88,6 @@ def canonical_form(request: generation_pb2.GenerationRequest) -> dict[str, Any]:
         "init_image_url": init_image_url,
         "prompt_strength": prompt_strength,
     }
-
-
-def account_scope(api_key: str, upstream_url: str) -> str:
-    """A keyed digest naming the account and upstream; the key cannot be recovered from it."""
-    message = f"{upstream_url}\n{api_key}".encode()
-    return hmac.new(_SCOPE_KEY, message, hashlib.sha256).hexdigest()[:32]
 
 
 def cache_key(request: generation_pb2.GenerationRequest, scope: str) -> str:

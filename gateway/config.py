@@ -11,22 +11,13 @@ import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.version import VERSION
+
 DEFAULT_UPSTREAM_URL = "https://api.stablecog.com"
-
-
-def _version() -> str:
-    try:
-        return metadata.version("stablecog-gateway")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-VERSION = _version()
 
 
 class ConfigError(ValueError):

@@ -9,7 +9,8 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
     ├── InvalidRequest               INVALID_ARGUMENT    a documented constraint is broken
     ├── MissingCredentials           UNAUTHENTICATED     no configured key, no caller key
     ├── GatewayDraining              UNAVAILABLE         shutting down; call another replica
-    ├── CallTimedOut                 DEADLINE_EXCEEDED   caller deadline or upstream timeout
+    ├── CallTimedOut                 DEADLINE_EXCEEDED   the caller's deadline ran out
+    │   └── UpstreamTimedOut         DEADLINE_EXCEEDED   the gateway's upstream timeout ran out
     ├── GatewayInternal              INTERNAL            a bug in the gateway (details only in logs)
     └── UpstreamError                                    the upstream answered with an error
         ├── UpstreamInvalidArgument  INVALID_ARGUMENT    validation, nsfw_prompt, json_parse_error
@@ -19,16 +20,23 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
         ├── ConfiguredKeyRejected    INTERNAL            401 for the gateway's configured key
         ├── UpstreamPermissionDenied PERMISSION_DENIED   403, init_image_not_owned
         ├── WorkerFailed             UNAVAILABLE         generation failed and was refunded
-        ├── UpstreamUnavailable      UNAVAILABLE         502/503/504, connection failures
+        ├── UpstreamUnavailable      UNAVAILABLE         502/503/504
+        │   └── UpstreamUnreachable  UNAVAILABLE         no connection: nothing was sent
         ├── UpstreamInternal         INTERNAL            any other 5xx or unexpected status
+        │   ├── UpstreamConnectionLost INTERNAL          sent, no answer: may have been charged
+        │   └── GenerationAbandoned  INTERNAL            stopped mid-call: may have been charged
         └── UpstreamBadResponse      INTERNAL            a 200 that is not the documented shape
+
+Each class carries its default `ErrorInfo.reason`. `ErrorInfo.domain` says who defined
+the reason: `api.stablecog.com` when the reason is the upstream's own error code, the
+gateway's domain for every reason the gateway made up (the default).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -49,25 +57,28 @@ class FieldViolation:
 class GatewayError(Exception):
     """Base of every error a caller can receive.
 
-    `reason` is the `ErrorInfo.reason`: the upstream's error code in UPPER_SNAKE, or
-    the gateway's own. `message` is short, safe to show, and never holds a secret or a
-    raw upstream body.
+    `reason` is the `ErrorInfo.reason`: the class's `default_reason` unless the raise site
+    names another (the upstream's error code in UPPER_SNAKE, with `domain` set to
+    UPSTREAM_DOMAIN). `message` is short, safe to show, and never holds a secret or a raw
+    upstream body.
     """
 
-    domain = GATEWAY_DOMAIN
+    default_reason: ClassVar[str] = "GATEWAY_INTERNAL_ERROR"
 
     def __init__(
         self,
         message: str,
         *,
-        reason: str,
+        reason: str | None = None,
+        domain: str = GATEWAY_DOMAIN,
         retry_after: float | None = None,
         metadata: Mapping[str, str] | None = None,
         violations: Sequence[FieldViolation] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason
+        self.reason = reason or self.default_reason
+        self.domain = domain
         self.retry_after = retry_after
         self.metadata = dict(metadata or {})
         self.violations = tuple(violations)
@@ -76,75 +87,129 @@ class GatewayError(Exception):
 class InvalidRequest(GatewayError):
     """The request breaks one or more documented constraints; nothing was sent upstream."""
 
+    default_reason = "INVALID_REQUEST"
+
 
 class MissingCredentials(GatewayError):
     """No API key is configured and the caller sent no `authorization` metadata."""
+
+    default_reason = "MISSING_API_KEY"
 
 
 class GatewayDraining(GatewayError):
     """The gateway is shutting down and takes no new calls."""
 
+    default_reason = "GATEWAY_DRAINING"
+
 
 class CallTimedOut(GatewayError):
-    """The caller's deadline or the gateway's upstream timeout ran out."""
+    """The caller's deadline ran out."""
+
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class UpstreamTimedOut(CallTimedOut):
+    """The gateway's own upstream timeout ran out before the caller's deadline."""
+
+    default_reason = "UPSTREAM_TIMEOUT"
 
 
 class GatewayInternal(GatewayError):
     """An unexpected failure inside the gateway; the log has the details, the caller does not."""
 
+    default_reason = "GATEWAY_INTERNAL_ERROR"
+
 
 class UpstreamError(GatewayError):
     """The upstream answered with an error (or not at all)."""
-
-    domain = UPSTREAM_DOMAIN
 
 
 class UpstreamInvalidArgument(UpstreamError):
     """The upstream rejected the input (its own validation, moderation, JSON parsing)."""
 
+    default_reason = "UPSTREAM_VALIDATION_FAILED"
+
 
 class InsufficientCredits(UpstreamError):
     """The account has fewer credits than `num_outputs`; retrying will not help."""
+
+    default_reason = "INSUFFICIENT_CREDITS"
 
 
 class UpstreamBusy(UpstreamError):
     """Rate limited (429) or the account's queue is full; retry after `retry_after`."""
 
+    default_reason = "RATE_LIMITED"
+
 
 class CallerKeyRejected(UpstreamError):
     """The upstream rejected the API key the caller sent."""
+
+    default_reason = "UNAUTHORIZED"
 
 
 class ConfiguredKeyRejected(UpstreamError):
     """The upstream rejected the gateway's configured API key: an operator must fix it."""
 
+    default_reason = "CONFIGURED_API_KEY_REJECTED"
+
 
 class UpstreamPermissionDenied(UpstreamError):
     """The account is banned, or the init image belongs to another account."""
+
+    default_reason = "FORBIDDEN"
 
 
 class WorkerFailed(UpstreamError):
     """The upstream's GPU worker failed or timed out; the upstream refunded the credits."""
 
+    default_reason = "WORKER_FAILED"
+
 
 class UpstreamUnavailable(UpstreamError):
-    """The upstream could not be reached or answered 502/503/504."""
+    """The upstream answered 502/503/504."""
+
+    default_reason = "UPSTREAM_UNAVAILABLE"
+
+
+class UpstreamUnreachable(UpstreamUnavailable):
+    """No connection to the upstream could be made: nothing was sent, retrying is safe."""
+
+    default_reason = "UPSTREAM_UNREACHABLE"
 
 
 class UpstreamInternal(UpstreamError):
     """The upstream failed in a way the caller cannot fix (other 5xx, unexpected status)."""
 
+    default_reason = "UPSTREAM_UNKNOWN_ERROR"
+
+
+class UpstreamConnectionLost(UpstreamInternal):
+    """The request was sent and no answer came: the upstream may have charged for it."""
+
+    default_reason = "UPSTREAM_CONNECTION_LOST"
+
+
+class GenerationAbandoned(UpstreamInternal):
+    """The gateway stopped a generation it had sent (shutdown past the grace period): the
+    upstream may still charge for it, so nobody may send it again meanwhile."""
+
+    default_reason = "GENERATION_ABANDONED"
+
 
 class UpstreamBadResponse(UpstreamError):
     """The upstream answered 200 with a body that is not the documented shape."""
 
+    default_reason = "UPSTREAM_BAD_RESPONSE"
 
-# The one table. tests/test_errors.py proves every GatewayError subclass is in it.
+
+# The one table. tests/gateway/test_errors.py proves every GatewayError subclass is in it.
 GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     MissingCredentials: grpc.StatusCode.UNAUTHENTICATED,
     GatewayDraining: grpc.StatusCode.UNAVAILABLE,
     CallTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+    UpstreamTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
     GatewayInternal: grpc.StatusCode.INTERNAL,
     UpstreamInvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,
@@ -154,7 +219,10 @@ GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
     UpstreamPermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     WorkerFailed: grpc.StatusCode.UNAVAILABLE,
     UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
+    UpstreamUnreachable: grpc.StatusCode.UNAVAILABLE,
     UpstreamInternal: grpc.StatusCode.INTERNAL,
+    UpstreamConnectionLost: grpc.StatusCode.INTERNAL,
+    GenerationAbandoned: grpc.StatusCode.INTERNAL,
     UpstreamBadResponse: grpc.StatusCode.INTERNAL,
 }
 
@@ -195,6 +263,7 @@ def error_to_dict(error: GatewayError) -> dict[str, Any]:
         "type": type(error).__name__,
         "message": error.message,
         "reason": error.reason,
+        "domain": error.domain,
         "retry_after": error.retry_after,
         "metadata": error.metadata,
         "violations": [[v.field, v.description] for v in error.violations],
@@ -206,7 +275,8 @@ def error_from_dict(data: dict[str, Any]) -> GatewayError:
     cls = _BY_NAME.get(str(data.get("type")), GatewayInternal)
     return cls(
         str(data.get("message", "")),
-        reason=str(data.get("reason", "GATEWAY_INTERNAL_ERROR")),
+        reason=str(data.get("reason") or cls.default_reason),
+        domain=str(data.get("domain") or GATEWAY_DOMAIN),
         retry_after=data.get("retry_after"),
         metadata={str(k): str(v) for k, v in dict(data.get("metadata") or {}).items()},
         violations=[FieldViolation(str(f), str(d)) for f, d in data.get("violations") or ()],

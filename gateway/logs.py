@@ -49,6 +49,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = record.exc_info[0].__name__
+            # Redacted with the rest of the line below; never sent to a caller.
+            entry["traceback"] = self.formatException(record.exc_info)
         return redact(json.dumps(entry, default=str, separators=(",", ":")))
 
 

@@ -9,16 +9,31 @@ so `rate()` works from the first scrape.
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from gateway._gen.stablecog.v1 import generation_pb2
-
-OTHER = "other"
-UNKNOWN = "unknown"
+from gateway.balance import BalanceBook
+from gateway.call import cache_result_name
+from gateway.errors import GRPC_CODES as ERROR_CLASSES
+from gateway.events import (
+    CacheDecided,
+    CallHandled,
+    CallStarted,
+    CreditsSaved,
+    CreditsSpent,
+    Event,
+    UpstreamFailed,
+    UpstreamRequestEnded,
+    ValidationFailed,
+)
+from gateway.labels import OTHER, UNKNOWN, BoundedLabel, sanitize_label
+from gateway.upstream_defaults import CREATE_ENDPOINT, KNOWN_MODEL_IDS
+from gateway.upstream_errors import STATIC_REASONS
 
 # Generations take seconds to minutes (the upstream's worker gives up after 240 s, the
 # gateway after --upstream-timeout, 600 s by default); cache hits take milliseconds. The
@@ -50,8 +65,20 @@ LATENCY_BUCKETS = (
     450.0,
     600.0,
 )
-CACHE_RESULTS = ("hit", "miss", "coalesced", "bypass", "uncacheable", "error")
-UPSTREAM_ENDPOINTS = ("generation_create",)
+# Every CacheResult of the contract, and `error` (the backend failed; served as a miss).
+CACHE_RESULTS = (
+    *(
+        cache_result_name(value)
+        for value in generation_pb2.CacheResult.values()
+        if value != generation_pb2.CacheResult.CACHE_RESULT_UNSPECIFIED
+    ),
+    "error",
+)
+UPSTREAM_ENDPOINTS = (CREATE_ENDPOINT,)
+# Every reason an upstream failure can have without the upstream naming a new code.
+UPSTREAM_REASONS = tuple(
+    sorted({cls.default_reason for cls in ERROR_CLASSES} | set(STATIC_REASONS))
+)
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error", "timeout")
 GRPC_CODES = tuple(code.name for code in grpc.StatusCode)
 # The unary methods of our own service, initialised at start.
@@ -60,35 +87,6 @@ SERVICE_METHODS = tuple(
     for method in generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].methods
 )
 VALIDATION_FIELDS = tuple(generation_pb2.GenerationRequest.DESCRIPTOR.fields_by_name)
-
-_LABEL_MAX = 63
-_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
-
-
-def sanitize_label(raw: str | None) -> str:
-    """A label value fit for metrics and logs: at most 63 safe characters, or ''.
-
-    Idempotent, so a value already sanitized maps to itself.
-    """
-    if raw is None:
-        return ""
-    return _LABEL_UNSAFE.sub("_", raw.strip())[:_LABEL_MAX]
-
-
-class BoundedLabel:
-    """Admits the first `limit` distinct values of a label; later ones become `other`."""
-
-    def __init__(self, limit: int, initial: Iterable[str] = ()) -> None:
-        self._limit = limit
-        self._seen = set(initial)
-
-    def __call__(self, value: str) -> str:
-        if value in self._seen or value == OTHER:
-            return value
-        if len(self._seen) >= self._limit:
-            return OTHER
-        self._seen.add(value)
-        return value
 
 
 class GatewayMetrics:
@@ -102,7 +100,7 @@ class GatewayMetrics:
         default_caller: str,
         max_callers: int,
         validation_fields: Sequence[str] = VALIDATION_FIELDS,
-        known_models: Sequence[str] = (),
+        known_models: Sequence[str] = KNOWN_MODEL_IDS,
         grpc_methods: Sequence[tuple[str, str]] = SERVICE_METHODS,
         max_models: int = 64,
         max_accounts: int = 64,
@@ -114,94 +112,80 @@ class GatewayMetrics:
         self.default_caller = sanitize_label(default_caller) or UNKNOWN
         # The default caller is always admitted, on top of `max_callers` others.
         self._callers = BoundedLabel(max_callers + 1, [self.default_caller])
-        self._models = BoundedLabel(max_models, [sanitize_label(m) for m in known_models])
+        # Known models and reasons are always admitted, on top of `max_*` others.
+        models = {sanitize_label(m) for m in known_models}
+        self._models = BoundedLabel(len(models) + max_models, models)
         self._accounts = BoundedLabel(max_accounts)
-        self._balance_observed_at: dict[str, float] = {}
+        self._balances: BalanceBook[str] = BalanceBook()
         self._retired: set[str] = set()
-        self._reasons = BoundedLabel(max_reasons)
+        self._reasons = BoundedLabel(len(UPSTREAM_REASONS) + max_reasons, UPSTREAM_REASONS)
         self._fields = frozenset(validation_fields)
 
+        counter = functools.partial(Counter, registry=registry)
+        gauge = functools.partial(Gauge, registry=registry)
+        histogram = functools.partial(Histogram, registry=registry, buckets=LATENCY_BUCKETS)
         grpc_labels = ("grpc_type", "grpc_service", "grpc_method")
-        self.grpc_started = Counter(
-            "grpc_server_started_total",
-            "RPCs started on the server.",
-            grpc_labels,
-            registry=registry,
+        per_model = ("model", "caller")
+
+        self.grpc_started = counter(
+            "grpc_server_started_total", "RPCs started on the server.", grpc_labels
         )
-        self.grpc_handled = Counter(
+        self.grpc_handled = counter(
             "grpc_server_handled_total",
             "RPCs completed on the server, regardless of success or failure.",
             (*grpc_labels, "grpc_code"),
-            registry=registry,
         )
-        self.grpc_handling = Histogram(
+        self.grpc_handling = histogram(
             "grpc_server_handling_seconds",
             "Response latency (seconds) of gRPC calls handled by the server.",
             grpc_labels,
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
-        self.inflight = Gauge(
+        self.inflight = gauge(
             "stablecog_inflight_requests",
             "gRPC calls (other than health checks and reflection) being handled now.",
-            registry=registry,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = histogram(
             "stablecog_upstream_request_duration_seconds",
             "Duration of HTTP requests to the Stablecog API, by endpoint and status class.",
             ("endpoint", "status_class"),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = counter(
             "stablecog_upstream_errors_total",
             "Failed upstream calls, by ErrorInfo reason.",
             ("reason",),
-            registry=registry,
         )
-        self.credits_remaining = Gauge(
+        self.credits_remaining = gauge(
             "stablecog_credits_remaining",
             "Credits left on an account, as of its last generation "
             "(account: a short non-reversible fingerprint of the key).",
             ("account",),
-            registry=registry,
         )
-        self.credits_spent = Counter(
+        self.credits_spent = counter(
             "stablecog_credits_spent_total",
             "Credits charged by the upstream for generations.",
-            ("model", "caller"),
-            registry=registry,
+            per_model,
         )
-        self.images_generated = Counter(
-            "stablecog_images_generated_total",
-            "Images the upstream returned.",
-            ("model", "caller"),
-            registry=registry,
+        self.images_generated = counter(
+            "stablecog_images_generated_total", "Images the upstream returned.", per_model
         )
-        self.images_filtered = Counter(
+        self.images_filtered = counter(
             "stablecog_images_filtered_total",
             "Images requested but not returned (the upstream silently drops filtered outputs).",
-            ("model", "caller"),
-            registry=registry,
+            per_model,
         )
-        self.saved_credits = Counter(
+        self.saved_credits = counter(
             "stablecog_credits_saved_total",
             "Credits a call would have cost had it not been served by the cache "
             "or coalesced with an identical call in flight.",
             ("caller",),
-            registry=registry,
         )
-        self.cache_requests = Counter(
-            "stablecog_cache_requests_total",
-            "Cache decisions, by result.",
-            ("result",),
-            registry=registry,
+        self.cache_requests = counter(
+            "stablecog_cache_requests_total", "Cache decisions, by result.", ("result",)
         )
-        self.validation_failures = Counter(
+        self.validation_failures = counter(
             "stablecog_validation_failures_total",
             "Requests rejected for breaking a documented constraint, by request field.",
             ("field",),
-            registry=registry,
         )
         self._initialise(grpc_methods, known_models)
 
@@ -219,6 +203,8 @@ class GatewayMetrics:
                 self.upstream_duration.labels(endpoint, status_class)
         for result in CACHE_RESULTS:
             self.cache_requests.labels(result)
+        for reason in UPSTREAM_REASONS:
+            self.upstream_errors.labels(reason)
         for field in self._fields:
             self.validation_failures.labels(field)
         self.validation_failures.labels(OTHER)
@@ -227,14 +213,14 @@ class GatewayMetrics:
             for counter in (self.credits_spent, self.images_generated, self.images_filtered):
                 counter.labels(self._models(sanitize_label(model)), self.default_caller)
 
-    # --- the interceptor's half ---
+    # --- what the composition root tells it ---
 
     def retire_account(self, fingerprint: str, *, successor: str) -> None:
         """Drop a rotated-away key's balance series; answers still in flight for that key
         do not bring it back. `successor` (the new key) is never retired."""
         self._retired.add(fingerprint)
         self._retired.discard(successor)
-        self._balance_observed_at.pop(fingerprint, None)
+        self._balances.forget(fingerprint)
         with contextlib.suppress(KeyError):
             self.credits_remaining.remove(fingerprint)
 
@@ -245,53 +231,61 @@ class GatewayMetrics:
             return self.default_caller
         return self._callers(value)
 
-    def started(self, service: str, method: str) -> None:
-        self.grpc_started.labels("unary", service, method).inc()
+    # --- gateway.events.Telemetry ---
+
+    def emit(self, event: Event) -> None:
+        self._handlers[type(event)](self, event)
+
+    def _call_started(self, event: CallStarted) -> None:
+        self.grpc_started.labels("unary", event.service, event.method).inc()
         self.inflight.inc()
 
-    def handled(self, service: str, method: str, code: str, seconds: float) -> None:
+    def _call_handled(self, event: CallHandled) -> None:
+        labels = ("unary", event.service, event.method)
         self.inflight.dec()
-        self.grpc_handled.labels("unary", service, method, code).inc()
-        self.grpc_handling.labels("unary", service, method).observe(seconds)
+        self.grpc_handled.labels(*labels, event.code).inc()
+        self.grpc_handling.labels(*labels).observe(event.seconds)
 
-    # --- gateway.calls.Telemetry ---
+    def _upstream_request_ended(self, event: UpstreamRequestEnded) -> None:
+        self.upstream_duration.labels(event.endpoint, event.status_class).observe(event.seconds)
 
-    def upstream_request(self, endpoint: str, status_class: str, seconds: float) -> None:
-        self.upstream_duration.labels(endpoint, status_class).observe(seconds)
+    def _upstream_failed(self, event: UpstreamFailed) -> None:
+        self.upstream_errors.labels(self._reasons(sanitize_label(event.reason) or UNKNOWN)).inc()
 
-    def upstream_error(self, reason: str) -> None:
-        self.upstream_errors.labels(self._reasons(sanitize_label(reason) or UNKNOWN)).inc()
-
-    def generation(
-        self,
-        *,
-        caller: str,
-        account: str,
-        model_id: str,
-        credits_spent: int,
-        outputs_requested: int,
-        outputs_returned: int,
-        remaining_credits: float | None,
-        balance_observed_at: float,
-    ) -> None:
-        caller = self.caller_label(caller)
-        model = self._models(sanitize_label(model_id) or UNKNOWN)
-        self.credits_spent.labels(model, caller).inc(max(credits_spent, 0))
-        self.images_generated.labels(model, caller).inc(max(outputs_returned, 0))
-        self.images_filtered.labels(model, caller).inc(max(outputs_requested - outputs_returned, 0))
-        fingerprint = self._accounts(sanitize_label(account) or UNKNOWN)
+    def _credits_spent(self, event: CreditsSpent) -> None:
+        caller = self.caller_label(event.caller)
+        model = self._models(sanitize_label(event.model_id) or UNKNOWN)
+        self.credits_spent.labels(model, caller).inc(max(event.credits, 0))
+        self.images_generated.labels(model, caller).inc(max(event.outputs_returned, 0))
+        self.images_filtered.labels(model, caller).inc(
+            max(event.outputs_requested - event.outputs_returned, 0)
+        )
+        fingerprint = self._accounts(sanitize_label(event.account) or UNKNOWN)
         # One gauge per account; the accounts past the bound would mix in `other`.
-        if remaining_credits is None or fingerprint == OTHER or fingerprint in self._retired:
+        if event.balance is None or fingerprint == OTHER or fingerprint in self._retired:
             return
-        if balance_observed_at >= self._balance_observed_at.get(fingerprint, float("-inf")):
-            self._balance_observed_at[fingerprint] = balance_observed_at
-            self.credits_remaining.labels(fingerprint).set(remaining_credits)
+        if self._balances.offer(fingerprint, event.balance):
+            self.credits_remaining.labels(fingerprint).set(event.balance.credits)
 
-    def credits_saved(self, *, caller: str, credits: int) -> None:
-        self.saved_credits.labels(self.caller_label(caller)).inc(max(credits, 0))
+    def _credits_saved(self, event: CreditsSaved) -> None:
+        self.saved_credits.labels(self.caller_label(event.caller)).inc(max(event.credits, 0))
 
-    def cache_result(self, result: str) -> None:
-        self.cache_requests.labels(result if result in CACHE_RESULTS else OTHER).inc()
+    def _cache_decided(self, event: CacheDecided) -> None:
+        result = event.result if event.result in CACHE_RESULTS else OTHER
+        self.cache_requests.labels(result).inc()
 
-    def validation_failure(self, field: str) -> None:
-        self.validation_failures.labels(field if field in self._fields else OTHER).inc()
+    def _validation_failed(self, event: ValidationFailed) -> None:
+        field = event.field if event.field in self._fields else OTHER
+        self.validation_failures.labels(field).inc()
+
+    # One handler per event type; tests/observability/test_metrics.py proves it complete.
+    _handlers: ClassVar[dict[type[Event], Callable[[GatewayMetrics, Any], None]]] = {
+        CallStarted: _call_started,
+        CallHandled: _call_handled,
+        UpstreamRequestEnded: _upstream_request_ended,
+        UpstreamFailed: _upstream_failed,
+        CreditsSpent: _credits_spent,
+        CreditsSaved: _credits_saved,
+        CacheDecided: _cache_decided,
+        ValidationFailed: _validation_failed,
+    }

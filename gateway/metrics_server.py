@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 
 METRICS_PATH = "/metrics"
+
+
+class WithoutCreated:
+    """A view of a registry without the `_created` series: they double the series count and
+    no panel or alert uses them. (prometheus_client's own switch for this,
+    `disable_created_metrics()`, is process-wide.)"""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
 
 
 class MetricsServer:
     """Serves one registry; `port` is the bound port once started (listen on port 0 in tests)."""
 
     def __init__(self, registry: CollectorRegistry, listen: str) -> None:
-        self._registry = registry
+        self._registry = WithoutCreated(registry)
         host, _, port = listen.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)

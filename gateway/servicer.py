@@ -1,70 +1,36 @@
 """GenerationService: per call, validate -> resolve the key -> generate -> answer.
 
-No HTTP details here. Every failure is a GatewayError, which leaves as a
-`google.rpc.Status` with typed details. The servicer also counts calls in flight so
-the application can drain them on shutdown.
+No HTTP details here, and nothing about recording: gateway.call_runner starts each call
+and records its outcome; this module is the pipeline in between. Every failure is a
+GatewayError.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
-from grpc_status import rpc_status
 
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from gateway.account import account_fingerprint
 from gateway.auth import KeyResolver
-from gateway.calls import (
-    CallRecord,
-    NullTelemetry,
-    Telemetry,
-    account_fingerprint,
-    cache_result_name,
-    current_call,
-)
-from gateway.errors import (
-    ConfiguredKeyRejected,
-    GatewayDraining,
-    GatewayError,
-    GatewayInternal,
-    InvalidRequest,
-    grpc_code,
-    to_status,
-)
-from gateway.generation import CacheControl, GenerationCall, Generator
-from gateway.upstream import CallBudget
+from gateway.call import Call, CallReport, cache_result_name
+from gateway.call_runner import Answer, CallRunner
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.errors import ConfiguredKeyRejected, InvalidRequest
+from gateway.events import NULL_TELEMETRY, CreditsSaved, Telemetry, ValidationFailed
+from gateway.generation import GenerationCall, Generator
 from gateway.validation import RequestValidator
 
 _log = logging.getLogger(__name__)
 
+SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
 _SAVED = (
     generation_pb2.CacheResult.CACHE_RESULT_HIT,
     generation_pb2.CacheResult.CACHE_RESULT_COALESCED,
 )
-
-
-class InFlight:
-    """Counts calls in flight; `wait_idle` returns when none are left."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def __enter__(self) -> None:
-        self.count += 1
-        self._idle.clear()
-
-    def __exit__(self, *_: object) -> None:
-        self.count -= 1
-        if self.count == 0:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
+REJECTED_KEY_LOG_EVERY = 60.0
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
@@ -73,86 +39,70 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     def __init__(
         self,
         *,
+        runner: CallRunner,
         validator: RequestValidator,
         keys: KeyResolver,
         generator: Generator,
-        upstream_timeout: float,
-        telemetry: Telemetry | None = None,
+        telemetry: Telemetry = NULL_TELEMETRY,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self._telemetry = telemetry or NullTelemetry()
+        self._runner = runner
+        self._telemetry = telemetry
         self._validator = validator
         self._keys = keys
         self._generator = generator
-        self._upstream_timeout = upstream_timeout
-        self.in_flight = InFlight()
+        self._clock = clock
         self._rejected_key_logged_at = float("-inf")
-        self.draining = False
 
     async def CreateGeneration(
         self,
         request: generation_pb2.GenerationRequest,
-        context: grpc.aio.ServicerContext[
-            generation_pb2.GenerationRequest, generation_pb2.GenerationResponse
-        ],
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> generation_pb2.GenerationResponse:
-        record = current_call.get()
-        with self.in_flight:
-            try:
-                if self.draining:
-                    raise GatewayDraining(
-                        "the gateway is shutting down; retry on another replica",
-                        reason="GATEWAY_DRAINING",
-                        retry_after=1.0,
-                    )
-                self._validate(request)
-                metadata = text_metadata(context)
-                key = self._keys.resolve(metadata)
-                if record is not None:
-                    record.account = account_fingerprint(key.value)
-                    record.outputs_requested = (
-                        request.num_outputs if request.HasField("num_outputs") else 0
-                    )
-                call = GenerationCall(
+        response = await self._runner.run(
+            SERVICE_NAME, "CreateGeneration", request, context, self._create_generation
+        )
+        assert isinstance(response, generation_pb2.GenerationResponse)
+        return response
+
+    async def _create_generation(
+        self, request: generation_pb2.GenerationRequest, call: Call, report: CallReport
+    ) -> Answer:
+        self._validate(request, report)
+        key = self._keys.resolve(call.metadata)
+        report.account = key.fingerprint
+        report.outputs_requested = request.num_outputs if request.HasField("num_outputs") else 0
+        try:
+            generated = await self._generator.generate(
+                GenerationCall(
                     request=request,
                     key=key,
-                    budget=CallBudget.of(self._upstream_timeout, context.time_remaining()),
-                    cache_control=CacheControl.from_header(metadata.get("cache-control")),
+                    budget=call.budget,
+                    caller=call.caller,
+                    cache_control=call.cache_control,
                 )
-                generated = await self._generator.generate(call)
-            except GatewayError as error:
-                if isinstance(error, ConfiguredKeyRejected):
-                    self._alarm_rejected_key()
-                await _abort(context, record, error)
-            except Exception as exc:  # a bug: never let it leave as UNKNOWN with internals
-                _log.error(
-                    "unexpected failure in CreateGeneration",
-                    extra={"error": f"{type(exc).__name__}: {exc}"[:500]},
-                )
-                await _abort(
-                    context,
-                    record,
-                    GatewayInternal(
-                        "the gateway failed unexpectedly; the failure is logged",
-                        reason="GATEWAY_INTERNAL_ERROR",
-                    ),
-                )
-            response = generation_pb2.GenerationResponse()
-            response.CopyFrom(generated.response)
-            response.cache_result = generated.cache_result
-            if generated.cache_result in _SAVED:
-                self._telemetry.credits_saved(
-                    caller=record.caller if record else "unknown",
-                    credits=response.settings.num_outputs,
-                )
-            if record is not None:
-                record.complete(response, generated.cache_result, generated.upstream_seconds)
-            context.set_trailing_metadata((("x-cache", cache_result_name(generated.cache_result)),))
-            return response
+            )
+        except ConfiguredKeyRejected:
+            self._alarm_rejected_key()
+            raise
+        response = generation_pb2.GenerationResponse()
+        response.CopyFrom(generated.response)
+        response.cache_result = generated.cache_result
+        if generated.cache_result in _SAVED:
+            self._telemetry.emit(CreditsSaved(call.caller, response.settings.num_outputs))
+        result = cache_result_name(generated.cache_result)
+        report.model_id = response.settings.model_id or report.model_id
+        report.outputs_requested = response.settings.num_outputs or report.outputs_requested
+        report.outputs_returned = len(response.outputs)
+        report.remaining_credits = response.remaining_credits
+        report.cache_result = result
+        report.upstream_seconds = generated.upstream_seconds
+        return Answer(response, trailers=(("x-cache", result),))
 
     def _alarm_rejected_key(self) -> None:
         """An operator problem every caller sees: say so loudly, at most once a minute."""
-        now = time.monotonic()
-        if now - self._rejected_key_logged_at >= 60.0:
+        now = self._clock.monotonic()
+        if now - self._rejected_key_logged_at >= REJECTED_KEY_LOG_EVERY:
             self._rejected_key_logged_at = now
             configured = self._keys.configured_key()
             _log.error(
@@ -161,33 +111,12 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 extra={"key_fingerprint": account_fingerprint(configured) if configured else None},
             )
 
-    def _validate(self, request: generation_pb2.GenerationRequest) -> None:
+    def _validate(self, request: generation_pb2.GenerationRequest, report: CallReport) -> None:
         try:
             self._validator.check(request)
         except InvalidRequest as error:
             fields = tuple(sorted({v.field for v in error.violations}))
             for field in fields:
-                self._telemetry.validation_failure(field)
-            record = current_call.get()
-            if record is not None:
-                record.invalid_fields = fields
+                self._telemetry.emit(ValidationFailed(field))
+            report.invalid_fields = fields
             raise
-
-
-async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], record: CallRecord | None, error: GatewayError
-) -> NoReturn:
-    if record is not None:
-        record.code = grpc_code(error).name
-        record.error_reason = error.reason
-    status = rpc_status.to_status(to_status(error))
-    await context.abort(status.code, status.details, status.trailing_metadata)
-
-
-def text_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
-    """The call's text metadata, keys lower-cased (binary `-bin` values are skipped)."""
-    found: dict[str, str] = {}
-    for key, value in context.invocation_metadata() or ():
-        if isinstance(value, str):
-            found.setdefault(key.lower(), value)
-    return found

@@ -1,9 +1,10 @@
 """Pure translation between the gRPC messages and the upstream's REST JSON.
 
-No I/O here. A request field that is unset is left out of the JSON body (the upstream
-applies its own default); a set field is sent even when it holds a zero value. A
-response that is not the documented shape raises `UpstreamBadResponse`; unknown
-extra JSON fields are ignored.
+No I/O here. The request side is derived from the contract: every field of
+`GenerationRequest` is sent under its proto name (which is the REST JSON name). A field
+with presence that is unset is left out of the JSON body (the upstream applies its own
+default); a set field is sent even when it holds a zero value. A response that is not
+the documented shape raises `UpstreamBadResponse`; unknown extra JSON fields are ignored.
 """
 
 from __future__ import annotations
@@ -13,34 +14,27 @@ import math
 import struct
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
+
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.errors import UpstreamBadResponse
 
-# The optional request fields, named exactly as the REST JSON fields.
-OPTIONAL_REQUEST_FIELDS = (
-    "model_id",
-    "width",
-    "height",
-    "negative_prompt",
-    "num_outputs",
-    "guidance_scale",
-    "inference_steps",
-    "scheduler_id",
-    "seed",
-    "init_image_url",
-    "prompt_strength",
+# (name, has presence, is a float32) for every request field, from the contract.
+_REQUEST_FIELDS = tuple(
+    (field.name, field.has_presence, field.type == FieldDescriptor.TYPE_FLOAT)
+    for field in generation_pb2.GenerationRequest.DESCRIPTOR.fields
 )
-_FLOAT_FIELDS = frozenset({"guidance_scale", "prompt_strength"})
 
 
 def request_to_json(request: generation_pb2.GenerationRequest) -> dict[str, Any]:
-    """The REST body for `request`: the prompt plus exactly the fields that are set."""
-    body: dict[str, Any] = {"prompt": request.prompt}
-    for name in OPTIONAL_REQUEST_FIELDS:
-        if request.HasField(name):  # type: ignore[arg-type]
-            value = getattr(request, name)
-            # proto floats are float32; send the shortest decimal that round-trips to it.
-            body[name] = _float32_decimal(value) if name in _FLOAT_FIELDS else value
+    """The REST body for `request`: the fields without presence, and the others when set."""
+    body: dict[str, Any] = {}
+    for name, has_presence, is_float in _REQUEST_FIELDS:
+        if has_presence and not request.HasField(name):  # type: ignore[arg-type]
+            continue
+        value = getattr(request, name)
+        # proto floats are float32; send the shortest decimal that round-trips to it.
+        body[name] = _float32_decimal(value) if is_float else value
     return body
 
 
@@ -113,10 +107,7 @@ def settings_from_json(raw: Any) -> generation_pb2.Settings:
 
 
 def _bad(what: str) -> UpstreamBadResponse:
-    return UpstreamBadResponse(
-        f"the upstream answered 200 with an unexpected body: {what}",
-        reason="UPSTREAM_BAD_RESPONSE",
-    )
+    return UpstreamBadResponse(f"the upstream answered 200 with an unexpected body: {what}")
 
 
 def _string(obj: dict[str, Any], key: str, prefix: str = "") -> str:

@@ -1,7 +1,9 @@
 """The Stablecog REST client: one pooled httpx client, a total timeout per call, error mapping.
 
 The gateway never retries a generation: the upstream charges for each one, and a
-request it may have acted on must not be sent twice.
+request it may have acted on must not be sent twice. Every failure leaves as a
+GatewayError: HTTP error answers through gateway.upstream_errors, httpx errors through
+the table in gateway.transport_errors.
 """
 
 from __future__ import annotations
@@ -13,19 +15,15 @@ from typing import Any
 
 import httpx
 
-from gateway.auth import ApiKey
-from gateway.calls import NullTelemetry, Telemetry
-from gateway.errors import (
-    CallTimedOut,
-    GatewayError,
-    UpstreamInternal,
-    UpstreamUnavailable,
-)
+from gateway.account import ApiKey
+from gateway.call import CallBudget
+from gateway.errors import CallTimedOut, GatewayError, UpstreamTimedOut
+from gateway.events import NULL_TELEMETRY, Telemetry, UpstreamFailed, UpstreamRequestEnded
 from gateway.transport import AiohttpTransport
+from gateway.transport_errors import upstream_error_for
+from gateway.upstream_defaults import CREATE_ENDPOINT, CREATE_PATH
 from gateway.upstream_errors import error_from_response
-
-CREATE_PATH = "/v1/image/generation/create"
-USER_AGENT = "stablecog-gateway/0.1"
+from gateway.version import USER_AGENT
 
 
 @dataclass(frozen=True)
@@ -36,25 +34,13 @@ class UpstreamAnswer:
     seconds: float
 
 
-@dataclass(frozen=True)
-class CallBudget:
-    """How long one upstream call may take, and whether the caller's deadline set it."""
-
-    seconds: float
-    caller_deadline: bool
-
-    @classmethod
-    def of(cls, configured: float, caller_remaining: float | None) -> CallBudget:
-        if caller_remaining is not None and caller_remaining < configured:
-            return cls(max(caller_remaining, 0.0), caller_deadline=True)
-        return cls(configured, caller_deadline=False)
-
-
 class StablecogClient:
     """Sends generations to the upstream and maps every failure to a GatewayError.
 
     httpx is the API; the connection pool underneath is aiohttp's (gateway.transport),
-    which holds thousands of slow calls open without slowing down.
+    which holds thousands of slow calls open without slowing down. Only the connect
+    timeout is httpx's (the transport reads it); the total is enforced per call
+    (CallBudget), since a generation may take minutes.
     """
 
     def __init__(
@@ -64,16 +50,12 @@ class StablecogClient:
         connect_timeout: float = 10.0,
         max_connections: int = 1000,
         transport: httpx.AsyncBaseTransport | None = None,
-        telemetry: Telemetry | None = None,
+        telemetry: Telemetry = NULL_TELEMETRY,
     ) -> None:
-        self._telemetry = telemetry or NullTelemetry()
+        self._telemetry = telemetry
         self._client = httpx.AsyncClient(
             base_url=base_url,
-            # The total is enforced per call (CallBudget); a read may last minutes.
-            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=None),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=None, pool=None),
             headers={"user-agent": USER_AGENT},
             transport=transport or AiohttpTransport(max_connections=max_connections),
             follow_redirects=False,
@@ -92,24 +74,13 @@ class StablecogClient:
             try:
                 async with asyncio.timeout(budget.seconds):
                     response = await self._client.post(
-                        CREATE_PATH, json=body, headers={"authorization": f"Bearer {key.value}"}
+                        CREATE_PATH, json=body, headers={"authorization": key.authorization}
                     )
             except TimeoutError:
                 status_class = "timeout"
                 raise _timed_out(budget) from None
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-                raise UpstreamUnavailable(
-                    "cannot connect to Stablecog; nothing was sent, retrying is safe",
-                    reason="UPSTREAM_UNREACHABLE",
-                    retry_after=1.0,
-                ) from None
-            except httpx.HTTPError:
-                # Sent, but the answer was lost: the upstream may have charged for it.
-                raise UpstreamInternal(
-                    "the connection to Stablecog was lost before it answered; the generation "
-                    "may have been charged, so check before retrying",
-                    reason="UPSTREAM_CONNECTION_LOST",
-                ) from None
+            except httpx.RequestError as error:
+                raise upstream_error_for(error) from None
             seconds = time.perf_counter() - started
             status_class = f"{response.status_code // 100}xx"
             if response.status_code != 200:
@@ -121,21 +92,17 @@ class StablecogClient:
                 )
             return UpstreamAnswer(body=response.content, seconds=seconds)
         except GatewayError as error:
-            self._telemetry.upstream_error(error.reason)
+            self._telemetry.emit(UpstreamFailed(error.reason))
             raise
         finally:
-            self._telemetry.upstream_request(
-                "generation_create", status_class, time.perf_counter() - started
+            self._telemetry.emit(
+                UpstreamRequestEnded(CREATE_ENDPOINT, status_class, time.perf_counter() - started)
             )
 
 
 def _timed_out(budget: CallBudget) -> CallTimedOut:
     if budget.caller_deadline:
-        return CallTimedOut(
-            "the call's deadline ran out before Stablecog answered",
-            reason="DEADLINE_EXCEEDED",
-        )
-    return CallTimedOut(
-        f"Stablecog did not answer within the gateway's upstream timeout ({budget.seconds:g} s)",
-        reason="UPSTREAM_TIMEOUT",
+        return CallTimedOut("the call's deadline ran out before Stablecog answered")
+    return UpstreamTimedOut(
+        f"Stablecog did not answer within the gateway's upstream timeout ({budget.seconds:g} s)"
     )

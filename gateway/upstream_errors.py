@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from gateway.errors import (
+    GATEWAY_DOMAIN,
+    UPSTREAM_DOMAIN,
     CallerKeyRejected,
     ConfiguredKeyRejected,
     FieldViolation,
@@ -82,11 +85,34 @@ def has_settings(body: bytes) -> bool:
     return isinstance(payload, dict) and isinstance(payload.get("settings"), dict)
 
 
-def reason_for(code: str | None, fallback: str) -> str:
-    """The upstream's code in UPPER_SNAKE when it is a code, else `fallback`."""
+@dataclass(frozen=True)
+class Reason:
+    """An ErrorInfo reason and its domain: the upstream's when the reason is its own code."""
+
+    reason: str | None  # None: the error class's default reason
+    domain: str = GATEWAY_DOMAIN
+
+
+def reason_for(code: str | None) -> Reason:
+    """The upstream's code in UPPER_SNAKE (its domain) when it is a code, else the
+    error class's default (the gateway's domain)."""
     if code and _CODE.match(code):
-        return code.upper()
-    return fallback
+        return Reason(code.upper(), UPSTREAM_DOMAIN)
+    return Reason(None)
+
+
+def _status_reason(status: int) -> str:
+    return f"UPSTREAM_HTTP_{status}"
+
+
+# Reasons this module can give whatever the upstream says (initialised in metrics).
+STATIC_REASONS = (
+    "QUEUE_LIMIT_REACHED",
+    "INSUFFICIENT_CREDITS",
+    "INIT_IMAGE_NOT_OWNED",
+    *(_status_reason(status) for status in (500, 502, 503, 504)),
+    *(code.upper() for code in sorted(WORKER_ERRORS)),
+)
 
 
 def retry_after_seconds(headers: Mapping[str, str], default: float) -> float:
@@ -127,6 +153,7 @@ def error_from_response(
     meta = {"upstream_status": str(status)}
     if code is not None:
         meta["upstream_error"] = _safe(code)
+    upstream = reason_for(code)
 
     if status == 400:
         if code == "insufficient_credits":
@@ -134,12 +161,14 @@ def error_from_response(
                 "the Stablecog account has too few credits for this generation; "
                 "top it up before retrying",
                 reason="INSUFFICIENT_CREDITS",
+                domain=UPSTREAM_DOMAIN,
                 metadata=meta,
             )
         if code == "queue_limit_reached":
             return UpstreamBusy(
                 "the Stablecog account's generation queue is full; retry later",
                 reason="QUEUE_LIMIT_REACHED",
+                domain=UPSTREAM_DOMAIN,
                 metadata=meta,
                 retry_after=retry_after_seconds(headers, _DEFAULT_RETRY_SECONDS[code]),
             )
@@ -147,14 +176,14 @@ def error_from_response(
         field = _field_for(code or "")
         return UpstreamInvalidArgument(
             f"Stablecog rejected the request: {text}",
-            reason=reason_for(code, "UPSTREAM_VALIDATION_FAILED"),
+            reason=upstream.reason,
+            domain=upstream.domain,
             metadata=meta,
             violations=[FieldViolation(field, text)] if field else (),
         )
     if status == 429:
         return UpstreamBusy(
             "Stablecog's rate limit was reached; retry after the delay",
-            reason="RATE_LIMITED",
             metadata=meta,
             retry_after=retry_after_seconds(headers, _DEFAULT_RETRY_SECONDS[429]),
         )
@@ -163,24 +192,26 @@ def error_from_response(
             return UpstreamPermissionDenied(
                 "the init image belongs to another Stablecog account",
                 reason="INIT_IMAGE_NOT_OWNED",
+                domain=UPSTREAM_DOMAIN,
                 metadata=meta,
             )
         if configured_key:
             return ConfiguredKeyRejected(
                 "Stablecog rejected the gateway's configured API key; "
                 "the gateway's operator must replace it",
-                reason="CONFIGURED_API_KEY_REJECTED",
                 metadata=meta,
             )
         return CallerKeyRejected(
             "Stablecog rejected the API key sent in `authorization` metadata",
-            reason=reason_for(code, "UNAUTHORIZED"),
+            reason=upstream.reason,
+            domain=upstream.domain,
             metadata=meta,
         )
     if status == 403:
         return UpstreamPermissionDenied(
             f"Stablecog refused the account: {_safe(code) if code else 'forbidden'}",
-            reason=reason_for(code, "FORBIDDEN"),
+            reason=upstream.reason,
+            domain=upstream.domain,
             metadata=meta,
         )
     if (
@@ -192,22 +223,23 @@ def error_from_response(
         return WorkerFailed(
             f"the Stablecog worker failed ({_safe(code)}); the upstream refunded "
             "the credits, retrying may succeed",
-            reason=reason_for(code, "WORKER_FAILED"),
+            reason=upstream.reason,
+            domain=upstream.domain,
             metadata=meta,
             retry_after=retry_after_seconds(headers, _DEFAULT_RETRY_SECONDS["unavailable"]),
         )
     if status in (502, 503, 504):
         return UpstreamUnavailable(
             f"Stablecog is unavailable (HTTP {status}); retry later",
-            reason=f"UPSTREAM_HTTP_{status}",
+            reason=_status_reason(status),
             metadata=meta,
             retry_after=retry_after_seconds(headers, _DEFAULT_RETRY_SECONDS["unavailable"]),
         )
+    if code in _UNKNOWN_ERRORS:
+        return UpstreamInternal(f"Stablecog failed with HTTP {status}", metadata=meta)
     return UpstreamInternal(
-        f"Stablecog failed with HTTP {status}"
-        + (f" ({_safe(code)})" if code and code not in _UNKNOWN_ERRORS else ""),
-        reason=reason_for(code, f"UPSTREAM_HTTP_{status}")
-        if code not in _UNKNOWN_ERRORS
-        else "UPSTREAM_UNKNOWN_ERROR",
+        f"Stablecog failed with HTTP {status}" + (f" ({_safe(code)})" if code else ""),
+        reason=upstream.reason or _status_reason(status),
+        domain=upstream.domain,
         metadata=meta,
     )

@@ -47,6 +47,5 @@ class RequestValidator:
             fields = sorted({v.field for v in found})
             raise InvalidRequest(
                 f"invalid request: {len(found)} violation(s) on {', '.join(fields)}",
-                reason="INVALID_REQUEST",
                 violations=found,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -100,13 +101,35 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 class FakeClock:
-    """A monotonic clock tests move by hand."""
+    """A gateway.clock.Clock that tests move by hand. `sleep` waits until the clock is
+    advanced past its wake-up time, so no test waits on real time to order events."""
 
-    def __init__(self) -> None:
-        self.now = 1000.0
+    def __init__(self, now: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
+        self.now = now
+        self._wall_offset = wall - now
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
 
-    def __call__(self) -> float:
+    def monotonic(self) -> float:
         return self.now
 
+    def wall(self) -> float:
+        return self.now + self._wall_offset
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now + max(seconds, 0.0), future))
+        await future
+
+    @property
+    def sleepers(self) -> int:
+        """How many tasks are asleep on this clock."""
+        return sum(1 for _, f in self._sleepers if not f.done())
+
     def advance(self, seconds: float) -> None:
+        """Move time on and wake every sleeper that is due."""
         self.now += seconds
+        due = [(t, f) for t, f in self._sleepers if t <= self.now]
+        self._sleepers = [(t, f) for t, f in self._sleepers if t > self.now]
+        for _, future in due:
+            if not future.done():
+                future.set_result(None)

@@ -1,4 +1,10 @@
-"""Real servers the integration tests start on loopback: Redis, and free-port helpers."""
+"""Real servers the integration tests start: Redis on a unix socket, and a loopback port that
+refuses connections.
+
+No helper here picks a "free" port to hand to a child: a port probed, closed and bound again
+later can be taken in between. Children bind port 0 and report what they got (see
+`tests.processes`), or listen on a unix socket in a private directory.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,14 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# sun_path holds 108 bytes, the terminating NUL included.
+_UNIX_PATH_MAX = 107
 
 
 def require_binary(name: str) -> str:
@@ -29,52 +34,71 @@ def require_binary(name: str) -> str:
     pytest.skip(f"SKIPPED LOUDLY: {message}")
 
 
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs: bound (so
+    nothing else can take it) but never listening, so a connection attempt gets a reset."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
 class RedisServer:
-    """A private redis-server on a loopback port, no persistence; can be killed and restarted."""
+    """A private redis-server on a unix socket in `workdir` (no TCP port), no persistence;
+    can be killed and restarted, empty, at the same address."""
 
     def __init__(self, workdir: Path) -> None:
         self.binary = require_binary("redis-server")
-        self.port = free_port()
         self.workdir = workdir
+        self.socket_path = workdir / "redis.sock"
+        if len(os.fsencode(self.socket_path)) > _UNIX_PATH_MAX:
+            raise RuntimeError(f"unix socket path too long for redis-server: {self.socket_path}")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket_path}?db=0"
 
-    def start(self) -> None:
+    def start(self, timeout: float = 10.0) -> None:
+        # redis-server removes a socket file left by a killed predecessor before binding.
         self.process = subprocess.Popen(
             [
                 self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--protected-mode",
-                "yes",
+                *("--port", "0"),
+                *("--unixsocket", str(self.socket_path)),
+                *("--unixsocketperm", "700"),
+                *("--save", ""),
+                *("--appendonly", "no"),
+                *("--dir", str(self.workdir)),
+                *("--protected-mode", "yes"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                self.process = None
+                raise RuntimeError(f"redis-server exited at start with code {code}")
+            if self._answers_ping():
+                return
+            time.sleep(0.05)
         self.stop()
-        raise RuntimeError("redis-server did not start within 10 s")
+        raise RuntimeError(f"redis-server did not answer PING within {timeout} s")
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(0.5)
+                conn.connect(str(self.socket_path))
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def stop(self) -> None:
+        """Kill this server's process (by its id) and reap it."""
         if self.process is not None:
             self.process.kill()
             self.process.wait(timeout=10)

@@ -7,14 +7,15 @@ from typing import Any
 import pytest
 
 from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.account import account_scope
 from gateway.cache_key import (
-    account_scope,
     cache_key,
     canonical_form,
     format_prompt,
     is_cacheable,
 )
 from tests.conftest import ACCOUNT_KEY, OTHER_KEY
+from tests.contract_samples import REQUEST_FIELDS, every_field_set, sample_value
 
 SCOPE = account_scope(ACCOUNT_KEY, "https://api.stablecog.com")
 
@@ -118,3 +119,14 @@ def test_canonical_form_fills_static_defaults() -> None:
     form = canonical_form(generation_pb2.GenerationRequest(prompt="p", seed=5))
     assert form["num_outputs"] == 2 and form["inference_steps"] == 30
     assert form["model_id"] == "default" and form["prompt_strength"] is None
+
+
+@pytest.mark.parametrize("field", REQUEST_FIELDS, ids=lambda f: f.name)
+def test_every_field_of_the_contract_decides_the_key(field: Any) -> None:
+    """Derived from the .proto: a field added there fails here until the canonical form
+    handles it, so two requests for different images never share an entry."""
+    base = every_field_set()
+    changed = every_field_set(**{field.name: sample_value(field, other=True)})
+    assert is_cacheable(base) and is_cacheable(changed)
+    assert canonical_form(base) != canonical_form(changed)
+    assert cache_key(base, SCOPE) != cache_key(changed, SCOPE)

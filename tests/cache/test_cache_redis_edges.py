@@ -14,10 +14,12 @@ import redis.asyncio as aioredis
 
 from emulator.server import Emulator
 from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.account import account_scope
 from gateway.app import GatewayApp
-from gateway.cache_key import account_scope, cache_key
-from tests.cache.test_cache_service import call, request, upstream_calls
+from gateway.cache_key import cache_key
+from tests.cache.test_cache_service import request
 from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS, GatewayFactory
+from tests.fixtures import CREATE, call, eventually, upstream_calls
 from tests.services import RedisServer
 from tests.status import rich_error
 
@@ -28,12 +30,15 @@ async def two(make_gateway: GatewayFactory, server: RedisServer, **kw: Any) -> l
 
 
 async def leader_then_waiter(
-    apps: list[GatewayApp], req: generation_pb2.GenerationRequest
+    apps: list[GatewayApp], emulator: Emulator, req: generation_pb2.GenerationRequest
 ) -> tuple[asyncio.Future[Any], asyncio.Future[Any]]:
+    """The first gateway's call has reached the upstream; the second's waits for it."""
     leader = asyncio.ensure_future(call(apps[0], req))
-    await asyncio.sleep(0.3)
+    await emulator.wait_for_requests(CREATE, 1)
     waiter = asyncio.ensure_future(call(apps[1], req))
-    await asyncio.sleep(0.3)
+    cache = apps[1].cache
+    assert cache is not None
+    await eventually(lambda: cache.waiting_on_other_gateways == 1)
     return leader, waiter
 
 
@@ -54,7 +59,7 @@ async def test_redis_restarted_empty_while_the_leader_generates(
 ) -> None:
     emulator.set_latency(4.0)
     apps = await two(make_gateway, redis_server)
-    leader, waiter = await leader_then_waiter(apps, request(seed=2))
+    leader, waiter = await leader_then_waiter(apps, emulator, request(seed=2))
     redis_server.stop()
     redis_server.start()  # the lock is gone; the leader's next refresh puts it back
     (a, ra), (b, rb) = await asyncio.gather(leader, waiter)
@@ -68,9 +73,10 @@ async def test_a_write_pause_while_the_leader_publishes(
 ) -> None:
     emulator.set_latency(1.5)
     apps = await two(make_gateway, redis_server)
-    leader, waiter = await leader_then_waiter(apps, request(seed=3))
-    await asyncio.sleep(0.7)  # the leader answers at ~1.5 s, inside the pause
-    await admin(redis_server, "CLIENT", "PAUSE", 500, "WRITE")
+    leader, waiter = await leader_then_waiter(apps, emulator, request(seed=3))
+    # Writes pause from now until after the leader's answer (about 1.5 s from its start),
+    # and end within the 2 s the leader keeps retrying what the waiter needs.
+    await admin(redis_server, "CLIENT", "PAUSE", 2500, "WRITE")
     (_, ra), (_, rb) = await asyncio.gather(leader, waiter)
     assert (ra, rb) == ("miss", "coalesced")
     assert upstream_calls(emulator) == 1
@@ -92,7 +98,7 @@ async def test_a_leader_stopped_past_its_grace_is_not_paid_for_again(
 ) -> None:
     emulator.set_latency(3.0)
     apps = await two(make_gateway, redis_server)
-    leader, waiter = await leader_then_waiter(apps, request(seed=5))
+    leader, waiter = await leader_then_waiter(apps, emulator, request(seed=5))
     await apps[0].stop(grace=0.3)  # cancels the generation; the upstream still charges
     with pytest.raises(grpc.aio.AioRpcError):
         await leader
@@ -101,7 +107,8 @@ async def test_a_leader_stopped_past_its_grace_is_not_paid_for_again(
     error = rich_error(caught.value)
     assert error.code is grpc.StatusCode.INTERNAL
     assert error.info is not None and error.info.reason == "GENERATION_ABANDONED"
-    await asyncio.sleep(3.0)  # the abandoned generation completes upstream
+    # The abandoned generation completes upstream, and nothing else was sent.
+    await eventually(lambda: emulator.in_flight(ACCOUNT_KEY) == 0)
     assert upstream_calls(emulator) == 1
     assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS - 2
 
@@ -112,7 +119,7 @@ async def test_an_answer_with_every_output_filtered_is_shared_not_repaid(
     emulator.set_latency(0.8)
     emulator.faults.inject("filter_outputs", count=1, drop=2)
     apps = await two(make_gateway, redis_server)
-    leader, waiter = await leader_then_waiter(apps, request(seed=6))
+    leader, waiter = await leader_then_waiter(apps, emulator, request(seed=6))
     (a, ra), (b, rb) = await asyncio.gather(leader, waiter)
     assert (ra, rb) == ("miss", "coalesced")
     assert len(a.outputs) == len(b.outputs) == 0
@@ -144,7 +151,7 @@ async def test_a_long_redis_outage_does_not_fail_a_waiting_call(
 ) -> None:
     emulator.set_latency(1.0)
     apps = await two(make_gateway, redis_server)
-    leader, waiter = await leader_then_waiter(apps, request(seed=1))
+    leader, waiter = await leader_then_waiter(apps, emulator, request(seed=1))
     redis_server.stop()  # and it stays down
     (_, ra), (b, rb) = await asyncio.gather(leader, waiter)
     # After a whole lease without Redis the waiter serves itself: paying again is the

@@ -4,13 +4,12 @@ and a real Redis."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import grpc
 import pytest
 
 from emulator.server import Emulator
-from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.app import GatewayApp, Seams
 from tests.conftest import (
     ACCOUNT_KEY,
@@ -19,30 +18,16 @@ from tests.conftest import (
     FakeClock,
     GatewayFactory,
 )
+from tests.fixtures import CREATE, Stub, call, eventually, request_with, upstream_calls
 from tests.services import RedisServer
 
-Stub = generation_pb2_grpc.GenerationServiceStub
-CREATE = "/v1/image/generation/create"
+request = request_with(num_outputs=2)
 
 
-def request(**fields: Any) -> generation_pb2.GenerationRequest:
-    fields.setdefault("prompt", "a lighthouse at dawn")
-    fields.setdefault("num_outputs", 2)
-    return generation_pb2.GenerationRequest(**fields)
-
-
-def upstream_calls(emulator: Emulator) -> int:
-    return sum(1 for r in emulator.requests if r.path == CREATE)
-
-
-async def call(
-    app: GatewayApp, req: generation_pb2.GenerationRequest, **kw: Any
-) -> tuple[generation_pb2.GenerationResponse, str]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
-        rpc = Stub(channel).CreateGeneration(req, **kw)
-        response = await rpc
-        trailing = dict(await rpc.trailing_metadata())
-    return response, str(trailing["x-cache"])
+def coalesced(app: GatewayApp) -> float:
+    """How many calls of this gateway joined a flight already in progress."""
+    found = app.registry.get_sample_value("stablecog_cache_requests_total", {"result": "coalesced"})
+    return found or 0.0
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -144,7 +129,7 @@ async def test_cancelled_first_caller_does_not_waste_the_generation(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{cached_gateway.grpc_port}") as channel:
         stub = Stub(channel)
         first = stub.CreateGeneration(request(seed=123), timeout=0.3)
-        await asyncio.sleep(0.1)
+        await emulator.wait_for_requests(CREATE, 1)
         others = [stub.CreateGeneration(request(seed=123), timeout=10) for _ in range(5)]
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await first
@@ -164,10 +149,8 @@ async def test_abandoned_generation_still_fills_the_cache(
     emulator.set_latency(0.6)
     with pytest.raises(grpc.aio.AioRpcError):
         await call(cached_gateway, request(seed=321), timeout=0.2)
-    for _ in range(40):  # the generation finishes after its caller left
-        if cached_gateway.cache is not None and cached_gateway.cache.flights == 0:
-            break
-        await asyncio.sleep(0.05)
+    assert cached_gateway.cache is not None
+    await cached_gateway.cache.wait_idle()  # the generation finishes after its caller left
     _, result = await call(cached_gateway, request(seed=321))
     assert result == "hit"
     assert upstream_calls(emulator) == 1
@@ -236,7 +219,10 @@ async def test_ttl_expiry_with_an_injected_clock(
 async def test_redis_down_fails_open_and_comes_back(
     make_gateway: GatewayFactory, emulator: Emulator, redis_server: RedisServer
 ) -> None:
-    app = await make_gateway(cache="redis", redis_url=redis_server.url, redis_timeout=0.2)
+    clock = FakeClock()  # the backend's retry timer runs on it
+    app = await make_gateway(
+        Seams(clock=clock), cache="redis", redis_url=redis_server.url, redis_timeout=0.2
+    )
     _, a = await call(app, request(seed=21))
     _, b = await call(app, request(seed=21))
     assert (a, b) == ("miss", "hit")
@@ -246,11 +232,13 @@ async def test_redis_down_fails_open_and_comes_back(
     assert outage == ["miss"] * 3  # served from the upstream, no error
     assert upstream_calls(emulator) == 4
 
-    redis_server.start()  # empty again: same port, no persistence
-    await asyncio.sleep(1.1)  # the backend is retried after a second
+    redis_server.start()  # empty again: same address, no persistence
+    _, still_down = await call(app, request(seed=21))  # the circuit is still open
+    clock.advance(1.0)  # the backend is retried after a second
     _, refill = await call(app, request(seed=21))
     _, hit = await call(app, request(seed=21))
-    assert (refill, hit) == ("miss", "hit")
+    assert (still_down, refill, hit) == ("miss", "miss", "hit")
+    assert upstream_calls(emulator) == 6
 
 
 async def test_redis_never_stores_the_key(
@@ -282,9 +270,9 @@ async def test_explicitly_cancelled_first_caller_still_fills_the_cache(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{cached_gateway.grpc_port}") as channel:
         stub = Stub(channel)
         first = stub.CreateGeneration(request(seed=404))
-        await asyncio.sleep(0.2)
+        await emulator.wait_for_requests(CREATE, 1)
         second = stub.CreateGeneration(request(seed=404), timeout=10)
-        await asyncio.sleep(0.1)
+        await eventually(lambda: coalesced(cached_gateway) == 1)
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
@@ -303,7 +291,7 @@ async def test_a_hit_reports_the_balance_of_the_latest_started_call(
     # The slow call starts first (998 left) and answers last; the quick one starts
     # second (997 left) and answers first. The newer balance is 997.
     slow = asyncio.ensure_future(call(cached_gateway, request(num_outputs=1)))
-    await asyncio.sleep(0.3)
+    await emulator.wait_for_requests(CREATE, 2)
     quick, _ = await call(cached_gateway, request(num_outputs=1))
     late, _ = await slow
     assert (late.remaining_credits, quick.remaining_credits) == (998, 997)
@@ -321,9 +309,10 @@ async def test_gateways_sharing_redis_wait_through_a_redis_pause(
     first = await make_gateway(cache="redis", redis_url=redis_server.url, redis_timeout=0.2)
     second = await make_gateway(cache="redis", redis_url=redis_server.url, redis_timeout=0.2)
     leader = asyncio.ensure_future(call(first, request(seed=606)))
-    await asyncio.sleep(0.3)
+    await emulator.wait_for_requests(CREATE, 1)
     waiter = asyncio.ensure_future(call(second, request(seed=606)))
-    await asyncio.sleep(0.2)
+    assert second.cache is not None
+    await eventually(lambda: second.cache is not None and second.cache.waiting_on_other_gateways)
     admin = aioredis.Redis.from_url(redis_server.url)
     try:
         await admin.execute_command("CLIENT", "PAUSE", 600, "ALL")
@@ -345,8 +334,9 @@ async def test_a_failed_leader_fails_the_other_gateways_waiters_without_a_resend
     first = await make_gateway(cache="redis", redis_url=redis_server.url)
     second = await make_gateway(cache="redis", redis_url=redis_server.url)
     leader = asyncio.ensure_future(call(first, request(seed=707)))
-    await asyncio.sleep(0.3)
+    await emulator.wait_for_requests(CREATE, 1)
     waiter = asyncio.ensure_future(call(second, request(seed=707)))
+    await eventually(lambda: second.cache is not None and second.cache.waiting_on_other_gateways)
     errors = []
     for future in (leader, waiter):
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from emulator import Emulator, EmulatorConfig
-from tests.emulator.emulator_support import CREATE, TOKEN, Create, auth
+from tests.emulator.emulator_support import TOKEN, Create, auth
+from tests.fixtures import CREATE
 
 
 @pytest.fixture

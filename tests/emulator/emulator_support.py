@@ -10,7 +10,6 @@ import httpx
 
 TOKEN = "sc-" + "a1" * 32
 OTHER_TOKEN = "sc-" + "b2" * 32
-CREATE = "/v1/image/generation/create"
 FLUX = "0a99668b-45bd-4f7e-aa9c-f9aaa41ef13b"
 SDXL = "8002bc51-7260-468f-8840-cf1e6dbe3f8a"
 KANDINSKY_22 = "9fa49c00-109d-430f-9ddd-449f02e2c71a"
@@ -41,5 +40,5 @@ async def start_of_window(budget: float = 0.4) -> None:
     (sleeping into the next one if needed), so a quick test's requests all fall in one
     window: a window rolling over mid-test would weigh the counts."""
     left = 1.0 - time.time() % 1.0
-    if left < budget:
+    if left < budget:  # waiting for the clock is the point: the limiter's windows follow it
         await asyncio.sleep(left + 0.01)

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import selectors
-import signal
-import socket
-import subprocess
-import sys
-import time
+import re
 from pathlib import Path
 
 import httpx
 import pytest
 
 from emulator.config import parse_cli
-from tests.emulator.emulator_support import CREATE, SMALL, TOKEN, auth
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.emulator.emulator_support import SMALL, TOKEN, auth
+from tests.fixtures import CREATE
+from tests.processes import EmulatorProcess
 
 
 def test_flags_env_vars_and_defaults() -> None:
@@ -81,65 +75,29 @@ def test_bad_values_exit_naming_the_setting(
     assert named in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    """Lines of stderr up to the one containing `marker`."""
-    assert process.stderr is not None
-    seen = []
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stderr, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=0.1):
-                continue
-            line = process.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
-            if marker in line:
-                return line
-    raise AssertionError(f"no {marker!r} in output: {''.join(seen)}")
-
-
-def test_process_serves_and_exits_cleanly_on_sigterm() -> None:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "STABLECOG_EMULATOR_INITIAL_CREDITS": "7",
-    }
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "emulator"),
-            *("--listen", f"127.0.0.1:{port}", "--latency", "0", "--account", TOKEN),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
+def test_process_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
+    emulator = EmulatorProcess(
+        ["--latency", "0", "--account", TOKEN],
+        tmp_path / "emulator.log",
+        env={"STABLECOG_EMULATOR_INITIAL_CREDITS": "7"},
     )
+    emulator.start(timeout=15)  # it listens on port 0 and logs the port it got
     try:
-        ready = _read_until(process, "stablecog-emulator listening on", timeout=15)
-        assert ready.rstrip().endswith(f"listening on http://127.0.0.1:{port}")
-        base = f"http://127.0.0.1:{port}"
-        response = httpx.post(base + CREATE, json=SMALL, headers=auth(), timeout=5)
+        assert re.fullmatch(
+            r"stablecog-emulator listening on http://127\.0\.0\.1:[1-9][0-9]*",
+            emulator.listening_line.rstrip(),
+        )
+        assert emulator.base_url == f"http://127.0.0.1:{emulator.port}"
+        response = httpx.post(emulator.base_url + CREATE, json=SMALL, headers=auth(), timeout=5)
         assert response.status_code == 200
         assert response.json()["remaining_credits"] == 6
         image = httpx.get(response.json()["outputs"][0]["url"], timeout=5)
         assert image.headers["Content-Type"] == "image/jpeg"
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=15)
-        assert process.returncode == 0, stderr
+        emulator.terminate()
+        returncode = emulator.wait(timeout=15)
+        stderr = emulator.logs()
+        assert returncode == 0, stderr
         assert "Traceback" not in stderr
         assert TOKEN not in stderr
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        emulator.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -12,7 +13,6 @@ import pytest
 
 from emulator import Emulator
 from tests.emulator.emulator_support import (
-    CREATE,
     DDPM,
     FLUX,
     K_EULER,
@@ -26,6 +26,7 @@ from tests.emulator.emulator_support import (
     auth,
     wait_until,
 )
+from tests.fixtures import CREATE
 
 UUID_V4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
@@ -281,6 +282,25 @@ async def test_client_disconnect_is_recorded_and_still_charged(emu: Emulator) ->
     await wait_until(lambda: record.completed_at is not None)
     assert record.client_disconnected and record.status == 200
     assert emu.balance(TOKEN) == 99 and emu.generation_count == 1
+
+
+async def test_wait_for_requests_returns_once_they_have_arrived(
+    create: Create, emu: Emulator
+) -> None:
+    waiter = asyncio.ensure_future(emu.wait_for_requests(CREATE, 2))
+    await create(SMALL)
+    assert not waiter.done()  # one of two arrived
+    await create({**SMALL, "prompt": "a second lighthouse"})
+    await asyncio.wait_for(waiter, timeout=5)
+    await emu.wait_for_requests(  # already there: returns at once
+        CREATE, 1, where=lambda r: r.json is not None and r.json["prompt"] == "a second lighthouse"
+    )
+    # The bound is what is under test: nothing more arrives, so the wait times out.
+    with pytest.raises(TimeoutError, match="2 of 3 requests to /v1/image/generation/create"):
+        await emu.wait_for_requests(CREATE, 3, timeout=0.2)
+    emu.reset()  # the count starts again
+    with pytest.raises(TimeoutError, match="0 of 1 requests"):
+        await emu.wait_for_requests(CREATE, 1, timeout=0.2)
 
 
 async def test_models_endpoint(client: httpx.AsyncClient) -> None:

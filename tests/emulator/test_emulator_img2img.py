@@ -14,6 +14,7 @@ from PIL import Image
 
 from emulator import Emulator, EmulatorConfig, imagefetch
 from tests.emulator.emulator_support import OTHER_TOKEN, SMALL, TOKEN, Create, auth
+from tests.services import refusing_port
 
 IMAGE_ERROR = "image_url_width_height_error"
 
@@ -33,7 +34,7 @@ def padded_png(size: int) -> bytes:
 
 
 async def _slow(request: web.Request) -> web.StreamResponse:
-    await asyncio.sleep(3)
+    await asyncio.sleep(3)  # the slow image server under test: past the fetch deadline
     return web.Response(body=PNG, content_type="image/png")
 
 
@@ -206,10 +207,8 @@ async def test_fetch_has_a_deadline(create: Create, emu: Emulator, images: str) 
 
 
 async def test_a_closed_loopback_port_fails(create: Create) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    response = await create({**SMALL, "init_image_url": f"http://127.0.0.1:{port}/a.png"})
+    with refusing_port() as port:
+        response = await create({**SMALL, "init_image_url": f"http://127.0.0.1:{port}/a.png"})
     assert response.json()["error"] == IMAGE_ERROR
 
 

@@ -9,7 +9,6 @@ import httpx
 
 from emulator import Emulator
 from tests.emulator.emulator_support import (
-    CREATE,
     OTHER_TOKEN,
     SMALL,
     TOKEN,
@@ -18,6 +17,7 @@ from tests.emulator.emulator_support import (
     start_of_window,
     wait_until,
 )
+from tests.fixtures import CREATE
 
 
 async def test_rate_limit_is_per_ip_plain_text_with_headers(

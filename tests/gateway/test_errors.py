@@ -79,7 +79,25 @@ def test_codes_follow_the_contract() -> None:
         "UpstreamUnavailable": "UNAVAILABLE",
         "UpstreamInternal": "INTERNAL",
         "UpstreamBadResponse": "INTERNAL",
+        "UpstreamTimedOut": "DEADLINE_EXCEEDED",
+        "UpstreamUnreachable": "UNAVAILABLE",
+        "UpstreamConnectionLost": "INTERNAL",
+        "GenerationAbandoned": "INTERNAL",
     }
+
+
+@pytest.mark.parametrize("cls", sorted(GRPC_CODES, key=lambda c: c.__name__))
+def test_each_class_carries_its_own_default_reason_in_the_gateway_domain(
+    cls: type[GatewayError],
+) -> None:
+    error = cls("m")
+    assert error.reason == cls.default_reason
+    assert error.domain == errors.GATEWAY_DOMAIN
+
+
+def test_default_reasons_are_distinct() -> None:
+    reasons = [cls.default_reason for cls in GRPC_CODES]
+    assert len(reasons) == len(set(reasons)), "two classes share a default reason"
 
 
 @pytest.mark.parametrize("cls", sorted(GRPC_CODES, key=lambda c: c.__name__))

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
-from gateway.calls import account_fingerprint
+from gateway.account import account_fingerprint
 from tests.conftest import ACCOUNT_KEY, GatewayFactory
 
 

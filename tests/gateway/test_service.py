@@ -12,26 +12,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from emulator.server import Emulator
-from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
 from gateway.app import GatewayApp
+from gateway.errors import GATEWAY_DOMAIN
 from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS, OTHER_KEY, GatewayFactory, sha256
+from tests.fixtures import CREATE, Stub, call, request, upstream_requests
 from tests.gateway.cases import BOUNDARIES, MODEL
+from tests.services import refusing_port
 from tests.status import rich_error
 
-Stub = generation_pb2_grpc.GenerationServiceStub
 
-
-def request(**fields: Any) -> generation_pb2.GenerationRequest:
-    fields.setdefault("prompt", "a lighthouse at dawn")
-    return generation_pb2.GenerationRequest(**fields)
-
-
-def generation_bodies(emulator: Emulator) -> list[dict[str, Any]]:
-    return [r.json for r in emulator.requests if r.path == "/v1/image/generation/create"]
+def generation_bodies(emulator: Emulator) -> list[dict[str, Any] | None]:
+    return [r.json for r in upstream_requests(emulator)]
 
 
 async def test_valid_call_returns_outputs_and_settings(stub: Stub, emulator: Emulator) -> None:
-    response, call = await _with_call(stub, request(num_outputs=3, seed=7, width=512, height=768))
+    response, cache = await call(stub, request(num_outputs=3, seed=7, width=512, height=768))
     assert len(response.outputs) == 3
     for output in response.outputs:
         assert output.id and output.url.startswith(emulator.base_url)
@@ -42,13 +37,7 @@ async def test_valid_call_returns_outputs_and_settings(stub: Stub, emulator: Emu
     assert response.settings.model_id and response.settings.scheduler_id
     assert response.remaining_credits == INITIAL_CREDITS - 3
     assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS - 3
-    trailing = dict(await call.trailing_metadata())
-    assert trailing["x-cache"] in {"bypass", "miss", "uncacheable"}
-
-
-async def _with_call(stub: Stub, req: generation_pb2.GenerationRequest, **kw: Any) -> Any:
-    call = stub.CreateGeneration(req, **kw)
-    return await call, call
+    assert cache in {"bypass", "miss", "uncacheable"}
 
 
 async def test_images_are_real_and_deterministic(stub: Stub) -> None:
@@ -122,7 +111,12 @@ async def test_valid_boundaries_reach_the_upstream(stub: Stub, emulator: Emulato
             await stub.CreateGeneration(request(**fields))
         except grpc.aio.AioRpcError as error:
             info = rich_error(error).info
-            assert info is not None and info.domain == "api.stablecog.com", fields
+            # Rejected by the upstream, in a message (not a code): the reason is the
+            # gateway's, so its domain is the gateway's too.
+            assert info is not None and info.metadata["upstream_status"] == "400", fields
+            assert (info.reason, info.domain) == ("UPSTREAM_VALIDATION_FAILED", GATEWAY_DOMAIN), (
+                fields
+            )
             upstream_rejected.append(fields)
     assert len(generation_bodies(emulator)) == len(valid)
     # The gateway checks pixel-steps only when both sizes are set; the upstream then fills
@@ -249,7 +243,7 @@ async def test_rate_limit_retry_delay_comes_from_retry_after(
 
 async def test_configured_key_wins_over_the_callers(stub: Stub, emulator: Emulator) -> None:
     await stub.CreateGeneration(request(), metadata=[("authorization", f"Bearer {OTHER_KEY}")])
-    (recorded,) = [r for r in emulator.requests if r.path == "/v1/image/generation/create"]
+    (recorded,) = upstream_requests(emulator)
     assert recorded.token_sha256 == sha256(ACCOUNT_KEY)
 
 
@@ -297,15 +291,11 @@ async def test_rejected_configured_key_is_an_operator_problem(
 
 
 async def test_unreachable_upstream_is_unavailable(make_gateway: GatewayFactory) -> None:
-    import socket
-
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = await make_gateway(upstream_url=f"http://127.0.0.1:{port}")
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await Stub(channel).CreateGeneration(request())
+    with refusing_port() as port:
+        app = await make_gateway(upstream_url=f"http://127.0.0.1:{port}")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await Stub(channel).CreateGeneration(request())
     error = rich_error(caught.value)
     assert error.code is grpc.StatusCode.UNAVAILABLE
     assert error.info is not None and error.info.reason == "UPSTREAM_UNREACHABLE"
@@ -325,12 +315,13 @@ async def test_callers_deadline_propagates_to_the_upstream_call(
     assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     # The gateway gave up on the upstream too: the emulator sees the client leave
     # long before its 3 s answer would have been ready.
-    for _ in range(50):
-        recorded = [r for r in emulator.requests if r.path == "/v1/image/generation/create"]
-        if recorded and recorded[0].client_disconnected:
+    await emulator.wait_for_requests(CREATE, 1)
+    recorded = upstream_requests(emulator)[0]
+    for _ in range(50):  # bounded: the emulator notices a client gone within 50 ms
+        if recorded.client_disconnected:
             break
         await asyncio.sleep(0.05)
-    assert recorded and recorded[0].client_disconnected
+    assert recorded.client_disconnected
     assert loop.time() - started < 2.5
 
 

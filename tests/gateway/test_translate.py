@@ -8,7 +8,8 @@ import pytest
 
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.errors import UpstreamBadResponse
-from gateway.translate import OPTIONAL_REQUEST_FIELDS, request_to_json, response_from_json
+from gateway.translate import request_to_json, response_from_json
+from tests.contract_samples import REQUEST_FIELDS, every_field_set, sample_value
 
 SETTINGS = {
     "model_id": "0a99668b-45bd-4f7e-aa9c-f9aaa41ef13b",
@@ -69,11 +70,25 @@ def test_every_field_keeps_its_rest_name_and_a_clean_float() -> None:
         prompt_strength=0.3,
     )
     body = request_to_json(request)
-    assert set(body) == {"prompt", *OPTIONAL_REQUEST_FIELDS}
+    assert set(body) == {field.name for field in REQUEST_FIELDS}
     # float32 7.1 is 7.099999904632568; the body says what the caller wrote.
     assert body["guidance_scale"] == 7.1
     assert body["prompt_strength"] == 0.3
     assert body["seed"] == 2**40
+
+
+@pytest.mark.parametrize("field", REQUEST_FIELDS, ids=lambda f: f.name)
+def test_every_field_of_the_contract_reaches_the_body(field: Any) -> None:
+    """Derived from the .proto: a field added there fails here until translation sends it
+    under its REST name with the caller's value."""
+    body = request_to_json(every_field_set())
+    assert body[field.name] == pytest.approx(sample_value(field))
+    changed = every_field_set(**{field.name: sample_value(field, other=True)})
+    assert request_to_json(changed)[field.name] == pytest.approx(sample_value(field, other=True))
+    if field.has_presence:
+        unset = every_field_set()
+        unset.ClearField(field.name)
+        assert field.name not in request_to_json(unset)
 
 
 def test_response_maps_outputs_settings_and_tolerates_extra_fields() -> None:

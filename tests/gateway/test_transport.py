@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from gateway.transport import EXCEPTION_MAP, AiohttpTransport, httpx_error_for
+from tests.services import refusing_port
 
 
 def _subclasses(cls: type) -> set[type]:
@@ -39,8 +40,7 @@ async def test_round_trip_and_connect_error(emulator: object) -> None:
         assert response.json()["models"]
         missing = await client.get(f"{base_url}/nope")
         assert missing.status_code == 404 and missing.text.startswith("404")
-    from tests.services import free_port
-
-    async with httpx.AsyncClient(transport=AiohttpTransport(max_connections=4)) as client:
-        with pytest.raises(httpx.ConnectError):
-            await client.get(f"http://127.0.0.1:{free_port()}/")
+    with refusing_port() as port:
+        async with httpx.AsyncClient(transport=AiohttpTransport(max_connections=4)) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{port}/")

@@ -6,17 +6,12 @@ from typing import Any
 
 import pytest
 
-from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.errors import InvalidRequest
 from gateway.validation import RequestValidator
+from tests.fixtures import request
 from tests.gateway.cases import BOUNDARIES
 
 VALIDATOR = RequestValidator()
-
-
-def request(**fields: Any) -> generation_pb2.GenerationRequest:
-    fields.setdefault("prompt", "a lighthouse at dawn")
-    return generation_pb2.GenerationRequest(**fields)
 
 
 @pytest.mark.parametrize(("fields", "expected"), BOUNDARIES, ids=[str(c[0]) for c in BOUNDARIES])

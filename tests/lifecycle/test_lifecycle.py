@@ -6,28 +6,20 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from emulator.server import Emulator
-from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
-from gateway.calls import account_fingerprint
+from gateway.account import account_fingerprint
 from tests.conftest import ACCOUNT_KEY, OTHER_KEY, GatewayFactory, sha256
+from tests.fixtures import CREATE, Stub, call, request_with, upstream_calls, upstream_requests
 from tests.processes import GatewayProcess
 from tests.services import RedisServer
 from tests.status import rich_error
 
-Stub = generation_pb2_grpc.GenerationServiceStub
-CREATE = "/v1/image/generation/create"
-
-
-def request(**fields: Any) -> generation_pb2.GenerationRequest:
-    fields.setdefault("prompt", "a lighthouse at dawn")
-    fields.setdefault("num_outputs", 1)
-    return generation_pb2.GenerationRequest(**fields)
+request = request_with(num_outputs=1)
 
 
 @pytest.fixture
@@ -65,14 +57,12 @@ async def test_sigterm_drains_calls_in_flight(
             asyncio.ensure_future(stub.CreateGeneration(request(prompt=f"picture {i}"), timeout=30))
             for i in range(50)
         ]
-        for _ in range(100):  # every call has reached the upstream
-            if sum(1 for r in emulator.requests if r.path == CREATE) == 50:
-                break
-            await asyncio.sleep(0.05)
-        assert sum(1 for r in emulator.requests if r.path == CREATE) == 50
+        await emulator.wait_for_requests(CREATE, 50)  # every call has reached the upstream
+        assert upstream_calls(emulator) == 50
 
         gateway.terminate()
-        await asyncio.sleep(0.3)
+        # Logged once health says NOT_SERVING and new calls are refused.
+        await gateway.wait_for_log("draining")
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "stablecog.v1.GenerationService"):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
@@ -86,7 +76,7 @@ async def test_sigterm_drains_calls_in_flight(
         responses = await asyncio.gather(*in_flight)
     assert all(len(r.outputs) == 1 for r in responses)
     assert await gateway.wait(timeout=20) == 0
-    assert sum(1 for r in emulator.requests if r.path == CREATE) == 50
+    assert upstream_calls(emulator) == 50
     assert "gateway stopped" in gateway.logs()
 
 
@@ -121,13 +111,14 @@ async def test_key_file_rotation_without_restart(
             return made
 
         workers = [asyncio.ensure_future(keep_calling()) for _ in range(4)]
-        await asyncio.sleep(0.4)
+        await emulator.wait_for_requests(CREATE, 8)  # calls made with the first key
         (secret_dir / "..v2").mkdir()
         (secret_dir / "..v2" / "api-key").write_text(OTHER_KEY + "\n")
         (secret_dir / "..data_tmp").symlink_to("..v2")
         os.replace(secret_dir / "..data_tmp", secret_dir / "..data")
-        rotated_at = len(emulator.requests)
-        await asyncio.sleep(0.4)
+        rotated_at = upstream_calls(emulator)
+        # Past the (at most 4) calls in flight during the swap, 8 more made after it.
+        await emulator.wait_for_requests(CREATE, rotated_at + 4 + 8)
         stop.set()
         made = sum(await asyncio.gather(*workers))
 
@@ -141,7 +132,7 @@ async def test_key_file_rotation_without_restart(
         is None
     )
     assert app.registry.get_sample_value(balance, {"account": account_fingerprint(OTHER_KEY)})
-    tokens = [r.token_sha256 for r in emulator.requests if r.path == CREATE]
+    tokens = [r.token_sha256 for r in upstream_requests(emulator)]
     assert tokens[0] == sha256(ACCOUNT_KEY)
     assert tokens[-1] == sha256(OTHER_KEY)
     # Calls in flight during the swap may finish with either key; afterwards only the new.
@@ -158,17 +149,19 @@ async def test_two_gateway_processes_coalesce_through_redis(
     await asyncio.gather(*(g.start() for g in gateways))
     channels = [grpc.aio.insecure_channel(g.target) for g in gateways]
     try:
-        calls = [
-            Stub(channel).CreateGeneration(request(seed=2024, num_outputs=2), timeout=30)
-            for channel in channels
-            for _ in range(10)
-        ]
-        responses = await asyncio.gather(*calls)
-        results = [dict(await c.trailing_metadata())["x-cache"] for c in calls]
+        answers = await asyncio.gather(
+            *(
+                call(Stub(channel), request(seed=2024, num_outputs=2), timeout=30)
+                for channel in channels
+                for _ in range(10)
+            )
+        )
     finally:
         for channel in channels:
             await channel.close()
-    assert sum(1 for r in emulator.requests if r.path == CREATE) == 1
+    responses = [response for response, _ in answers]
+    results = [cache for _, cache in answers]
+    assert upstream_calls(emulator) == 1
     assert results.count("miss") == 1
     assert all(list(r.outputs) == list(responses[0].outputs) for r in responses)
     for gateway in gateways:

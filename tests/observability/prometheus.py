@@ -1,9 +1,13 @@
-"""A private Prometheus server for tests: loopback only, a free port, a temporary directory,
-bounded start-up, killed at teardown. Queried through its HTTP API."""
+"""A private Prometheus server for tests: loopback only, a temporary directory, bounded
+start-up, killed at teardown. Queried through its HTTP API.
+
+It listens on 127.0.0.1 port 0; the port it got is read from its own log (JSON lines, at
+info level, the web server's `"msg":"Listening on","address":"127.0.0.1:PORT"`)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from tests.services import free_port, require_binary
+from tests.processes import wait_for_line
+from tests.services import require_binary
 
 SCRAPE_JOB = "stablecog-gateway"
 
@@ -34,7 +39,7 @@ class PrometheusServer:
 
     def __init__(self, workdir: Path, target: str) -> None:
         self.binary = require_binary("prometheus")
-        self.port = free_port()
+        self.port: int | None = None  # known once started
         self.workdir = workdir
         self.target = target
         self.process: subprocess.Popen[bytes] | None = None
@@ -42,6 +47,8 @@ class PrometheusServer:
 
     @property
     def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("prometheus's port is known once start() has returned")
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
@@ -54,14 +61,26 @@ class PrometheusServer:
                     f"--config.file={config}",
                     f"--storage.tsdb.path={self.workdir / 'data'}",
                     "--storage.tsdb.retention.time=1h",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn",
+                    "--web.listen-address=127.0.0.1:0",
+                    "--log.level=info",  # the "Listening on" line is at info
+                    "--log.format=json",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
             )
         deadline = time.monotonic() + timeout
+        try:
+            self.port = wait_for_line(
+                self.log_path,
+                _listening_port,
+                process=self.process,
+                timeout=timeout,
+                what="prometheus listening",
+            )
+        except RuntimeError:
+            self.stop()
+            raise
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"prometheus exited at start:\n{self.log()}")
@@ -106,6 +125,17 @@ class PrometheusServer:
             if done(result) or time.monotonic() > deadline:
                 return result
             await asyncio.sleep(0.25)
+
+
+def _listening_port(line: str) -> int | None:
+    """The port on prometheus's web server "Listening on" log line."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or entry.get("msg") != "Listening on":
+        return None
+    return int(str(entry["address"]).rsplit(":", 1)[1])
 
 
 def by_label(result: list[dict[str, Any]], label: str) -> dict[str, float]:

@@ -1,9 +1,9 @@
 """End to end: a real Prometheus scrapes a real gateway every second while calls run
 through it; what Prometheus stores must match what the gateway answered.
 
-Prometheus runs on loopback on a free port with its data in a temporary directory, is
-bounded in time and killed at teardown. Without the binary the test skips loudly, unless
-CI=true, where it fails.
+Prometheus runs on loopback on a port of its choosing (port 0, read from its log) with its
+data in a temporary directory, is bounded in time and killed at teardown. Without the binary
+the test skips loudly, unless CI=true, where it fails.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from emulator.server import Emulator
+from gateway.account import account_fingerprint
 from gateway.app import GatewayApp
-from gateway.calls import account_fingerprint
 from tests.conftest import ACCOUNT_KEY, GatewayFactory
 from tests.observability import promql
 from tests.observability.prometheus import SCRAPE_JOB, PrometheusServer, by_label, scalar
@@ -56,6 +56,31 @@ async def observed(
 
 def counts(result: list[dict[str, Any]], label: str) -> dict[str, float]:
     return {k: v for k, v in by_label(result, label).items() if v}
+
+
+# How long a dashboard query may take to find data: Prometheus scrapes every second, so
+# this is many scrapes past the two a rate() over a new series needs.
+DASHBOARD_DATA_SECONDS = 20.0
+
+
+async def without_data(
+    prometheus: PrometheusServer,
+    http: httpx.AsyncClient,
+    queries: Mapping[str, str],
+    *,
+    within: float,
+) -> list[str]:
+    """The names of the queries still without data once `within` seconds have passed
+    (each is queried until it has some; a query error fails at once)."""
+    waiting = dict(queries)
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        for name, expr in list(waiting.items()):
+            if await prometheus.query(http, expr):
+                del waiting[name]
+        if not waiting or asyncio.get_running_loop().time() > deadline:
+            return list(waiting)
+        await asyncio.sleep(0.5)
 
 
 async def test_prometheus_agrees_with_what_the_gateway_answered(
@@ -144,19 +169,29 @@ async def test_prometheus_agrees_with_what_the_gateway_answered(
         assert await settled("sum(stablecog_validation_failures_total)", failures) == failures
 
         reasons = ledger.upstream_reasons()
-        found_reasons = counts(
-            await prometheus.query(http, "sum by (reason) (stablecog_upstream_errors_total)"),
-            "reason",
-        )
-        assert {r: found_reasons.get(r) for r in reasons} == dict(reasons)
 
-        # Every dashboard query is valid PromQL and finds data in this run.
-        empty = []
-        for title, expr in promql.dashboard_exprs(promql.dashboard()):
-            result = await prometheus.query(http, promql.grafana_to_promql(expr))
-            if not result:
-                empty.append(f"{title}: {expr}")
-        assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+        def reasons_found(result: list[dict[str, Any]]) -> dict[str, float | None]:
+            found = counts(result, "reason")
+            return {r: found.get(r) for r in reasons}
+
+        found_reasons = await prometheus.wait_for(
+            http,
+            "sum by (reason) (stablecog_upstream_errors_total)",
+            lambda r: reasons_found(r) == dict(reasons),
+        )
+        assert reasons_found(found_reasons) == dict(reasons)
+
+        # Every dashboard query is valid PromQL and finds data in this run. rate() and
+        # increase() need two samples of a series in their window, and a series a call
+        # created may have only one yet: poll each query until it has data, within a bound.
+        queries = {
+            f"{title}: {expr}": promql.grafana_to_promql(expr)
+            for title, expr in promql.dashboard_exprs(promql.dashboard())
+        }
+        empty = await without_data(prometheus, http, queries, within=DASHBOARD_DATA_SECONDS)
+        assert not empty, (
+            f"dashboard queries without data after {DASHBOARD_DATA_SECONDS} s:\n" + "\n".join(empty)
+        )
 
         up = await prometheus.query(http, f'up{{job="{SCRAPE_JOB}"}}')
         assert scalar(up) == 1

@@ -17,20 +17,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from emulator.server import Emulator
-from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from gateway._gen.stablecog.v1 import generation_pb2_grpc
+from gateway.account import account_fingerprint
 from gateway.app import GatewayApp
-from gateway.calls import account_fingerprint
-from gateway.interceptors import prompt_digest
+from gateway.call import prompt_digest
 from tests.conftest import ACCOUNT_KEY, GatewayFactory
+from tests.fixtures import eventually, request_with
 
 SERVICE = "stablecog.v1.GenerationService"
 GRPC = {"grpc_type": "unary", "grpc_service": SERVICE, "grpc_method": "CreateGeneration"}
 PROMPT = "a secret garden of glass, observed"
 
 
-def request(**fields: Any) -> generation_pb2.GenerationRequest:
-    fields.setdefault("prompt", PROMPT)
-    return generation_pb2.GenerationRequest(**fields)
+request = request_with(prompt=PROMPT)
 
 
 def sample(app: GatewayApp, name: str, **labels: str) -> float:
@@ -40,15 +39,6 @@ def sample(app: GatewayApp, name: str, **labels: str) -> float:
 
 def handled(app: GatewayApp, code: str) -> float:
     return sample(app, "grpc_server_handled_total", **GRPC, grpc_code=code)
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> None:
-    """The server records a call just after its caller sees the status: poll briefly."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -165,13 +155,12 @@ async def test_callers_from_metadata_or_settings_and_bounded(
     for x_caller in (None, "a", "b", "c", "d", "a"):
         metadata = (("x-caller", x_caller),) if x_caller else ()
         await stub.CreateGeneration(request(num_outputs=1), metadata=metadata)
-    spent = {
-        s.labels["caller"]: s.value
-        for m in app.registry.collect()
-        if m.name == "stablecog_credits_spent"
-        for s in m.samples
-        if s.name.endswith("_total")
-    }
+    spent: dict[str, float] = {}
+    for m in app.registry.collect():
+        if m.name == "stablecog_credits_spent":
+            for s in m.samples:
+                if s.name.endswith("_total"):  # summed over models (initialised at 0)
+                    spent[s.labels["caller"]] = spent.get(s.labels["caller"], 0) + s.value
     assert spent == {"web-frontend": 1, "a": 2, "b": 1, "other": 2}
     # The access log still names callers counted as `other`.
     lines = access_lines(caplog)

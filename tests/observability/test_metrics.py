@@ -6,14 +6,26 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.calls import Telemetry
+from gateway import events
+from gateway.balance import Balance
+from gateway.events import (
+    CacheDecided,
+    CallHandled,
+    CallStarted,
+    CreditsSaved,
+    CreditsSpent,
+    UpstreamFailed,
+    UpstreamRequestEnded,
+    ValidationFailed,
+)
+from gateway.labels import OTHER, sanitize_label
 from gateway.metrics import (
     CACHE_RESULTS,
     LATENCY_BUCKETS,
-    OTHER,
+    UPSTREAM_REASONS,
     GatewayMetrics,
-    sanitize_label,
 )
+from gateway.upstream_defaults import KNOWN_MODEL_IDS
 
 SERVICE = "stablecog.v1.GenerationService"
 METHOD = "CreateGeneration"
@@ -35,13 +47,54 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
     return registry.get_sample_value(name, labels)
 
 
-def test_implements_telemetry(registry: CollectorRegistry) -> None:
-    telemetry: Telemetry = build(registry)
-    assert telemetry is not None
+def spent(
+    *,
+    caller: str = "svc",
+    account: str = "acct",
+    model_id: str = "m",
+    credits: int = 1,
+    outputs_requested: int = 1,
+    outputs_returned: int = 1,
+    balance: Balance | None = None,
+) -> CreditsSpent:
+    return CreditsSpent(
+        caller=caller,
+        account=account,
+        model_id=model_id,
+        credits=credits,
+        outputs_requested=outputs_requested,
+        outputs_returned=outputs_returned,
+        balance=balance,
+    )
+
+
+def test_every_event_type_has_a_handler(registry: CollectorRegistry) -> None:
+    """Derived from gateway.events: a new event type fails here until metrics handle it."""
+    defined = {
+        obj
+        for obj in vars(events).values()
+        if isinstance(obj, type) and issubclass(obj, events.Event) and obj is not events.Event
+    }
+    assert defined == set(GatewayMetrics._handlers)
+
+
+def test_cache_results_are_the_contract_s_and_error() -> None:
+    from gateway._gen.stablecog.v1 import generation_pb2
+
+    names = {
+        generation_pb2.CacheResult.Name(v).removeprefix("CACHE_RESULT_").lower()
+        for v in generation_pb2.CacheResult.values()
+    }
+    assert set(CACHE_RESULTS) == (names - {"unspecified"}) | {"error"}
 
 
 def test_known_label_sets_exist_from_the_start(registry: CollectorRegistry) -> None:
+    """So rate() sees a first increment: a series born at 1 has no earlier sample."""
     build(registry, known_models=("model-a",))
+    for reason in UPSTREAM_REASONS:
+        assert value(registry, "stablecog_upstream_errors_total", reason=reason) == 0
+    for reason in ("UPSTREAM_UNREACHABLE", "UPSTREAM_CONNECTION_LOST", "UPSTREAM_HTTP_502"):
+        assert reason in UPSTREAM_REASONS
     for code in grpc.StatusCode:
         assert value(registry, "grpc_server_handled_total", **GRPC, grpc_code=code.name) == 0
     assert value(registry, "grpc_server_started_total", **GRPC) == 0
@@ -69,11 +122,19 @@ def test_known_label_sets_exist_from_the_start(registry: CollectorRegistry) -> N
     )
 
 
+def test_production_defaults_initialise_the_known_models(registry: CollectorRegistry) -> None:
+    build(registry)
+    for model in KNOWN_MODEL_IDS:
+        labels = {"model": model, "caller": "svc"}
+        assert value(registry, "stablecog_credits_spent_total", **labels) == 0
+        assert value(registry, "stablecog_images_generated_total", **labels) == 0
+
+
 def test_grpc_call_lifecycle(registry: CollectorRegistry) -> None:
     metrics = build(registry)
-    metrics.started(SERVICE, METHOD)
+    metrics.emit(CallStarted(SERVICE, METHOD))
     assert value(registry, "stablecog_inflight_requests") == 1
-    metrics.handled(SERVICE, METHOD, "UNAVAILABLE", 12.5)
+    metrics.emit(CallHandled(SERVICE, METHOD, "UNAVAILABLE", 12.5))
     assert value(registry, "stablecog_inflight_requests") == 0
     assert value(registry, "grpc_server_started_total", **GRPC) == 1
     assert value(registry, "grpc_server_handled_total", **GRPC, grpc_code="UNAVAILABLE") == 1
@@ -91,22 +152,22 @@ def test_latency_buckets_fit_generations_of_minutes() -> None:
 
 def test_generation_counts_credits_images_and_filtered(registry: CollectorRegistry) -> None:
     metrics = build(registry)
-    metrics.generation(
-        caller="svc",
-        account="0123456789ab",
-        model_id="model-a",
-        credits_spent=4,
-        outputs_requested=4,
-        outputs_returned=3,
-        remaining_credits=96,
-        balance_observed_at=100.0,
+    metrics.emit(
+        spent(
+            account="0123456789ab",
+            model_id="model-a",
+            credits=4,
+            outputs_requested=4,
+            outputs_returned=3,
+            balance=Balance(96, observed_at=100.0),
+        )
     )
     labels = {"model": "model-a", "caller": "svc"}
     assert value(registry, "stablecog_credits_spent_total", **labels) == 4
     assert value(registry, "stablecog_images_generated_total", **labels) == 3
     assert value(registry, "stablecog_images_filtered_total", **labels) == 1
     assert value(registry, "stablecog_credits_remaining", account="0123456789ab") == 96
-    metrics.credits_saved(caller="svc", credits=2)
+    metrics.emit(CreditsSaved("svc", 2))
     assert value(registry, "stablecog_credits_saved_total", caller="svc") == 2
 
 
@@ -114,39 +175,20 @@ def test_balance_from_an_earlier_call_never_overwrites_a_newer_one(
     registry: CollectorRegistry,
 ) -> None:
     metrics = build(registry)
-    common = {"caller": "svc", "account": "acct", "model_id": "m", "outputs_requested": 1}
     # The later-started call answers first (balance 90); the earlier one answers last (95).
-    metrics.generation(
-        **common,
-        credits_spent=1,
-        outputs_returned=1,
-        remaining_credits=90,
-        balance_observed_at=200.0,
-    )
-    metrics.generation(
-        **common,
-        credits_spent=1,
-        outputs_returned=1,
-        remaining_credits=95,
-        balance_observed_at=100.0,
-    )
+    metrics.emit(spent(balance=Balance(90, observed_at=200.0)))
+    metrics.emit(spent(balance=Balance(95, observed_at=100.0)))
     assert value(registry, "stablecog_credits_remaining", account="acct") == 90
     # An unreadable answer still counts what was charged, and leaves the balance alone.
-    metrics.generation(
-        **common,
-        credits_spent=2,
-        outputs_returned=0,
-        remaining_credits=None,
-        balance_observed_at=300.0,
-    )
+    metrics.emit(spent(credits=2, outputs_returned=0, balance=None))
     assert value(registry, "stablecog_credits_spent_total", model="m", caller="svc") == 4
     assert value(registry, "stablecog_credits_remaining", account="acct") == 90
 
 
 def test_upstream_requests_and_errors(registry: CollectorRegistry) -> None:
     metrics = build(registry)
-    metrics.upstream_request("generation_create", "5xx", 0.3)
-    metrics.upstream_error("UPSTREAM_HTTP_502")
+    metrics.emit(UpstreamRequestEnded("generation_create", "5xx", 0.3))
+    metrics.emit(UpstreamFailed("UPSTREAM_HTTP_502"))
     assert (
         value(
             registry,
@@ -170,7 +212,7 @@ def test_callers_are_sanitized_and_bounded(registry: CollectorRegistry) -> None:
     assert metrics.caller_label("team a/ü") == "team_a__"
     assert metrics.caller_label("svc") == "svc"
     # Telemetry from the servicer passes labels through unchanged.
-    metrics.credits_saved(caller="late", credits=1)
+    metrics.emit(CreditsSaved("late", 1))
     assert value(registry, "stablecog_credits_saved_total", caller=OTHER) == 1
 
 
@@ -184,16 +226,13 @@ def test_sanitize_is_idempotent() -> None:
 def test_other_unbounded_labels_are_bounded(registry: CollectorRegistry) -> None:
     metrics = build(registry, max_models=2, max_accounts=1, max_reasons=1)
     for i in range(4):
-        metrics.upstream_error(f"REASON_{i}")
-        metrics.generation(
-            caller="svc",
-            account=f"acct{i}",
-            model_id=f"model-{i}",
-            credits_spent=1,
-            outputs_requested=1,
-            outputs_returned=1,
-            remaining_credits=10 - i,
-            balance_observed_at=100.0 + i,
+        metrics.emit(UpstreamFailed(f"REASON_{i}"))
+        metrics.emit(
+            spent(
+                account=f"acct{i}",
+                model_id=f"model-{i}",
+                balance=Balance(10 - i, observed_at=100.0 + i),
+            )
         )
     assert value(registry, "stablecog_upstream_errors_total", reason="REASON_0") == 1
     assert value(registry, "stablecog_upstream_errors_total", reason=OTHER) == 3
@@ -207,10 +246,10 @@ def test_unknown_validation_fields_and_cache_results_count_as_other(
     registry: CollectorRegistry,
 ) -> None:
     metrics = build(registry)
-    metrics.validation_failure("width")
-    metrics.validation_failure("no_such_field")
-    metrics.cache_result("hit")
-    metrics.cache_result("weird")
+    metrics.emit(ValidationFailed("width"))
+    metrics.emit(ValidationFailed("no_such_field"))
+    metrics.emit(CacheDecided("hit"))
+    metrics.emit(CacheDecided("weird"))
     assert value(registry, "stablecog_validation_failures_total", field="width") == 1
     assert value(registry, "stablecog_validation_failures_total", field=OTHER) == 1
     assert value(registry, "stablecog_cache_requests_total", result="hit") == 1

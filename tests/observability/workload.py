@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from emulator.records import RecordedRequest
 from emulator.server import Emulator
-from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
-from gateway.calls import cache_result_name
+from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.call import cache_result_name
+from tests.fixtures import CREATE, Stub, request_with
 from tests.status import rich_error
-
-Stub = generation_pb2_grpc.GenerationServiceStub
 
 SAVED = frozenset({"hit", "coalesced"})
 GENERATED = frozenset({"miss", "bypass", "uncacheable"})
@@ -116,12 +116,10 @@ class Ledger:
         )
 
 
-def request(**fields: Any) -> generation_pb2.GenerationRequest:
-    fields.setdefault("prompt", "a lighthouse at dawn, observed")
-    return generation_pb2.GenerationRequest(**fields)
+request = request_with(prompt="a lighthouse at dawn, observed")
 
 
-async def call(
+async def record_call(
     stub: Stub,
     ledger: Ledger,
     req: generation_pb2.GenerationRequest,
@@ -129,13 +127,14 @@ async def call(
     caller: str,
     x_caller: str | None = None,
     timeout: float | None = None,
-    cancel_after: float | None = None,
+    cancel_when: Callable[[], Awaitable[None]] | None = None,
 ) -> Outcome:
-    """Make one call and record what came back."""
+    """Make one call and record what came back; with `cancel_when`, the caller cancels the
+    call once that has returned."""
     metadata = (("x-caller", x_caller),) if x_caller is not None else ()
     rpc = stub.CreateGeneration(req, metadata=metadata, timeout=timeout)
-    if cancel_after is not None:
-        await asyncio.sleep(cancel_after)
+    if cancel_when is not None:
+        await cancel_when()
         rpc.cancel()
     try:
         response = await rpc
@@ -185,18 +184,20 @@ async def run_workload(
         (3, "team b!", "team_b_"),
         (4, None, default_caller),
     ):
-        await call(stub, ledger, request(num_outputs=n), caller=label, x_caller=x_caller)
+        await record_call(stub, ledger, request(num_outputs=n), caller=label, x_caller=x_caller)
     await health.Check(health_pb2.HealthCheckRequest())
 
     # A seeded call and its repeat: a hit once the cache serves it.
     for _ in range(2):
-        await call(stub, ledger, request(seed=7, num_outputs=2), caller="team-a", x_caller="team-a")
+        await record_call(
+            stub, ledger, request(seed=7, num_outputs=2), caller="team-a", x_caller="team-a"
+        )
 
     # Identical seeded calls at once: one generation, the others coalesced.
     emulator.set_latency(0.4)
     await asyncio.gather(
         *(
-            call(stub, ledger, request(seed=99, num_outputs=3), caller=default_caller)
+            record_call(stub, ledger, request(seed=99, num_outputs=3), caller=default_caller)
             for _ in range(3)
         )
     )
@@ -204,20 +205,33 @@ async def run_workload(
 
     # The upstream drops a filtered output silently.
     emulator.faults.inject("filter_outputs", drop=1)
-    await call(stub, ledger, request(num_outputs=3), caller="team-a", x_caller="team-a")
+    await record_call(stub, ledger, request(num_outputs=3), caller="team-a", x_caller="team-a")
 
     for mode, params in ERROR_FAULTS:
         emulator.faults.inject(mode, **params)
-        await call(stub, ledger, request(num_outputs=1), caller=default_caller)
+        await record_call(stub, ledger, request(num_outputs=1), caller=default_caller)
     await health.Check(health_pb2.HealthCheckRequest())
 
     # Invalid requests: rejected before the upstream.
-    await call(stub, ledger, request(num_outputs=99, width=1001), caller=default_caller)
-    await call(stub, ledger, request(prompt=""), caller="team-a", x_caller="team-a")
+    await record_call(stub, ledger, request(num_outputs=99, width=1001), caller=default_caller)
+    await record_call(stub, ledger, request(prompt=""), caller="team-a", x_caller="team-a")
 
     # Last, because the emulator may still charge for these after the caller has gone.
+    # The upstream takes 2 s: the 0.3 s deadline expires while it works, and the other call
+    # is cancelled once it has reached the upstream.
     emulator.set_latency(2.0)
-    await call(stub, ledger, request(), caller=default_caller, timeout=0.3)
-    await call(stub, ledger, request(), caller=default_caller, cancel_after=0.2)
+    await record_call(stub, ledger, request(), caller=default_caller, timeout=0.3)
+    cancelled = request(prompt="a lighthouse at dawn, observed, then cancelled")
+
+    def is_cancelled_call(record: RecordedRequest) -> bool:
+        return record.json is not None and record.json.get("prompt") == cancelled.prompt
+
+    await record_call(
+        stub,
+        ledger,
+        cancelled,
+        caller=default_caller,
+        cancel_when=lambda: emulator.wait_for_requests(CREATE, 1, where=is_cancelled_call),
+    )
     emulator.set_latency(0.0)
     return ledger

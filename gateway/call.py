@@ -1,0 +1,108 @@
+"""One call as the gateway sees it: what it is (`Call`) and what it did (`CallReport`).
+
+The call runner (gateway.call_runner) parses a call's metadata once, builds its `Call`
+and an empty `CallReport`, and hands both to the RPC's pipeline explicitly; nothing
+about a call travels in ambient state. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from gateway._gen.stablecog.v1 import generation_pb2
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+PROMPT_DIGEST_CHARS = 16
+
+
+def parse_metadata(pairs: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str]:
+    """A call's text metadata, keys lower-cased, first value wins (`-bin` values skipped)."""
+    found: dict[str, str] = {}
+    for key, value in pairs or ():
+        if isinstance(value, str):
+            found.setdefault(key.lower(), value)
+    return found
+
+
+def request_id_from(value: str | None) -> str:
+    """The caller's `x-request-id` when it is a sane token, else a new random id."""
+    if value is not None and _REQUEST_ID.match(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def prompt_digest(prompt: str) -> str:
+    """A short digest of a prompt: enough to correlate calls, not to read the prompt."""
+    return hashlib.sha256(prompt.encode()).hexdigest()[:PROMPT_DIGEST_CHARS]
+
+
+def cache_result_name(value: generation_pb2.CacheResult.ValueType) -> str:
+    """`CACHE_RESULT_HIT` -> `hit`: the label and `x-cache` value."""
+    return generation_pb2.CacheResult.Name(value).removeprefix("CACHE_RESULT_").lower()
+
+
+@dataclass(frozen=True)
+class CacheControl:
+    """What the caller allows the cache to do (from `cache-control` metadata)."""
+
+    lookup: bool = True
+    store: bool = True
+
+    @classmethod
+    def from_header(cls, value: str | None) -> CacheControl:
+        directives = {d.strip().lower() for d in (value or "").split(",")}
+        if "no-store" in directives:
+            return cls(lookup=False, store=False)
+        if "no-cache" in directives:
+            return cls(lookup=False, store=True)
+        return cls()
+
+
+@dataclass(frozen=True)
+class CallBudget:
+    """How long one upstream call may take, and whether the caller's deadline set it."""
+
+    seconds: float
+    caller_deadline: bool
+
+    @classmethod
+    def of(cls, configured: float, caller_remaining: float | None) -> CallBudget:
+        if caller_remaining is not None and caller_remaining < configured:
+            return cls(max(caller_remaining, 0.0), caller_deadline=True)
+        return cls(configured, caller_deadline=False)
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a call is, known when it starts."""
+
+    service: str
+    method: str
+    request_id: str
+    caller: str  # the bounded metrics label
+    metadata: Mapping[str, str]
+    budget: CallBudget
+    cache_control: CacheControl = field(default_factory=CacheControl)
+    # The caller's own name when it was counted as `other` (past --max-callers).
+    caller_raw: str | None = None
+
+
+@dataclass
+class CallReport:
+    """What a call did, filled in by its pipeline, recorded once by the call runner."""
+
+    account: str | None = None
+    model_id: str | None = None
+    outputs_requested: int = 0
+    outputs_returned: int = 0
+    remaining_credits: float | None = None
+    cache_result: str | None = None
+    upstream_seconds: float | None = None
+    invalid_fields: tuple[str, ...] = ()
+    prompt_digest: str | None = None
+    prompt: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,221 @@
+"""The one place a call is started and its outcome recorded.
+
+For every unary call of our services, `CallRunner.run` parses the metadata once, builds
+the call's `Call` (request id, caller, deadline budget, cache control) and an empty
+`CallReport`, sends the request id as initial metadata (so a caller gets it on errors
+too), runs the RPC's pipeline with both, and then records the outcome in one place:
+the grpc_server_* metrics, one JSON access-log line on the `gateway.access` logger,
+the response and its trailers, or the error as a `google.rpc.Status`. It also counts
+calls in flight and refuses new ones while the gateway drains.
+
+Health checks and reflection are not run through it (as go-grpc-prometheus users expect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from grpc_status import rpc_status
+
+from gateway.call import (
+    CacheControl,
+    Call,
+    CallBudget,
+    CallReport,
+    parse_metadata,
+    prompt_digest,
+    request_id_from,
+)
+from gateway.errors import GatewayDraining, GatewayError, GatewayInternal, grpc_code, to_status
+from gateway.events import CallHandled, CallStarted, Telemetry
+from gateway.labels import sanitize_label
+
+_log = logging.getLogger(__name__)
+access_log = logging.getLogger("gateway.access")
+
+# The caller's own deadline timer fires a little before ours (ours starts when its
+# header arrives), and its cancel can reach us first.
+DEADLINE_SLACK_SECONDS = 0.1
+_SAVED = frozenset({"hit", "coalesced"})
+_ERROR_CODES = frozenset({"UNKNOWN", "INTERNAL", "DATA_LOSS"})
+
+RequestT = TypeVar("RequestT", bound=Message)
+ResponseT = TypeVar("ResponseT", bound=Message)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A pipeline's successful outcome: the response and the trailers to send with it."""
+
+    response: Message
+    trailers: Sequence[tuple[str, str]] = ()
+
+
+Pipeline = Callable[[RequestT, Call, CallReport], Awaitable[Answer]]
+
+
+class InFlight:
+    """Counts calls in flight; `wait_idle` returns when none are left."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *_: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+class CallRunner:
+    """Starts calls, runs their pipelines, records their outcomes."""
+
+    def __init__(
+        self,
+        *,
+        telemetry: Telemetry,
+        caller_label: Callable[[str | None], str],
+        upstream_timeout: float,
+        log_prompts: bool = False,
+    ) -> None:
+        self._telemetry = telemetry
+        self._caller_label = caller_label
+        self._upstream_timeout = upstream_timeout
+        self._log_prompts = log_prompts
+        self.in_flight = InFlight()
+        self.draining = False
+
+    async def run(
+        self,
+        service: str,
+        method: str,
+        request: RequestT,
+        context: Context,
+        pipeline: Pipeline[RequestT],
+    ) -> Message:
+        started = time.perf_counter()
+        call = self._start(service, method, context)
+        report = CallReport()
+        prompt = getattr(request, "prompt", None)
+        if isinstance(prompt, str) and prompt:
+            report.prompt_digest = prompt_digest(prompt)
+            if self._log_prompts:
+                report.prompt = prompt
+        self._telemetry.emit(CallStarted(service, method))
+        code = "UNKNOWN"
+        error: GatewayError | None = None
+        try:
+            with self.in_flight:
+                await context.send_initial_metadata((("x-request-id", call.request_id),))
+                try:
+                    if self.draining:
+                        raise GatewayDraining(
+                            "the gateway is shutting down; retry on another replica",
+                            retry_after=1.0,
+                        )
+                    answer = await pipeline(request, call, report)
+                except GatewayError as failed:
+                    error = failed
+                except Exception:  # a bug: never let it leave as UNKNOWN with internals
+                    _log.error(
+                        "unexpected failure",
+                        exc_info=True,
+                        extra={"method": method, "request_id": call.request_id},
+                    )
+                    error = GatewayInternal(
+                        "the gateway failed unexpectedly; the failure is logged"
+                    )
+                if error is not None:
+                    code = grpc_code(error).name
+                    status = rpc_status.to_status(to_status(error))
+                    await context.abort(status.code, status.details, status.trailing_metadata)
+                if answer.trailers:
+                    context.set_trailing_metadata(tuple(answer.trailers))
+                code = "OK"
+                return answer.response
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= DEADLINE_SLACK_SECONDS:
+                code = "DEADLINE_EXCEEDED"
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            self._telemetry.emit(CallHandled(service, method, code, seconds))
+            _log_call(call, report, code, error, seconds)
+
+    def _start(self, service: str, method: str, context: Context) -> Call:
+        metadata = parse_metadata(context.invocation_metadata())
+        raw_caller = metadata.get("x-caller")
+        caller = self._caller_label(raw_caller)
+        # Counted as `other` (past --max-callers): the log still says who it was.
+        caller_raw = sanitize_label(raw_caller) if raw_caller is not None else None
+        return Call(
+            service=service,
+            method=method,
+            request_id=request_id_from(metadata.get("x-request-id")),
+            caller=caller,
+            caller_raw=caller_raw if caller_raw != caller else None,
+            metadata=metadata,
+            budget=CallBudget.of(self._upstream_timeout, context.time_remaining()),
+            cache_control=CacheControl.from_header(metadata.get("cache-control")),
+        )
+
+
+def _log_call(
+    call: Call, report: CallReport, code: str, error: GatewayError | None, seconds: float
+) -> None:
+    level = logging.ERROR if code in _ERROR_CODES else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    entry: dict[str, object] = {
+        "request_id": call.request_id,
+        "method": call.method,
+        "caller": call.caller,
+        "grpc_code": code,
+        "latency_seconds": round(seconds, 6),
+        "upstream_seconds": (
+            None if report.upstream_seconds is None else round(report.upstream_seconds, 6)
+        ),
+        "cache_result": report.cache_result,
+        "num_outputs": report.outputs_requested,
+        "outputs_returned": report.outputs_returned,
+    }
+    if code == "OK":
+        saved = report.cache_result in _SAVED
+        entry["credits_spent"] = 0 if saved else report.outputs_requested
+        entry["credits_saved"] = report.outputs_requested if saved else 0
+    if report.remaining_credits is not None:
+        entry["credits_remaining"] = report.remaining_credits
+    if report.model_id:
+        entry["model_id"] = report.model_id
+    if report.account:
+        entry["account"] = report.account
+    if error is not None:
+        entry["error_reason"] = error.reason
+    if report.invalid_fields:
+        entry["invalid_fields"] = list(report.invalid_fields)
+    if report.prompt_digest:
+        entry["prompt_sha256"] = report.prompt_digest
+    if report.prompt is not None:
+        entry["prompt"] = report.prompt
+    if call.caller_raw is not None:
+        entry["caller_raw"] = call.caller_raw
+    entry.update(report.extra)
+    access_log.log(level, "call", extra=entry)

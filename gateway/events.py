@@ -1,0 +1,106 @@
+"""What the gateway reports as it works: small event objects and the `Telemetry` sink.
+
+Events are emitted where things happen (an upstream request ends, credits are spent),
+not when the caller is answered, so a generation that outlives its caller is still
+counted. gateway.metrics turns each event type into collector updates; a test proves
+it handles every type defined here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.balance import Balance
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every telemetry event."""
+
+
+@dataclass(frozen=True)
+class CallStarted(Event):
+    """An RPC of ours started."""
+
+    service: str
+    method: str
+
+
+@dataclass(frozen=True)
+class CallHandled(Event):
+    """An RPC of ours ended with `code` after `seconds`."""
+
+    service: str
+    method: str
+    code: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class UpstreamRequestEnded(Event):
+    """One HTTP request to the upstream ended (status_class: 2xx..5xx, error, timeout)."""
+
+    endpoint: str
+    status_class: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class UpstreamFailed(Event):
+    """An upstream call failed with this ErrorInfo reason."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class CreditsSpent(Event):
+    """The upstream generated (and charged for) images for `caller`.
+
+    `balance` is None when the answer could not be read."""
+
+    caller: str
+    account: str
+    model_id: str
+    credits: int
+    outputs_requested: int
+    outputs_returned: int
+    balance: Balance | None
+
+
+@dataclass(frozen=True)
+class CreditsSaved(Event):
+    """A call was served without a generation of its own (cache hit or coalesced)."""
+
+    caller: str
+    credits: int
+
+
+@dataclass(frozen=True)
+class CacheDecided(Event):
+    """hit, miss, coalesced, bypass, uncacheable, or error (the cache backend failed)."""
+
+    result: str
+
+
+@dataclass(frozen=True)
+class ValidationFailed(Event):
+    """A request broke a documented constraint on this field."""
+
+    field: str
+
+
+class Telemetry(Protocol):
+    """Where events go; gateway.metrics implements it."""
+
+    def emit(self, event: Event) -> None: ...
+
+
+class NullTelemetry:
+    """Reports nowhere."""
+
+    def emit(self, event: Event) -> None:
+        return None
+
+
+NULL_TELEMETRY: Telemetry = NullTelemetry()

@@ -1,0 +1,38 @@
+"""Metric label values: sanitized and bounded, so no caller can grow a series set. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+OTHER = "other"
+UNKNOWN = "unknown"
+
+_LABEL_MAX = 63
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+def sanitize_label(raw: str | None) -> str:
+    """A label value fit for metrics and logs: at most 63 safe characters, or ''.
+
+    Idempotent, so a value already sanitized maps to itself.
+    """
+    if raw is None:
+        return ""
+    return _LABEL_UNSAFE.sub("_", raw.strip())[:_LABEL_MAX]
+
+
+class BoundedLabel:
+    """Admits the first `limit` distinct values of a label; later ones become `other`."""
+
+    def __init__(self, limit: int, initial: Iterable[str] = ()) -> None:
+        self._limit = limit
+        self._seen = set(initial)
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen or value == OTHER:
+            return value
+        if len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(value)
+        return value

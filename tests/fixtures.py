@@ -1,0 +1,73 @@
+"""Plain helpers the gateway's tests share: one copy each (pytest fixtures live in conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from emulator.records import RecordedRequest
+from emulator.server import Emulator
+from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from gateway.app import GatewayApp
+
+Stub = generation_pb2_grpc.GenerationServiceStub
+
+# The emulator's (and Stablecog's) generation endpoint.
+CREATE = "/v1/image/generation/create"
+
+PROMPT = "a lighthouse at dawn"
+
+
+def request(**fields: Any) -> generation_pb2.GenerationRequest:
+    """A GenerationRequest of `fields`; the prompt is PROMPT unless given."""
+    fields.setdefault("prompt", PROMPT)
+    return generation_pb2.GenerationRequest(**fields)
+
+
+def request_with(**defaults: Any) -> Callable[..., generation_pb2.GenerationRequest]:
+    """`request` with other defaults, for a module whose calls share them, e.g.
+    `request = request_with(num_outputs=2)`; a call's own fields win over the defaults."""
+
+    def make(**fields: Any) -> generation_pb2.GenerationRequest:
+        return request(**{**defaults, **fields})
+
+    return make
+
+
+def upstream_requests(emulator: Emulator) -> list[RecordedRequest]:
+    """The generation requests the emulator received, oldest first."""
+    return [r for r in emulator.requests if r.path == CREATE]
+
+
+def upstream_calls(emulator: Emulator) -> int:
+    """How many generation requests reached the emulator."""
+    return len(upstream_requests(emulator))
+
+
+async def call(
+    target: GatewayApp | Stub, req: generation_pb2.GenerationRequest, **kw: Any
+) -> tuple[generation_pb2.GenerationResponse, str]:
+    """One CreateGeneration call; the response and its `x-cache` trailer. `target` is a
+    stub, or a gateway (called over a channel of its own); `kw` goes to the call (metadata,
+    timeout, ...)."""
+    if isinstance(target, GatewayApp):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{target.grpc_port}") as channel:
+            return await call(Stub(channel), req, **kw)
+    rpc = target.CreateGeneration(req, **kw)
+    response = await rpc
+    trailing = dict(await rpc.trailing_metadata())
+    return response, str(trailing["x-cache"])
+
+
+async def eventually(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait until `condition()` is true, polling briefly; AssertionError after `timeout`
+    seconds. For conditions the test cannot await directly (another process's state)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)
