@@ -71,3 +71,11 @@ async def eventually(condition: Callable[[], object], timeout: float = 10.0) -> 
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(0.01)
+
+
+def all_subclasses(cls: type) -> set[type]:
+    """Every subclass of `cls`, however deep (for tables that must cover a hierarchy)."""
+    found: set[type] = set()
+    for sub in cls.__subclasses__():
+        found |= {sub} | all_subclasses(sub)
+    return found

@@ -92,7 +92,22 @@ def _child_env(env: Mapping[str, str]) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith(prefixes)}, **env}
 
 
-class GatewayProcess:
+class ChildProcess:
+    """A child process of the tests with its output in `log_path`; killed by process id."""
+
+    log_path: Path
+    process: subprocess.Popen[bytes] | None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class GatewayProcess(ChildProcess):
     """One `python -m gateway` child, logs captured to a file.
 
     It listens on 127.0.0.1 port 0 (gRPC and metrics) unless `env` says otherwise; `port`,
@@ -197,19 +212,11 @@ class GatewayProcess:
             raise TimeoutError(f"gateway still running {timeout} s after SIGTERM")
         return code
 
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
 
 _EMULATOR_LISTENING = re.compile(r"stablecog-emulator listening on (http://\S+:(\d+))\s*$")
 
 
-class EmulatorProcess:
+class EmulatorProcess(ChildProcess):
     """One `python -m emulator` child on 127.0.0.1 port 0, logs captured to a file; `base_url`
     and `port` are read from its "stablecog-emulator listening on http://HOST:PORT" line."""
 
@@ -254,11 +261,3 @@ class EmulatorProcess:
     def wait(self, timeout: float) -> int:
         assert self.process is not None
         return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")

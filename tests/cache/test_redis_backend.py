@@ -11,20 +11,14 @@ import redis.exceptions as rx
 from gateway.balance import Balance, BalanceBook
 from gateway.cache_backend import BackendMisbehaved, BackendUnavailable
 from gateway.cache_redis import REDIS_ERRORS, RedisBackend, converted, failure_for
+from tests.fixtures import all_subclasses
 from tests.services import RedisServer
-
-
-def _all_subclasses(cls: type) -> set[type]:
-    found: set[type] = set()
-    for sub in cls.__subclasses__():
-        found |= {sub} | _all_subclasses(sub)
-    return found
 
 
 def test_every_redis_error_has_its_own_row() -> None:
     missing = {
         f"{cls.__module__}.{cls.__name__}"
-        for cls in _all_subclasses(rx.RedisError) | {rx.RedisError}
+        for cls in all_subclasses(rx.RedisError) | {rx.RedisError}
         if cls.__module__.startswith("redis") and cls not in REDIS_ERRORS
     }
     assert not missing, f"add rows to gateway.cache_redis.REDIS_ERRORS: {missing}"

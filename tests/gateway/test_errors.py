@@ -7,17 +7,11 @@ from google.rpc import code_pb2, error_details_pb2
 
 from gateway import errors
 from gateway.errors import GRPC_CODES, GatewayError, UpstreamError, to_status
-
-
-def _subclasses(cls: type) -> set[type]:
-    found = set()
-    for sub in cls.__subclasses__():
-        found |= {sub} | _subclasses(sub)
-    return found
+from tests.fixtures import all_subclasses
 
 
 def test_every_error_class_has_exactly_one_row() -> None:
-    concrete = _subclasses(GatewayError) - {UpstreamError}
+    concrete = all_subclasses(GatewayError) - {UpstreamError}
     assert set(GRPC_CODES) == concrete, "add the missing classes to errors.GRPC_CODES"
 
 
@@ -29,7 +23,7 @@ def test_every_error_in_the_module_is_in_the_hierarchy() -> None:
         and issubclass(obj, Exception)
         and obj.__module__ == errors.__name__
     }
-    assert exported <= _subclasses(GatewayError) | {GatewayError}
+    assert exported <= all_subclasses(GatewayError) | {GatewayError}
 
 
 @pytest.mark.parametrize("cls", sorted(GRPC_CODES, key=lambda c: c.__name__))

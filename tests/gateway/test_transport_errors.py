@@ -8,19 +8,13 @@ import pytest
 
 from gateway.errors import UpstreamConnectionLost, UpstreamUnreachable, grpc_code
 from gateway.transport_errors import TRANSPORT_ERRORS, Sent, sent_for, upstream_error_for
-
-
-def _all_subclasses(cls: type) -> set[type]:
-    found: set[type] = set()
-    for sub in cls.__subclasses__():
-        found |= {sub} | _all_subclasses(sub)
-    return found
+from tests.fixtures import all_subclasses
 
 
 def test_every_httpx_request_error_has_its_own_row() -> None:
     missing = {
         cls.__name__
-        for cls in _all_subclasses(httpx.RequestError) | {httpx.RequestError}
+        for cls in all_subclasses(httpx.RequestError) | {httpx.RequestError}
         if cls.__module__.startswith("httpx") and cls not in TRANSPORT_ERRORS
     }
     assert not missing, f"add rows to gateway.transport_errors.TRANSPORT_ERRORS: {missing}"
