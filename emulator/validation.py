@@ -109,6 +109,8 @@ def _fold(name: str) -> str:
     return "".join(out)
 
 
+# The JSON fields the upstream's request struct has (for tests of what the gateway sends).
+REST_FIELDS = frozenset(_FIELDS)
 _FIELDS_BY_FOLD = {_fold(key): value for key, value in _FIELDS.items()}
 
 

@@ -42,7 +42,7 @@ class ApiKey:
     def cache_scope(self) -> str:
         return account_scope(self.value, self.upstream_url)
 
-    @cached_property
+    @property
     def authorization(self) -> str:
         """The `authorization` header value for the upstream."""
         return f"Bearer {self.value}"

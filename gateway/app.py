@@ -28,11 +28,12 @@ from gateway.call_runner import CallRunner
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings
 from gateway.events import Telemetry
-from gateway.generation import Generator, UpstreamGenerator
+from gateway.generation import Generator
 from gateway.metrics import GatewayMetrics
 from gateway.metrics_server import MetricsServer
 from gateway.servicer import SERVICE_NAME, GenerationServicer
 from gateway.upstream import StablecogClient
+from gateway.upstream_generator import UpstreamGenerator
 from gateway.validation import RequestValidator
 from gateway.version import VERSION
 

@@ -175,11 +175,11 @@ class CachingGenerator:
         async def generate() -> Generated:
             return await self._inner.generate(shared_call)
 
-        async def store_for_waiters(generated: Generated) -> None:
-            await self._remember(scope, generated, key, for_waiters=True)
+        async def store_for_waiters(generated: Generated) -> bool:
+            return await self._remember(scope, generated, key, for_waiters=True)
 
-        async def store(generated: Generated) -> None:
-            await self._remember(scope, generated, key)
+        async def store(generated: Generated) -> bool:
+            return await self._remember(scope, generated, key)
 
         if self._coordinator is None:
             generated = await generate()
@@ -195,20 +195,23 @@ class CachingGenerator:
 
     async def _remember(
         self, scope: str, generated: Generated, key: str | None, *, for_waiters: bool = False
-    ) -> None:
+    ) -> bool:
         """Store a successful response that has outputs (first: others may wait on it), and
-        keep the newest balance."""
+        keep the newest balance. True when the entry was stored."""
+        stored = False
         if key is not None and len(generated.response.outputs) > 0:
             value = generated.response.SerializeToString(deterministic=True)
             if for_waiters and self._coordinator is not None:
-                await self._coordinator.put_entry(key, value, self._ttl)
+                stored = await self._coordinator.put_entry(key, value, self._ttl)
             else:
                 with contextlib.suppress(BackendFailure):
                     await self._entries.put(key, value, self._ttl)
+                    stored = True
         if generated.balance is not None:
             self._balances.offer(scope, generated.balance)
             if self._coordinator is not None:
                 await self._coordinator.offer_balance(scope, generated.balance)
+        return stored
 
     async def aclose(self) -> None:
         flights = list(self._flights.values())

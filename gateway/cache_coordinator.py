@@ -110,7 +110,7 @@ def decode_outcome(raw: bytes) -> GatewayError | generation_pb2.GenerationRespon
 # What the cache lends a flight: read the entry as a hit, generate, store the result.
 Lookup = Callable[[], Awaitable[Generated | None]]
 Generate = Callable[[], Awaitable[Generated]]
-Store = Callable[[Generated], Awaitable[None]]
+Store = Callable[[Generated], Awaitable[bool]]  # True when an entry was stored
 
 
 class CrossReplicaCoordinator:
@@ -143,9 +143,10 @@ class CrossReplicaCoordinator:
         with contextlib.suppress(BackendFailure):
             await self._guard.run(lambda: self._shared.offer_balance(scope, balance))
 
-    async def put_entry(self, key: str, value: bytes, ttl: float) -> None:
-        """Store an entry other gateways wait on, retrying past a short outage."""
-        await self._guard.must(
+    async def put_entry(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store an entry other gateways wait on, retrying past a short outage; True once
+        stored."""
+        return await self._guard.must(
             lambda: self._entries.put(key, value, ttl), within=PUBLISH_WITHIN_SECONDS
         )
 
@@ -208,7 +209,7 @@ class CrossReplicaCoordinator:
             try:
                 generated = await generate()
             except GatewayError as error:
-                await self._publish(key, error)
+                await asyncio.shield(self._publish(key, error))
                 raise
             except BaseException:
                 # Cancelled (shutdown past the grace period) or a bug: the upstream may
@@ -221,9 +222,8 @@ class CrossReplicaCoordinator:
                 raise
             finally:
                 keeper.cancel()
-            await store(generated)
-            if len(generated.response.outputs) == 0:  # paid for, never stored: share it
-                await self._publish(key, generated.response)
+            # Paid for: make it reachable by the waiters even if we are cancelled now.
+            await asyncio.shield(self._share(key, generated, store))
             return Filled(generated, from_other_replica=False)
         finally:
             await asyncio.shield(
@@ -231,6 +231,12 @@ class CrossReplicaCoordinator:
                     lambda: self._shared.unlock(key, token), within=PUBLISH_WITHIN_SECONDS
                 )
             )
+
+    async def _share(self, key: str, generated: Generated, store: Store) -> None:
+        """The entry for waiters; or, when there is none (no outputs, or the entry write
+        failed), the answer itself as the outcome, so nobody pays for it again."""
+        if not await store(generated):
+            await self._publish(key, generated.response)
 
     async def _keep_lease(self, key: str, token: str) -> None:
         while True:
@@ -249,12 +255,17 @@ class CrossReplicaCoordinator:
             within=PUBLISH_WITHIN_SECONDS,
         )
 
-    async def _read_outcome(self, key: str) -> Generated | None:
-        """A finished holder's outcome: raises its error, returns its empty answer, or None."""
+    async def _locked(self, key: str) -> bool:
+        """Whether the lease is held; True when the backend cannot tell (keep waiting)."""
         try:
-            raw = await self._guard.run(lambda: self._shared.get_outcome(key))
+            return await self._guard.run(lambda: self._shared.locked(key))
         except BackendFailure:
-            return None
+            return True
+
+    async def _read_outcome(self, key: str) -> Generated | None:
+        """A finished holder's outcome: raises its error, returns its answer, or None when
+        it published none (BackendFailure when that cannot be told)."""
+        raw = await self._guard.run(lambda: self._shared.get_outcome(key))
         if raw is None:
             return None
         outcome = decode_outcome(raw)
@@ -275,25 +286,23 @@ class CrossReplicaCoordinator:
             now = self._clock.monotonic()
             try:
                 hit = await lookup()
+                if hit is not None:
+                    return Filled(hit, from_other_replica=True)
+                locked = await self._locked(key)
+                outcome = None if locked else await self._read_outcome(key)
             except BackendFailure:
                 # Keep waiting through a short outage: the holder is probably still
-                # generating, and generating here too would pay twice.
+                # generating (or published what we cannot read yet), and generating
+                # here too would pay twice.
                 if unreachable_since is None:
                     unreachable_since = now
                 if now - unreachable_since > LOCK_LEASE_SECONDS:
                     return HolderGone.BACKEND_LOST
                 continue
             unreachable_since = None
-            if hit is not None:
-                return Filled(hit, from_other_replica=True)
-            try:
-                locked = await self._guard.run(lambda: self._shared.locked(key))
-            except BackendFailure:
-                locked = True  # cannot tell: keep waiting
             if locked:
                 unlocked_since = None
                 continue
-            outcome = await self._read_outcome(key)
             if outcome is not None:
                 return Filled(outcome, from_other_replica=True)
             # Gone with nothing published: the backend may have lost the lease (a

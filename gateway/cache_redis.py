@@ -1,8 +1,9 @@
 """The Redis backend: shared entries, balances, lease locks and flight outcomes.
 
-Imported only when the cache is Redis. Every Redis error is converted at this
-boundary by one table, `REDIS_ERRORS` (tests prove every redis-py error class has its
-own row), into gateway.cache_backend's failure types.
+Imported only when the cache is Redis. Every error a redis-py call raises is converted
+at this boundary into gateway.cache_backend's failure types by one table,
+`REDIS_ERRORS` (tests prove every redis-py error class has its own row); anything else
+it raises counts as the backend misbehaving.
 """
 
 from __future__ import annotations
@@ -73,10 +74,12 @@ def failure_for(error: Exception) -> type[BackendFailure] | None:
 
 @contextlib.contextmanager
 def converted() -> Iterator[None]:
-    """Raise Redis and socket errors as BackendFailure; let everything else through."""
+    """Raise whatever a redis-py call raises as BackendFailure (it wraps only redis-py
+    calls: any exception there is the backend's, never a bug of ours). Cancellation
+    passes through."""
     try:
         yield
-    except (rx.RedisError, OSError, TimeoutError) as error:
+    except Exception as error:
         failure = failure_for(error) or BackendMisbehaved
         raise failure(type(error).__name__) from error
 

@@ -45,6 +45,16 @@ def cache_result_name(value: generation_pb2.CacheResult.ValueType) -> str:
     return generation_pb2.CacheResult.Name(value).removeprefix("CACHE_RESULT_").lower()
 
 
+# Results of calls served without a generation of their own: they cost nothing.
+SAVED_RESULTS = frozenset(
+    cache_result_name(value)
+    for value in (
+        generation_pb2.CacheResult.CACHE_RESULT_HIT,
+        generation_pb2.CacheResult.CACHE_RESULT_COALESCED,
+    )
+)
+
+
 @dataclass(frozen=True)
 class CacheControl:
     """What the caller allows the cache to do (from `cache-control` metadata)."""
@@ -84,7 +94,7 @@ class Call:
     method: str
     request_id: str
     caller: str  # the bounded metrics label
-    metadata: Mapping[str, str]
+    metadata: Mapping[str, str] = field(repr=False)  # holds a forwarded key
     budget: CallBudget
     cache_control: CacheControl = field(default_factory=CacheControl)
     # The caller's own name when it was counted as `other` (past --max-callers).
@@ -105,4 +115,3 @@ class CallReport:
     invalid_fields: tuple[str, ...] = ()
     prompt_digest: str | None = None
     prompt: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)

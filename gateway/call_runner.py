@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from google.protobuf.message import Message
 from grpc_status import rpc_status
 
 from gateway.call import (
+    SAVED_RESULTS,
     CacheControl,
     Call,
     CallBudget,
@@ -36,6 +38,7 @@ from gateway.call import (
 from gateway.errors import GatewayDraining, GatewayError, GatewayInternal, grpc_code, to_status
 from gateway.events import CallHandled, CallStarted, Telemetry
 from gateway.labels import sanitize_label
+from gateway.logs import REDACTED
 
 _log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")
@@ -43,7 +46,6 @@ access_log = logging.getLogger("gateway.access")
 # The caller's own deadline timer fires a little before ours (ours starts when its
 # header arrives), and its cancel can reach us first.
 DEADLINE_SLACK_SECONDS = 0.1
-_SAVED = frozenset({"hit", "coalesced"})
 _ERROR_CODES = frozenset({"UNKNOWN", "INTERNAL", "DATA_LOSS"})
 
 RequestT = TypeVar("RequestT", bound=Message)
@@ -123,32 +125,15 @@ class CallRunner:
         try:
             with self.in_flight:
                 await context.send_initial_metadata((("x-request-id", call.request_id),))
-                try:
-                    if self.draining:
-                        raise GatewayDraining(
-                            "the gateway is shutting down; retry on another replica",
-                            retry_after=1.0,
-                        )
-                    answer = await pipeline(request, call, report)
-                except GatewayError as failed:
-                    error = failed
-                except Exception:  # a bug: never let it leave as UNKNOWN with internals
-                    _log.error(
-                        "unexpected failure",
-                        exc_info=True,
-                        extra={"method": method, "request_id": call.request_id},
-                    )
-                    error = GatewayInternal(
-                        "the gateway failed unexpectedly; the failure is logged"
-                    )
-                if error is not None:
-                    code = grpc_code(error).name
-                    status = rpc_status.to_status(to_status(error))
-                    await context.abort(status.code, status.details, status.trailing_metadata)
-                if answer.trailers:
-                    context.set_trailing_metadata(tuple(answer.trailers))
-                code = "OK"
-                return answer.response
+                outcome = await self._outcome(request, call, report, pipeline)
+                if isinstance(outcome, Answer):
+                    if outcome.trailers:
+                        context.set_trailing_metadata(tuple(outcome.trailers))
+                    code = "OK"
+                    return outcome.response
+                error = outcome
+                code, status = _status_of(error)
+                await context.abort(status.code, status.details, status.trailing_metadata)
         except asyncio.CancelledError:
             code = "CANCELLED"
             remaining = context.time_remaining()
@@ -159,6 +144,23 @@ class CallRunner:
             seconds = time.perf_counter() - started
             self._telemetry.emit(CallHandled(service, method, code, seconds))
             _log_call(call, report, code, error, seconds)
+
+    async def _outcome(
+        self, request: RequestT, call: Call, report: CallReport, pipeline: Pipeline[RequestT]
+    ) -> Answer | GatewayError:
+        """The pipeline's answer, or the error the caller gets (a bug becomes
+        GATEWAY_INTERNAL_ERROR, logged here with a redacted traceback)."""
+        try:
+            if self.draining:
+                raise GatewayDraining(
+                    "the gateway is shutting down; retry on another replica", retry_after=1.0
+                )
+            return await pipeline(request, call, report)
+        except GatewayError as failed:
+            return failed
+        except Exception:  # a bug: never let it leave as UNKNOWN with internals
+            _log_bug(call, "unexpected failure")
+            return _INTERNAL
 
     def _start(self, service: str, method: str, context: Context) -> Call:
         metadata = parse_metadata(context.invocation_metadata())
@@ -176,6 +178,33 @@ class CallRunner:
             budget=CallBudget.of(self._upstream_timeout, context.time_remaining()),
             cache_control=CacheControl.from_header(metadata.get("cache-control")),
         )
+
+
+_INTERNAL = GatewayInternal("the gateway failed unexpectedly; the failure is logged")
+
+
+def _status_of(error: GatewayError) -> tuple[str, Any]:
+    """The code name and grpc status for `error`; a status that cannot be built (a bug)
+    becomes GATEWAY_INTERNAL_ERROR rather than escaping as UNKNOWN."""
+    try:
+        return grpc_code(error).name, rpc_status.to_status(to_status(error))
+    except Exception:
+        _log.error("cannot build the status of an error", exc_info=True)
+        return grpc_code(_INTERNAL).name, rpc_status.to_status(to_status(_INTERNAL))
+
+
+def _log_bug(call: Call, message: str) -> None:
+    """Log the exception being handled with its traceback, the call's own forwarded key
+    cut out by exact match (gateway.logs then redacts anything that looks like a key)."""
+    text = traceback.format_exc()
+    token = call.metadata.get("authorization", "").strip()
+    for secret in {token, token.partition(" ")[2].strip()}:
+        if len(secret) >= 8:
+            text = text.replace(secret, REDACTED)
+    _log.error(
+        message,
+        extra={"method": call.method, "request_id": call.request_id, "traceback": text},
+    )
 
 
 def _log_call(
@@ -198,7 +227,7 @@ def _log_call(
         "outputs_returned": report.outputs_returned,
     }
     if code == "OK":
-        saved = report.cache_result in _SAVED
+        saved = report.cache_result in SAVED_RESULTS
         entry["credits_spent"] = 0 if saved else report.outputs_requested
         entry["credits_saved"] = report.outputs_requested if saved else 0
     if report.remaining_credits is not None:
@@ -217,5 +246,4 @@ def _log_call(
         entry["prompt"] = report.prompt
     if call.caller_raw is not None:
         entry["caller_raw"] = call.caller_raw
-    entry.update(report.extra)
     access_log.log(level, "call", extra=entry)

@@ -271,13 +271,17 @@ def error_to_dict(error: GatewayError) -> dict[str, Any]:
 
 
 def error_from_dict(data: dict[str, Any]) -> GatewayError:
-    """The error `error_to_dict` described; an unknown type becomes GatewayInternal."""
+    """The error `error_to_dict` described; an unknown type becomes GatewayInternal.
+    Raises ValueError (or TypeError, KeyError) when `data` is not such a description."""
     cls = _BY_NAME.get(str(data.get("type")), GatewayInternal)
+    retry_after = data.get("retry_after")
+    if isinstance(retry_after, bool) or not isinstance(retry_after, int | float | None):
+        raise ValueError("retry_after is not a number")
     return cls(
         str(data.get("message", "")),
         reason=str(data.get("reason") or cls.default_reason),
         domain=str(data.get("domain") or GATEWAY_DOMAIN),
-        retry_after=data.get("retry_after"),
+        retry_after=retry_after,
         metadata={str(k): str(v) for k, v in dict(data.get("metadata") or {}).items()},
         violations=[FieldViolation(str(f), str(d)) for f, d in data.get("violations") or ()],
     )

@@ -20,6 +20,7 @@ from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.balance import BalanceBook
 from gateway.call import cache_result_name
 from gateway.errors import GRPC_CODES as ERROR_CLASSES
+from gateway.errors import CallTimedOut, UpstreamError
 from gateway.events import (
     CacheDecided,
     CallHandled,
@@ -75,9 +76,17 @@ CACHE_RESULTS = (
     "error",
 )
 UPSTREAM_ENDPOINTS = (CREATE_ENDPOINT,)
-# Every reason an upstream failure can have without the upstream naming a new code.
+# Every reason an upstream call can fail with, short of the upstream naming a new code:
+# the upstream errors' and the timeouts' defaults, and the fixed reasons of their mapping.
 UPSTREAM_REASONS = tuple(
-    sorted({cls.default_reason for cls in ERROR_CLASSES} | set(STATIC_REASONS))
+    sorted(
+        {
+            cls.default_reason
+            for cls in ERROR_CLASSES
+            if issubclass(cls, UpstreamError | CallTimedOut)
+        }
+        | set(STATIC_REASONS)
+    )
 )
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error", "timeout")
 GRPC_CODES = tuple(code.name for code in grpc.StatusCode)
@@ -90,8 +99,8 @@ VALIDATION_FIELDS = tuple(generation_pb2.GenerationRequest.DESCRIPTOR.fields_by_
 
 
 class GatewayMetrics:
-    """The gateway's collectors; implements gateway.calls.Telemetry for the servicer,
-    the generator and the upstream client, and the per-call half for the interceptor."""
+    """The gateway's collectors; a gateway.events.Telemetry sink for every part of the
+    gateway that emits events (the call runner, servicer, cache, generator, upstream client)."""
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ import grpc
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
 from gateway.account import account_fingerprint
 from gateway.auth import KeyResolver
-from gateway.call import Call, CallReport, cache_result_name
+from gateway.call import SAVED_RESULTS, Call, CallReport, cache_result_name
 from gateway.call_runner import Answer, CallRunner
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import ConfiguredKeyRejected, InvalidRequest
@@ -26,10 +26,6 @@ from gateway.validation import RequestValidator
 _log = logging.getLogger(__name__)
 
 SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
-_SAVED = (
-    generation_pb2.CacheResult.CACHE_RESULT_HIT,
-    generation_pb2.CacheResult.CACHE_RESULT_COALESCED,
-)
 REJECTED_KEY_LOG_EVERY = 60.0
 
 
@@ -88,9 +84,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         response = generation_pb2.GenerationResponse()
         response.CopyFrom(generated.response)
         response.cache_result = generated.cache_result
-        if generated.cache_result in _SAVED:
-            self._telemetry.emit(CreditsSaved(call.caller, response.settings.num_outputs))
         result = cache_result_name(generated.cache_result)
+        if result in SAVED_RESULTS:
+            self._telemetry.emit(CreditsSaved(call.caller, response.settings.num_outputs))
         report.model_id = response.settings.model_id or report.model_id
         report.outputs_requested = response.settings.num_outputs or report.outputs_requested
         report.outputs_returned = len(response.outputs)

@@ -42,9 +42,17 @@ def test_foreign_errors_become_backend_failures(error: Exception, failure: type)
         raise error
 
 
-def test_anything_else_is_not_converted() -> None:
-    with pytest.raises(KeyError), converted():
-        raise KeyError("a bug of ours stays a bug")
+def test_anything_else_a_redis_call_raises_is_the_backend_misbehaving() -> None:
+    # converted() wraps redis-py calls only, so whatever they raise is the backend's.
+    with pytest.raises(BackendMisbehaved), converted():
+        raise RuntimeError("redis-py re-raises what it did not expect")
+
+
+async def test_cancellation_is_not_converted() -> None:
+    import asyncio
+
+    with pytest.raises(asyncio.CancelledError), converted():
+        raise asyncio.CancelledError
 
 
 async def test_redis_keeps_the_newest_balance_like_the_python_rule(

@@ -130,3 +130,11 @@ def test_empty_outputs_are_a_valid_answer() -> None:
 def test_malformed_bodies_raise(payload: Any) -> None:
     with pytest.raises(UpstreamBadResponse):
         response_from_json(payload)
+
+
+def test_every_field_sent_is_one_the_upstream_reads() -> None:
+    """Not circular: the emulator's list of REST fields follows the upstream's request
+    struct (docs/upstream-api.md#request-body), not the .proto."""
+    from emulator.validation import REST_FIELDS
+
+    assert set(request_to_json(every_field_set())) <= REST_FIELDS

@@ -1,0 +1,79 @@
+"""The generator that sends every call to the upstream: translate, call, translate back,
+and report what was spent where it was spent."""
+
+from __future__ import annotations
+
+from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.balance import Balance
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.errors import GatewayError
+from gateway.events import NULL_TELEMETRY, CreditsSpent, Telemetry, UpstreamFailed
+from gateway.generation import Generated, GenerationCall
+from gateway.translate import request_to_json, response_from_body
+from gateway.upstream import StablecogClient
+from gateway.upstream_defaults import DEFAULT_NUM_OUTPUTS
+
+CacheResult = generation_pb2.CacheResult
+
+
+class UpstreamGenerator:
+    """Sends every call to the upstream (reported as BYPASS: no cache took part)."""
+
+    def __init__(
+        self,
+        client: StablecogClient,
+        *,
+        telemetry: Telemetry = NULL_TELEMETRY,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._client = client
+        self._telemetry = telemetry
+        self._clock = clock
+
+    async def generate(self, call: GenerationCall) -> Generated:
+        started_at = self._clock.wall()
+        answer = await self._client.create_generation(
+            request_to_json(call.request), call.key, call.budget
+        )
+        # Reported here, not when the caller is answered: a generation that outlives its
+        # caller (coalesced, cached) was still paid for.
+        try:
+            response = response_from_body(answer.body)
+        except GatewayError as error:
+            # A 200 means the upstream charged, even if its body is unreadable.
+            requested = (
+                call.request.num_outputs
+                if call.request.HasField("num_outputs")
+                else DEFAULT_NUM_OUTPUTS
+            )
+            self._telemetry.emit(UpstreamFailed(error.reason))
+            self._telemetry.emit(
+                CreditsSpent(
+                    caller=call.caller,
+                    account=call.key.fingerprint,
+                    model_id=call.request.model_id or "unknown",
+                    credits=requested,
+                    outputs_requested=0,
+                    outputs_returned=0,
+                    balance=None,
+                )
+            )
+            raise
+        balance = Balance(credits=response.remaining_credits, observed_at=started_at)
+        self._telemetry.emit(
+            CreditsSpent(
+                caller=call.caller,
+                account=call.key.fingerprint,
+                model_id=response.settings.model_id,
+                credits=response.settings.num_outputs,
+                outputs_requested=response.settings.num_outputs,
+                outputs_returned=len(response.outputs),
+                balance=balance,
+            )
+        )
+        return Generated(
+            response=response,
+            cache_result=CacheResult.CACHE_RESULT_BYPASS,
+            upstream_seconds=answer.seconds,
+            balance=balance,
+        )

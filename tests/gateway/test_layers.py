@@ -1,0 +1,55 @@
+"""Imports point one way: the pure modules load no I/O library, and a gateway with the
+memory cache never loads the Redis client. Checked in a fresh interpreter each."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.processes import ROOT
+
+PURE = (
+    "gateway.account",
+    "gateway.balance",
+    "gateway.cache_key",
+    "gateway.call",
+    "gateway.clock",
+    "gateway.errors",
+    "gateway.events",
+    "gateway.generation",
+    "gateway.labels",
+    "gateway.translate",
+    "gateway.upstream_defaults",
+    "gateway.upstream_errors",
+    "gateway.validation",
+    "gateway.version",
+)
+IO_LIBRARIES = ("httpx", "aiohttp", "redis", "prometheus_client")
+
+
+def loaded_after(statement: str) -> set[str]:
+    probe = f"import sys\n{statement}\nprint('\\n'.join(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return set(done.stdout.split())
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_modules_load_no_io_library(module: str) -> None:
+    loaded = loaded_after(f"import {module}")
+    assert not {m for m in loaded if m.split(".")[0] in IO_LIBRARIES}
+
+
+def test_the_memory_cache_does_not_load_redis() -> None:
+    statement = (
+        "from gateway.app import GatewayApp\n"
+        "from gateway.config import Settings\n"
+        "GatewayApp(Settings(listen='127.0.0.1:0', metrics_listen='127.0.0.1:0', "
+        "api_key='sc-' + '0' * 64))"
+    )
+    loaded = loaded_after(statement)
+    assert "gateway.cache" in loaded
+    assert not {m for m in loaded if m.split(".")[0] == "redis"}
