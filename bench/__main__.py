@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -122,6 +123,83 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+class _Receiver:
+    """An OTLP/gRPC trace receiver that counts spans and drops them."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    async def export(self, request: Any, context: Any) -> Any:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        self.spans += sum(
+            len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
+        )
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def tracing_cost(url: str, tmp: Path, args: Any, seeded_off: Any) -> None:
+    """The same two paths through gateways with tracing off and on (every call sampled,
+    exported over OTLP/gRPC to a receiver in this process), interleaved."""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    receiver = _Receiver()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.trace.v1.TraceService",
+                {
+                    "Export": grpc.unary_unary_rpc_method_handler(
+                        receiver.export,
+                        request_deserializer=trace_service_pb2.ExportTraceServiceRequest.FromString,
+                        response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        for tracing in ("off", "on", "off", "on"):
+            env = {"STABLECOG_API_URL": url, "STABLECOG_API_KEY": KEY}
+            if tracing == "on":
+                env |= {
+                    "OTEL_TRACES_EXPORTER": "otlp",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                }
+            gateway = GatewayProcess(env, tmp / f"gateway-tracing-{tracing}.log")
+            try:
+                await gateway.start()
+                async with grpc.aio.insecure_channel(gateway.target) as channel:
+                    stub = generation_pb2_grpc.GenerationServiceStub(channel)
+                    await stub.CreateGeneration(seeded_off)
+                    done, secs, lat = await drive(
+                        stub,
+                        lambda _: seeded_off,
+                        concurrency=16,
+                        total=args.calls,
+                        time_limit=args.seconds,
+                    )
+                    report(f"cache hit, tracing {tracing}", 16, done, secs, lat)
+                    done, secs, lat = await drive(
+                        stub,
+                        lambda i: generation_pb2.GenerationRequest(
+                            prompt=f"traced {i}", num_outputs=1
+                        ),
+                        concurrency=16,
+                        total=args.calls,
+                        time_limit=args.seconds,
+                    )
+                    report(f"upstream round trip, tracing {tracing}", 16, done, secs, lat)
+            finally:
+                gateway.stop()
+        print(f"spans received while tracing on: {receiver.spans}")
+    finally:
+        await server.stop(grace=None)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000, help="calls per phase (bound)")
@@ -179,6 +257,9 @@ async def main() -> int:
                 print(
                     f"gateway RSS after {n} concurrent slow calls: {rss_mb(gateway.process.pid):.0f} MB"
                 )
+            gateway.kill()
+            await set_latency(url, 0.0)
+            await tracing_cost(url, Path(tmp), args, seeded_off=seeded)
         finally:
             gateway.kill()
             emulator.kill()

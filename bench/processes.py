@@ -80,6 +80,15 @@ class GatewayProcess:
         self.kill()
         raise RuntimeError(f"gateway not SERVING within {within} s:\n{self.log_path.read_text()}")
 
+    def stop(self, within: float = 15.0) -> None:
+        """SIGTERM (the gateway drains and flushes its spans), then kill past `within`."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=within)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from emulator.accounts import is_well_formed_token
-from emulator.config import CliOptions, parse_cli
+from emulator.config import ENV_PREFIX, CliOptions, parse_cli
 from emulator.server import Emulator
 
 logger = logging.getLogger("emulator")
@@ -59,7 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(serve(options))
     except OSError as exc:
-        logger.error("cannot listen on %s:%s: %s", options.host, options.port, exc)
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        logger.error(
+            "cannot listen on --listen / %sLISTEN %s:%s: %s",
+            ENV_PREFIX,
+            options.host,
+            options.port,
+            reason,
+        )
         return 1
     return 0
 

@@ -12,6 +12,7 @@ import ipaddress
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import TypeVar
 
 ENV_PREFIX = "STABLECOG_EMULATOR_"
@@ -198,6 +199,14 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def version() -> str:
+    """The installed package's version (the emulator ships with the gateway)."""
+    try:
+        return metadata.version("stablecog-gateway")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stablecog-emulator",
@@ -229,6 +238,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="accept http(s) init/mask image URLs on HOST without fetching them (repeatable); "
         "only loopback hosts are ever fetched, other hosts are refused",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return parser
 
 

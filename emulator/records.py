@@ -39,6 +39,8 @@ class RecordedRequest:
     # the worker runs); the generation still completes and is charged, as on the real service.
     client_disconnected: bool = False
     completed_at: float | None = None
+    # The W3C trace context the caller sent (the gateway propagates its span).
+    traceparent: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -93,6 +93,7 @@ async def _record_requests(request: web.Request, handler: _Handler) -> web.Strea
         token_sha256=token_sha256(token) if token is not None else None,
         client_ip=api.client_ip(request),
         received_at=time.time(),
+        traceparent=request.headers.get("traceparent"),
     )
     state.record(record)
     request[RECORD_KEY] = record

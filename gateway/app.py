@@ -1,7 +1,8 @@
 """Composition root: builds every long-lived object from Settings and runs them in order.
 
 Start: upstream client -> cache -> call runner -> servicer -> /metrics server -> gRPC
-server (health, reflection) -> SERVING.
+server (health, reflection) -> SERVING -> one reachability check of the upstream and Redis
+(a warning if one does not answer; never a refusal to start) -> "gateway serving".
 Stop (SIGTERM): NOT_SERVING at once -> new calls refused with UNAVAILABLE -> calls in
 flight finish within the grace period -> server and clients closed -> /metrics last, so
 the final counts can still be scraped during the drain.
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -20,18 +23,28 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from gateway._gen.stablecog.v1 import generation_pb2_grpc
 from gateway.account import account_fingerprint
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
 from gateway.cache import CachingGenerator
 from gateway.call_runner import CallRunner
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.config import Settings
+from gateway.config import Settings, check_tls_files, named
 from gateway.events import Telemetry
 from gateway.generation import Generator
+from gateway.listen import cannot_listen, diagnose
 from gateway.metrics import GatewayMetrics
 from gateway.metrics_server import MetricsServer
+from gateway.reachability import (
+    MAX_CHECK_SECONDS,
+    REDIS,
+    UPSTREAM,
+    Probe,
+    Reachability,
+    RedisProbe,
+    UpstreamProbe,
+)
 from gateway.servicer import SERVICE_NAME, GenerationServicer
+from gateway.tracing import Tracing
 from gateway.upstream import StablecogClient
 from gateway.upstream_generator import UpstreamGenerator
 from gateway.validation import RequestValidator
@@ -48,6 +61,9 @@ _SERVER_OPTIONS = [
     # grpc sets SO_REUSEPORT by default, so a second gateway on a busy port would start
     # and silently take a share of the calls. A busy port must fail at start instead.
     ("grpc.so_reuseport", 0),
+    # The call runner answers requests above its own limit (4 MiB) with an ErrorInfo; grpc
+    # cuts only what is far beyond it, before any handler runs.
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
 
 
@@ -65,6 +81,7 @@ class GatewayApp:
     def __init__(self, settings: Settings, seams: Seams | None = None) -> None:
         seams = seams or Seams()
         self.settings = settings
+        self.tracing = Tracing.from_settings(settings.tracing, version=VERSION)
         # A registry of its own (never the global one), so apps and tests never share series.
         self.registry = CollectorRegistry()
         self.metrics = GatewayMetrics(
@@ -85,31 +102,48 @@ class GatewayApp:
             max_connections=settings.upstream_max_connections,
             transport=seams.upstream_transport,
             telemetry=self.metrics,
+            tracing=self.tracing,
         )
         upstream: Generator = UpstreamGenerator(
-            self.client, telemetry=self.metrics, clock=seams.clock
+            self.client,
+            telemetry=self.metrics,
+            clock=seams.clock,
+            min_generation_seconds=settings.min_generation_deadline,
         )
-        self.cache = _build_cache(settings, upstream, seams.clock, self.metrics)
+        probes: list[Probe] = [
+            UpstreamProbe(
+                settings.upstream_url,
+                timeout=min(settings.upstream_connect_timeout, MAX_CHECK_SECONDS),
+                transport=seams.upstream_transport,
+            )
+        ]
+        self.cache = _build_cache(
+            settings, upstream, seams.clock, self.metrics, self.tracing, probes
+        )
+        self.reachability = Reachability(
+            probes, report=self.metrics.set_reachable, clock=seams.clock
+        )
         self.runner = CallRunner(
             telemetry=self.metrics,
             caller_label=self.metrics.caller_label,
             upstream_timeout=settings.upstream_timeout,
             log_prompts=settings.log_prompts,
+            tracing=self.tracing,
+            max_concurrent_calls=settings.max_concurrent_calls,
         )
         self.servicer = GenerationServicer(
             runner=self.runner,
-            validator=RequestValidator(),
+            validator=RequestValidator(max_prompt_chars=settings.max_prompt_chars),
             keys=self.keys,
             generator=self.cache or upstream,
             telemetry=self.metrics,
             clock=seams.clock,
         )
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(
-            options=_SERVER_OPTIONS,
-            maximum_concurrent_rpcs=settings.max_concurrent_calls,
-        )
-        generation_pb2_grpc.add_GenerationServiceServicer_to_server(self.servicer, self.server)
+        # No maximum_concurrent_rpcs: admission is the call runner's (it spares health
+        # checks and answers with details).
+        self.server = grpc.aio.server(options=_SERVER_OPTIONS)
+        self.server.add_generic_rpc_handlers((self.servicer.rpc_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -119,6 +153,7 @@ class GatewayApp:
     def _bind(self, settings: Settings) -> int:
         credentials = None
         if settings.tls_cert_file and settings.tls_key_file:
+            check_tls_files(settings)  # grpc would only say "cannot bind"
             client_ca = (
                 settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
             )
@@ -135,7 +170,15 @@ class GatewayApp:
         except RuntimeError:  # grpc's way of saying the address is taken or invalid
             port = 0
         if port == 0:
-            raise OSError(f"cannot listen on --listen / GATEWAY_LISTEN {settings.listen}")
+            why = diagnose(settings.listen)
+            if why is None and credentials is not None:
+                why = (
+                    f"grpc refused the TLS credentials of {named('tls_cert_file')} and "
+                    f"{named('tls_key_file')} (its own log above says why)"
+                )
+            raise cannot_listen(
+                named("listen"), settings.listen, why or "grpc refused it (its log says why)"
+            )
         return port
 
     @property
@@ -148,6 +191,9 @@ class GatewayApp:
         await self.server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # Serving already: a dependency that does not answer yet may come up later.
+        reachable = await self.reachability.check()
+        self.reachability.watch()
         configured = self.keys.configured_key()
         _log.info(
             "gateway serving",
@@ -161,8 +207,15 @@ class GatewayApp:
                 "key_fingerprint": account_fingerprint(configured) if configured else None,
                 "tls": self.settings.tls_cert_file is not None,
                 "mtls": self.settings.tls_client_ca_file is not None,
+                "upstream_reachable": reachable.get(UPSTREAM),
+                "redis_reachable": reachable.get(REDIS),
             },
         )
+        if self.settings.redis_url and self.settings.cache != "redis":
+            _log.warning(
+                f"{named('redis_url')} is set but {named('cache')} is "
+                f"{self.settings.cache}: Redis is not used"
+            )
         if configured is None:
             _log.warning(
                 "no STABLECOG_API_KEY or key file: every call must carry its own "
@@ -203,10 +256,12 @@ class GatewayApp:
                     "cache_flights": self.cache.flights if self.cache else 0,
                 },
             )
+        await self.reachability.aclose()
         await self.server.stop(grace=0.5)
         if self.cache is not None:
             await self.cache.aclose()
         await self.client.aclose()
+        await self.tracing.shutdown()  # exports the spans still buffered
         await self.metrics_server.stop()
         _log.info("gateway stopped")
 
@@ -222,7 +277,12 @@ class GatewayApp:
 
 
 def _build_cache(
-    settings: Settings, upstream: Generator, clock: Clock, telemetry: Telemetry
+    settings: Settings,
+    upstream: Generator,
+    clock: Clock,
+    telemetry: Telemetry,
+    tracing: Tracing,
+    probes: list[Probe],
 ) -> CachingGenerator | None:
     if settings.cache == "off":
         return None
@@ -233,6 +293,7 @@ def _build_cache(
         from gateway.cache_redis import RedisBackend
 
         backend = RedisBackend(settings.redis_url, timeout=settings.redis_timeout)
+        probes.append(RedisProbe(settings.redis_url, backend.ping, timeout=settings.redis_timeout))
         guard = BackendGuard(timeout=settings.redis_timeout, clock=clock)
         return CachingGenerator(
             upstream,
@@ -245,8 +306,11 @@ def _build_cache(
                 guard,
                 clock=clock,
                 upstream_timeout=settings.upstream_timeout,
+                gateway=f"{socket.gethostname()}:{os.getpid()}",
             ),
             telemetry=telemetry,
+            tracing=tracing,
+            min_generation_seconds=settings.min_generation_deadline,
         )
     from gateway.cache_store import MemoryStore
 
@@ -260,4 +324,6 @@ def _build_cache(
         ttl=settings.cache_ttl,
         upstream_timeout=settings.upstream_timeout,
         telemetry=telemetry,
+        tracing=tracing,
+        min_generation_seconds=settings.min_generation_deadline,
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gateway.account import ApiKey, account_fingerprint
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.errors import MissingCredentials
+from gateway.errors import MalformedCredentials, MissingCredentials
 
 _log = logging.getLogger(__name__)
 RECHECK_SECONDS = 1.0
@@ -43,9 +43,13 @@ class KeyFile:
         self._stamp: tuple[int, int, int, int] | None = None
         self._read_at = 0.0
         self._key = ""
+        self._refused_stamp: tuple[int, int, int, int] | None = None
         self.current()
         if not self._key:
-            raise ValueError(f"API key file {path} is empty")
+            raise ValueError(
+                f"API key file {path} is empty or holds characters no key can have "
+                "(line breaks inside it, NUL or other control characters, non-ASCII)"
+            )
 
     def current(self) -> str:
         try:
@@ -62,11 +66,22 @@ class KeyFile:
             self._read_at = now
             try:
                 key = self._path.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError:
+                key = "\x00"  # not text: refused below like any malformed key
             except OSError as exc:
                 if self._key:
                     _log.warning("cannot read API key file; keeping the last key: %s", exc.strerror)
                     return self._key
                 raise
+            if key and not well_formed_token(key):
+                if self._refused_stamp != stamp:  # once per version of the file
+                    self._refused_stamp = stamp
+                    _log.error(
+                        "API key file holds characters no key can have; "
+                        + ("keeping the last key" if self._key else "no key to use"),
+                        extra={"path": str(self._path)},
+                    )
+                return self._key
             if key:
                 previous = self._key
                 self._key = key
@@ -84,6 +99,13 @@ class KeyFile:
 
 
 STABLECOG_KEY = re.compile(r"^sc-[0-9a-f]{64}$")
+# What any bearer token can hold: visible ASCII, no spaces or control characters.
+_TOKEN = re.compile(r"^[\x21-\x7e]+$")
+
+
+def well_formed_token(token: str) -> bool:
+    """True when `token` could be an API key at all (it can go in an HTTP header)."""
+    return bool(_TOKEN.match(token))
 
 
 def looks_like_a_stablecog_key(key: str) -> bool:
@@ -133,6 +155,11 @@ class KeyResolver:
         token = metadata.get("authorization", "").strip()
         if token[:7].lower() == "bearer ":
             token = token[7:].strip()
+        if token and not well_formed_token(token):
+            raise MalformedCredentials(
+                "the `authorization` metadata is not `Bearer <key>` with a key of visible "
+                "ASCII characters; nothing was sent to Stablecog"
+            )
         if token:
             return ApiKey(token, configured=False, upstream_url=self._upstream_url)
         raise MissingCredentials(

@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
+from gateway import tracing
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.balance import BalanceBook
 from gateway.cache_backend import BackendFailure
@@ -31,7 +33,17 @@ from gateway.cache_store import EntryStore
 from gateway.call import CallBudget, cache_result_name
 from gateway.errors import CallTimedOut
 from gateway.events import NULL_TELEMETRY, CacheDecided, Telemetry
-from gateway.generation import Generated, GenerationCall, Generator
+from gateway.generation import (
+    MIN_GENERATION_SECONDS,
+    Generated,
+    GenerationCall,
+    Generator,
+    ensure_time_to_generate,
+)
+from gateway.tracing import TraceParent, Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 _log = logging.getLogger(__name__)
 CacheResult = generation_pb2.CacheResult
@@ -52,7 +64,11 @@ class CachingGenerator:
         upstream_timeout: float,
         coordinator: CrossReplicaCoordinator | None = None,
         telemetry: Telemetry = NULL_TELEMETRY,
+        tracing: Tracing | None = None,
+        min_generation_seconds: float = MIN_GENERATION_SECONDS,
     ) -> None:
+        self._min_generation_seconds = min_generation_seconds
+        self._tracing = tracing or Tracing.off()
         self._inner = inner
         self._entries = entries
         self._ttl = ttl
@@ -60,6 +76,8 @@ class CachingGenerator:
         self._coordinator = coordinator
         self._telemetry = telemetry
         self._flights: dict[str, asyncio.Task[Filled]] = {}
+        # The span of the call each flight was started for (waiters link to it).
+        self._flight_traces: dict[str, SpanContext] = {}
         self._balances: BalanceBook[str] = BalanceBook()
 
     @property
@@ -81,38 +99,54 @@ class CachingGenerator:
             return await self._uncached(call, CacheResult.CACHE_RESULT_BYPASS, key)
 
         key = cache_key(call.request, call.key.cache_scope)
+        span = self._tracing.child(call.trace, "cache lookup")
         backend_failed = False
         try:
             hit = await self._lookup(key, call.key.cache_scope)
         except BackendFailure:
             hit, backend_failed = None, True
+        except BaseException:
+            tracing.end(span, {})
+            raise
         if hit is not None:
-            self._decided(CacheResult.CACHE_RESULT_HIT)
+            self._decided(CacheResult.CACHE_RESULT_HIT, span)
             return hit
 
         flight = self._flights.get(key)
         if flight is not None:
-            self._decided(CacheResult.CACHE_RESULT_COALESCED)
+            self._decided(CacheResult.CACHE_RESULT_COALESCED, span)
+            tracing.link_to(call.trace, self._flight_traces.get(key))
             filled = await self._wait(flight, call.budget)
             return filled.generated.served_as(CacheResult.CACHE_RESULT_COALESCED)
 
         # One result per call: `error` when the backend failed the lookup, else `miss`.
-        self._telemetry.emit(
-            CacheDecided(BACKEND_ERROR if backend_failed else _NAMES[CacheResult.CACHE_RESULT_MISS])
-        )
+        result = BACKEND_ERROR if backend_failed else _NAMES[CacheResult.CACHE_RESULT_MISS]
+        self._telemetry.emit(CacheDecided(result))
+        tracing.end(span, {"stablecog.cache_result": result})
+        # A flight is not bound by the caller's deadline, so refuse here what the upstream
+        # generator would refuse: a caller that can never receive the answer.
+        ensure_time_to_generate(call, self._min_generation_seconds)
         flight = asyncio.create_task(self._fill(key, call), name=f"cache-fill {key[-12:]}")
         self._flights[key] = flight
+        if call.trace is not None:
+            self._flight_traces[key] = call.trace.context
         flight.add_done_callback(lambda done: self._landed(key, done))
         filled = await self._wait(flight, call.budget)
         if filled.from_other_replica:
+            tracing.annotate(call.trace, {"stablecog.generated_by": filled.generated_by})
+            tracing.link_to(call.trace, tracing.remote_context(filled.leader_trace))
             return filled.generated.served_as(CacheResult.CACHE_RESULT_COALESCED)
         return filled.generated.served_as(CacheResult.CACHE_RESULT_MISS)
 
-    def _decided(self, result: generation_pb2.CacheResult.ValueType) -> None:
+    def _decided(
+        self, result: generation_pb2.CacheResult.ValueType, span: TraceParent | None = None
+    ) -> None:
         self._telemetry.emit(CacheDecided(_NAMES[result]))
+        tracing.end(span, {"stablecog.cache_result": _NAMES[result]})
 
     def _landed(self, key: str, flight: asyncio.Task[Filled]) -> None:
         self._flights.pop(key, None)
+        self._flight_traces.pop(key, None)
         if not flight.cancelled():
             flight.exception()  # retrieved here too, for when every waiter has gone
 
@@ -191,6 +225,7 @@ class CachingGenerator:
             generate=generate,
             store=store_for_waiters,
             store_best_effort=store,
+            trace=call.trace,
         )
 
     async def _remember(

@@ -38,6 +38,7 @@ from gateway.errors import (
     error_to_dict,
 )
 from gateway.generation import Generated
+from gateway.tracing import TraceParent
 
 _log = logging.getLogger(__name__)
 CacheResult = generation_pb2.CacheResult
@@ -64,7 +65,8 @@ class SharedState(Protocol):
 
     async def unlock(self, key: str, token: str) -> None: ...
 
-    async def locked(self, key: str) -> bool: ...
+    async def holder(self, key: str) -> str | None:
+        """The token of whoever holds the lease, or None."""
 
     async def put_outcome(self, key: str, value: bytes, ttl: float) -> None:
         """What a flight that stored no entry ended with (an error, or an empty answer)."""
@@ -80,6 +82,27 @@ class Filled:
 
     generated: Generated
     from_other_replica: bool
+    # When another gateway made it: which one, and its call's span (W3C traceparent).
+    generated_by: str | None = None
+    leader_trace: str | None = None
+
+
+@dataclass(frozen=True)
+class LeaseToken:
+    """What a lease holds: who holds it, the span of the call it generates for, and a
+    nonce that makes it unique. Read by waiting gateways for their traces."""
+
+    gateway: str
+    traceparent: str
+    nonce: str
+
+    def encode(self) -> str:
+        return f"{self.gateway}|{self.traceparent}|{self.nonce}"
+
+    @classmethod
+    def decode(cls, raw: str) -> LeaseToken | None:
+        parts = raw.split("|")
+        return cls(*parts) if len(parts) == 3 else None
 
 
 class HolderGone(enum.Enum):
@@ -124,7 +147,9 @@ class CrossReplicaCoordinator:
         *,
         clock: Clock,
         upstream_timeout: float,
+        gateway: str = "gateway",
     ) -> None:
+        self._gateway = gateway.replace("|", "_")
         self._shared = shared
         self._entries = entries
         self._guard = guard
@@ -158,9 +183,12 @@ class CrossReplicaCoordinator:
         generate: Generate,
         store: Store,
         store_best_effort: Store,
+        trace: TraceParent | None = None,
     ) -> Filled:
         """The one upstream call for `key`: lead it, or wait for the gateway leading it."""
-        token = secrets.token_hex(8)
+        token = LeaseToken(
+            self._gateway, trace.traceparent() if trace else "", secrets.token_hex(8)
+        ).encode()
         deadline = self._clock.monotonic() + self._upstream_timeout
         seen_other_holder = False
         backend_lost = False
@@ -255,12 +283,16 @@ class CrossReplicaCoordinator:
             within=PUBLISH_WITHIN_SECONDS,
         )
 
-    async def _locked(self, key: str) -> bool:
-        """Whether the lease is held; True when the backend cannot tell (keep waiting)."""
+    async def _holder(self, key: str) -> LeaseToken | bool:
+        """Who holds the lease (True: held, but not by a token we can read; also when the
+        backend cannot tell, so keep waiting), or False when nobody does."""
         try:
-            return await self._guard.run(lambda: self._shared.locked(key))
+            raw = await self._guard.run(lambda: self._shared.holder(key))
         except BackendFailure:
             return True
+        if raw is None:
+            return False
+        return LeaseToken.decode(raw) or True
 
     async def _read_outcome(self, key: str) -> Generated | None:
         """A finished holder's outcome: raises its error, returns its answer, or None when
@@ -281,15 +313,16 @@ class CrossReplicaCoordinator:
         error, or says why the wait ended without either."""
         unreachable_since: float | None = None
         unlocked_since: float | None = None
+        holder: LeaseToken | None = None
         while self._clock.monotonic() < deadline:
             await self._clock.sleep(POLL_SECONDS)
             now = self._clock.monotonic()
             try:
                 hit = await lookup()
                 if hit is not None:
-                    return Filled(hit, from_other_replica=True)
-                locked = await self._locked(key)
-                outcome = None if locked else await self._read_outcome(key)
+                    return self._from(holder, hit)
+                held = await self._holder(key)
+                outcome = None if held else await self._read_outcome(key)
             except BackendFailure:
                 # Keep waiting through a short outage: the holder is probably still
                 # generating (or published what we cannot read yet), and generating
@@ -300,11 +333,12 @@ class CrossReplicaCoordinator:
                     return HolderGone.BACKEND_LOST
                 continue
             unreachable_since = None
-            if locked:
+            if held:
+                holder = held if isinstance(held, LeaseToken) else holder
                 unlocked_since = None
                 continue
             if outcome is not None:
-                return Filled(outcome, from_other_replica=True)
+                return self._from(holder, outcome)
             # Gone with nothing published: the backend may have lost the lease (a
             # restart) while the holder still generates; its next refresh puts it back.
             if unlocked_since is None:
@@ -312,6 +346,15 @@ class CrossReplicaCoordinator:
             if now - unlocked_since > LOCK_LEASE_SECONDS / 3:
                 return HolderGone.RELEASED
         raise _other_gateway_timed_out()
+
+    @staticmethod
+    def _from(holder: LeaseToken | None, generated: Generated) -> Filled:
+        return Filled(
+            generated,
+            from_other_replica=True,
+            generated_by=holder.gateway if holder else None,
+            leader_trace=(holder.traceparent or None) if holder else None,
+        )
 
 
 def _other_gateway_timed_out() -> UpstreamTimedOut:

@@ -138,6 +138,11 @@ class RedisBackend:
         self.entries = RedisEntries(self._redis)
         self.shared = RedisShared(self._redis)
 
+    async def ping(self) -> None:
+        """One PING (gateway.reachability's check); raises BackendFailure."""
+        with converted():
+            await self._redis.ping()
+
 
 class RedisEntries:
     """Cache entries in Redis (implements gateway.cache_store.EntryStore)."""
@@ -194,9 +199,10 @@ class RedisShared:
         with converted():
             await self._redis.eval(_UNLOCK, 1, _lock_key(key), token)
 
-    async def locked(self, key: str) -> bool:
+    async def holder(self, key: str) -> str | None:
         with converted():
-            return bool(await self._redis.exists(_lock_key(key)))
+            raw = _bytes(await self._redis.get(_lock_key(key)))
+        return None if raw is None else raw.decode(errors="replace")
 
     async def put_outcome(self, key: str, value: bytes, ttl: float) -> None:
         with converted():

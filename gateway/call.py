@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.tracing import TraceParent
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 PROMPT_DIGEST_CHARS = 16
@@ -99,6 +100,8 @@ class Call:
     cache_control: CacheControl = field(default_factory=CacheControl)
     # The caller's own name when it was counted as `other` (past --max-callers).
     caller_raw: str | None = None
+    # The call's span when tracing is on; its children are made under it.
+    trace: TraceParent | None = None
 
 
 @dataclass

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_status import rpc_status
 
+from gateway import tracing
 from gateway.call import (
     SAVED_RESULTS,
     CacheControl,
@@ -35,10 +36,19 @@ from gateway.call import (
     prompt_digest,
     request_id_from,
 )
-from gateway.errors import GatewayDraining, GatewayError, GatewayInternal, grpc_code, to_status
+from gateway.errors import (
+    GatewayDraining,
+    GatewayError,
+    GatewayInternal,
+    GatewayOverloaded,
+    InvalidRequest,
+    grpc_code,
+    to_status,
+)
 from gateway.events import CallHandled, CallStarted, Telemetry
 from gateway.labels import sanitize_label
 from gateway.logs import REDACTED
+from gateway.tracing import Tracing
 
 _log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")
@@ -47,6 +57,9 @@ access_log = logging.getLogger("gateway.access")
 # header arrives), and its cancel can reach us first.
 DEADLINE_SLACK_SECONDS = 0.1
 _ERROR_CODES = frozenset({"UNKNOWN", "INTERNAL", "DATA_LOSS"})
+# The largest request a call may carry (grpc's own limit, set higher in gateway.app,
+# then only cuts what is far beyond it, without details).
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -95,7 +108,16 @@ class CallRunner:
         caller_label: Callable[[str | None], str],
         upstream_timeout: float,
         log_prompts: bool = False,
+        tracing: Tracing | None = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_concurrent_calls: int | None = None,
     ) -> None:
+        self._max_request_bytes = max_request_bytes
+        # Admission is ours, not grpc's maximum_concurrent_rpcs: that one counts health
+        # checks too (a saturated sidecar would fail its probes and be restarted), and its
+        # rejections carry no details and are counted nowhere.
+        self._max_concurrent_calls = max_concurrent_calls
+        self._tracing = tracing or Tracing.off()
         self._telemetry = telemetry
         self._caller_label = caller_label
         self._upstream_timeout = upstream_timeout
@@ -103,29 +125,45 @@ class CallRunner:
         self.in_flight = InFlight()
         self.draining = False
 
+    def unary(
+        self,
+        service: str,
+        method: str,
+        request_type: type[RequestT],
+        response_type: type[Message],
+        pipeline: Pipeline[RequestT],
+    ) -> grpc.RpcMethodHandler[bytes, Message]:
+        """The grpc handler for one unary method: the request arrives as bytes and is
+        decoded here, so an undecodable one is answered and recorded like any other."""
+
+        async def handle(raw: bytes, context: Context) -> Message:
+            return await self.run(service, method, raw, context, request_type.FromString, pipeline)
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle,
+            request_deserializer=None,
+            response_serializer=response_type.SerializeToString,
+        )
+
     async def run(
         self,
         service: str,
         method: str,
-        request: RequestT,
+        raw: bytes,
         context: Context,
+        decode: Callable[[bytes], RequestT],
         pipeline: Pipeline[RequestT],
     ) -> Message:
         started = time.perf_counter()
         call = self._start(service, method, context)
         report = CallReport()
-        prompt = getattr(request, "prompt", None)
-        if isinstance(prompt, str) and prompt:
-            report.prompt_digest = prompt_digest(prompt)
-            if self._log_prompts:
-                report.prompt = prompt
         self._telemetry.emit(CallStarted(service, method))
         code = "UNKNOWN"
         error: GatewayError | None = None
         try:
             with self.in_flight:
                 await context.send_initial_metadata((("x-request-id", call.request_id),))
-                outcome = await self._outcome(request, call, report, pipeline)
+                outcome = await self._outcome(raw, decode, call, report, pipeline)
                 if isinstance(outcome, Answer):
                     if outcome.trailers:
                         context.set_trailing_metadata(tuple(outcome.trailers))
@@ -142,11 +180,18 @@ class CallRunner:
             raise
         finally:
             seconds = time.perf_counter() - started
-            self._telemetry.emit(CallHandled(service, method, code, seconds))
+            trace_id = call.trace.trace_id if call.trace is not None else None
+            self._telemetry.emit(CallHandled(service, method, code, seconds, trace_id))
+            _end_span(call, report, code, error)
             _log_call(call, report, code, error, seconds)
 
     async def _outcome(
-        self, request: RequestT, call: Call, report: CallReport, pipeline: Pipeline[RequestT]
+        self,
+        raw: bytes,
+        decode: Callable[[bytes], RequestT],
+        call: Call,
+        report: CallReport,
+        pipeline: Pipeline[RequestT],
     ) -> Answer | GatewayError:
         """The pipeline's answer, or the error the caller gets (a bug becomes
         GATEWAY_INTERNAL_ERROR, logged here with a redacted traceback)."""
@@ -155,6 +200,21 @@ class CallRunner:
                 raise GatewayDraining(
                     "the gateway is shutting down; retry on another replica", retry_after=1.0
                 )
+            if (
+                self._max_concurrent_calls is not None
+                and self.in_flight.count > self._max_concurrent_calls
+            ):
+                raise GatewayOverloaded(
+                    f"the gateway is handling its maximum of {self._max_concurrent_calls} calls "
+                    "(--max-concurrent-calls); nothing was sent, retry shortly",
+                    retry_after=1.0,
+                )
+            request = self._decoded(raw, decode)
+            prompt = getattr(request, "prompt", None)
+            if isinstance(prompt, str) and prompt:
+                report.prompt_digest = prompt_digest(prompt)
+                if self._log_prompts:
+                    report.prompt = prompt
             return await pipeline(request, call, report)
         except GatewayError as failed:
             return failed
@@ -162,21 +222,50 @@ class CallRunner:
             _log_bug(call, "unexpected failure")
             return _INTERNAL
 
+    def _decoded(self, raw: bytes, decode: Callable[[bytes], RequestT]) -> RequestT:
+        if len(raw) > self._max_request_bytes:
+            raise InvalidRequest(
+                f"the request is {len(raw)} bytes; at most {self._max_request_bytes} are "
+                "accepted (prompts are read only up to their first 500 bytes upstream)",
+                reason="REQUEST_TOO_LARGE",
+            )
+        try:
+            return decode(raw)
+        except DecodeError:
+            raise InvalidRequest(
+                "the request is not a valid protobuf message of this method's type (malformed "
+                "bytes, or a string field that is not UTF-8)",
+                reason="UNDECODABLE_REQUEST",
+            ) from None
+
     def _start(self, service: str, method: str, context: Context) -> Call:
         metadata = parse_metadata(context.invocation_metadata())
         raw_caller = metadata.get("x-caller")
         caller = self._caller_label(raw_caller)
         # Counted as `other` (past --max-callers): the log still says who it was.
         caller_raw = sanitize_label(raw_caller) if raw_caller is not None else None
+        request_id = request_id_from(metadata.get("x-request-id"))
+        trace = self._tracing.server_span(
+            f"{service}/{method}",
+            metadata,
+            {
+                "rpc.system": "grpc",
+                "rpc.service": service,
+                "rpc.method": method,
+                "stablecog.caller": caller,
+                "stablecog.request_id": request_id,
+            },
+        )
         return Call(
             service=service,
             method=method,
-            request_id=request_id_from(metadata.get("x-request-id")),
+            request_id=request_id,
             caller=caller,
             caller_raw=caller_raw if caller_raw != caller else None,
             metadata=metadata,
             budget=CallBudget.of(self._upstream_timeout, context.time_remaining()),
             cache_control=CacheControl.from_header(metadata.get("cache-control")),
+            trace=trace,
         )
 
 
@@ -204,6 +293,29 @@ def _log_bug(call: Call, message: str) -> None:
     _log.error(
         message,
         extra={"method": call.method, "request_id": call.request_id, "traceback": text},
+    )
+
+
+def _end_span(call: Call, report: CallReport, code: str, error: GatewayError | None) -> None:
+    if call.trace is None:
+        return
+    if error is not None:
+        tracing.fail(call.trace, error.reason)
+    saved = report.cache_result in SAVED_RESULTS
+    tracing.end(
+        call.trace,
+        {
+            "rpc.grpc.status_code": getattr(grpc.StatusCode, code).value[0],
+            "stablecog.cache_result": report.cache_result,
+            "stablecog.credits_spent": (0 if saved else report.outputs_requested)
+            if code == "OK"
+            else None,
+            "stablecog.model_id": report.model_id,
+            "stablecog.account": report.account,
+            "stablecog.error_reason": error.reason if error is not None else None,
+            "stablecog.prompt_sha256": report.prompt_digest,
+            "stablecog.prompt": report.prompt,
+        },
     )
 
 
@@ -246,4 +358,6 @@ def _log_call(
         entry["prompt"] = report.prompt
     if call.caller_raw is not None:
         entry["caller_raw"] = call.caller_raw
+    if call.trace is not None:
+        entry["trace_id"] = call.trace.trace_id
     access_log.log(level, "call", extra=entry)

@@ -8,13 +8,16 @@ names the flag and the variable.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+from gateway.tracing import EXPORTERS, SAMPLERS, TracingSettings
 from gateway.version import VERSION
 
 DEFAULT_UPSTREAM_URL = "https://api.stablecog.com"
@@ -38,6 +41,8 @@ class Settings:
     upstream_connect_timeout: float = 10.0
     upstream_max_connections: int = 1000
     max_concurrent_calls: int = 10000
+    max_prompt_chars: int = 10_000
+    min_generation_deadline: float = 1.0
     grace_period: float = 300.0
     cache: str = "memory"
     redis_url: str | None = None
@@ -52,6 +57,8 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
+    # From the standard OTEL_* variables (gateway.tracing); off unless an exporter is set.
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
 
 @dataclass(frozen=True)
@@ -61,13 +68,30 @@ class _Option:
     attr: str
     parse: Callable[[str], Any]
     help: str
+    # What `--help` shows for the value; by default the parser's (`_METAVARS`, or the
+    # choices of a `_Choice`).
+    metavar: str | None = None
+
+    @property
+    def is_switch(self) -> bool:
+        """A boolean: `--flag` and `--no-flag`, so a flag can undo the variable."""
+        return self.parse is _bool
+
+    @property
+    def shown_value(self) -> str:
+        if self.metavar is not None:
+            return self.metavar
+        if isinstance(self.parse, _Choice):
+            return "{" + ",".join(self.parse.choices) + "}"
+        return _METAVARS[self.parse]
 
 
 def _host_port(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:50051")
-    return value
+    """HOST:PORT; `:PORT` means every interface (0.0.0.0)."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT, or :PORT for every interface")
+    return f"{host or '0.0.0.0'}:{int(port)}"
 
 
 def _http_url(value: str) -> str:
@@ -87,27 +111,47 @@ def _redis_url(value: str) -> str:
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0 or number == float("inf"):
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 < number < math.inf:
         raise ValueError("expected a positive number of seconds")
     return number
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError("expected a positive integer")
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number < math.inf:
+        raise ValueError("expected a number of seconds, 0 or more")
     return number
 
 
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        lowered = value.strip().lower()
-        if lowered not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
-        return lowered
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise ValueError("expected a positive whole number")
+    return number
 
-    return parse
+
+@dataclass(frozen=True)
+class _Choice:
+    """One of `choices`, case-insensitive; returned lower-cased (or upper-cased)."""
+
+    choices: tuple[str, ...]
+    upper: bool = False
+
+    def __call__(self, value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}")
+        return lowered.upper() if self.upper else lowered
 
 
 def _bool(value: str) -> bool:
@@ -126,12 +170,24 @@ def _caller(value: str) -> str:
     return value
 
 
-def _path(value: str) -> Path:
-    return Path(value)
+def _file(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ValueError("expected a readable file")
+    return path
 
 
-def _log_level(value: str) -> str:
-    return _choice("debug", "info", "warning", "error")(value).upper()
+_METAVARS: dict[Callable[[str], Any], str] = {
+    _host_port: "HOST:PORT",
+    _http_url: "URL",
+    _redis_url: "URL",
+    _positive_float: "SECONDS",
+    _non_negative_float: "SECONDS",
+    _positive_int: "N",
+    _bool: "BOOL",
+    _caller: "NAME",
+    _file: "FILE",
+}
 
 
 OPTIONS: tuple[_Option, ...] = (
@@ -150,7 +206,7 @@ OPTIONS: tuple[_Option, ...] = (
         "--api-key-file",
         "STABLECOG_API_KEY_FILE",
         "api_key_file",
-        _path,
+        _file,
         "file holding the Stablecog API key; re-read when it changes",
     ),
     _Option(
@@ -179,7 +235,23 @@ OPTIONS: tuple[_Option, ...] = (
         "GATEWAY_MAX_CONCURRENT_CALLS",
         "max_concurrent_calls",
         _positive_int,
-        "calls handled at once; more are refused with RESOURCE_EXHAUSTED",
+        "calls handled at once; more are refused with RESOURCE_EXHAUSTED GATEWAY_OVERLOADED "
+        "(health checks are never refused)",
+    ),
+    _Option(
+        "--max-prompt-chars",
+        "GATEWAY_MAX_PROMPT_CHARS",
+        "max_prompt_chars",
+        _positive_int,
+        "longest prompt or negative prompt accepted (Stablecog reads only the first 500 bytes)",
+    ),
+    _Option(
+        "--min-generation-deadline",
+        "GATEWAY_MIN_GENERATION_DEADLINE",
+        "min_generation_deadline",
+        _non_negative_float,
+        "a call whose deadline leaves less than this is refused before any generation "
+        "(nothing is spent on an answer it could never receive); 0 turns it off",
     ),
     _Option(
         "--grace-period",
@@ -192,7 +264,7 @@ OPTIONS: tuple[_Option, ...] = (
         "--cache",
         "GATEWAY_CACHE",
         "cache",
-        _choice("memory", "redis", "off"),
+        _Choice(("memory", "redis", "off")),
         "seeded-call cache: memory, redis or off",
     ),
     _Option(
@@ -214,6 +286,7 @@ OPTIONS: tuple[_Option, ...] = (
         "cache_max_bytes",
         _positive_int,
         "most bytes the in-memory cache holds",
+        metavar="BYTES",
     ),
     _Option(
         "--redis-timeout",
@@ -240,17 +313,29 @@ OPTIONS: tuple[_Option, ...] = (
         "--log-level",
         "GATEWAY_LOG_LEVEL",
         "log_level",
-        _log_level,
-        "log level: debug, info, warning or error",
+        _Choice(("debug", "info", "warning", "error"), upper=True),
+        "log level",
     ),
     _Option("--log-prompts", "GATEWAY_LOG_PROMPTS", "log_prompts", _bool, "log prompts in clear"),
-    _Option("--tls-cert-file", "GATEWAY_TLS_CERT_FILE", "tls_cert_file", _path, "TLS certificate"),
-    _Option("--tls-key-file", "GATEWAY_TLS_KEY_FILE", "tls_key_file", _path, "TLS private key"),
+    _Option(
+        "--tls-cert-file",
+        "GATEWAY_TLS_CERT_FILE",
+        "tls_cert_file",
+        _file,
+        "TLS certificate chain (PEM)",
+    ),
+    _Option(
+        "--tls-key-file",
+        "GATEWAY_TLS_KEY_FILE",
+        "tls_key_file",
+        _file,
+        "TLS private key (PEM, unencrypted)",
+    ),
     _Option(
         "--tls-client-ca-file",
         "GATEWAY_TLS_CLIENT_CA_FILE",
         "tls_client_ca_file",
-        _path,
+        _file,
         "CA bundle; when set, clients must present a certificate it signed (mTLS)",
     ),
 )
@@ -259,9 +344,71 @@ OPTIONS: tuple[_Option, ...] = (
 API_KEY_ENV = "STABLECOG_API_KEY"
 
 
+# OpenTelemetry's standard variables, read here (and only here) for gateway.tracing.
+OTEL_ENV = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_RESOURCE_ATTRIBUTES",
+)
+
+
+def tracing_settings(environ: Mapping[str, str]) -> TracingSettings:
+    """TracingSettings from the OTEL_* variables; ConfigError naming the variable."""
+
+    def get(name: str) -> str | None:
+        value = environ.get(name, "").strip()
+        return value or None
+
+    exporter = (get("OTEL_TRACES_EXPORTER") or "none").lower()
+    if exporter not in EXPORTERS:
+        raise ConfigError(
+            f"invalid OTEL_TRACES_EXPORTER: expected one of {', '.join(EXPORTERS)}, "
+            f"got {exporter!r}"
+        )
+    endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint is not None:
+        try:
+            endpoint = _http_url(endpoint)
+        except ValueError as exc:
+            raise ConfigError(f"invalid OTEL_EXPORTER_OTLP_ENDPOINT: {exc}") from None
+    sampler = (get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").lower()
+    if sampler not in SAMPLERS:
+        raise ConfigError(
+            f"invalid OTEL_TRACES_SAMPLER: expected one of {', '.join(SAMPLERS)}, got {sampler!r}"
+        )
+    try:
+        ratio = float(get("OTEL_TRACES_SAMPLER_ARG") or "1.0")
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError("invalid OTEL_TRACES_SAMPLER_ARG: expected a ratio from 0 to 1") from None
+    attributes = []
+    for item in (get("OTEL_RESOURCE_ATTRIBUTES") or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(
+                "invalid OTEL_RESOURCE_ATTRIBUTES: expected key=value pairs separated by commas"
+            )
+        attributes.append((unquote(name.strip()), unquote(value.strip())))
+    return TracingSettings(
+        exporter=exporter,
+        endpoint=endpoint,
+        service_name=get("OTEL_SERVICE_NAME") or "stablecog-gateway",
+        sampler=sampler,
+        sampler_arg=ratio,
+        resource_attributes=tuple(attributes),
+    )
+
+
 def environment_variables() -> frozenset[str]:
     """Every environment variable the gateway reads."""
-    return frozenset({o.env for o in OPTIONS} | {API_KEY_ENV})
+    return frozenset({o.env for o in OPTIONS} | {API_KEY_ENV, *OTEL_ENV})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,30 +416,45 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stablecog-gateway",
         description="gRPC gateway to Stablecog's image generation API. "
         f"The API key comes from {API_KEY_ENV} or --api-key-file.",
+        epilog="Each option can also be set by the environment variable its help names; "
+        "the flag wins (e.g. --no-log-prompts overrides GATEWAY_LOG_PROMPTS=true).",
     )
     defaults = Settings()
     for option in OPTIONS:
-        if option.parse is _bool:
+        default = getattr(defaults, option.attr)
+        shown = "unset" if default is None else str(default).lower()
+        if option.is_switch:
             parser.add_argument(
                 option.flag,
                 dest=option.attr,
-                action="store_const",
-                const="true",
+                action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"{option.help} (env {option.env})",
+                help=f"{option.help} (env {option.env}; default {shown})",
             )
             continue
-        default = getattr(defaults, option.attr)
-        shown = "unset" if default is None else str(default).lower()
         parser.add_argument(
             option.flag,
             dest=option.attr,
             default=None,
-            metavar="VALUE",
+            metavar=option.shown_value,
             help=f"{option.help} (env {option.env}; default {shown})",
         )
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     return parser
+
+
+def named(attr: str) -> str:
+    """How a message names a setting: `--flag / VARIABLE`."""
+    option = next(o for o in OPTIONS if o.attr == attr)
+    return f"{option.flag} / {option.env}"
+
+
+def _shown(raw: str) -> str:
+    """A bad value as a message quotes it: a URL's password masked, long values cut."""
+    parts = urlsplit(raw) if "://" in raw else None
+    if parts is not None and parts.password:
+        raw = raw.replace(f":{parts.password}@", ":***@", 1)
+    return repr(raw if len(raw) <= 80 else raw[:77] + "...")
 
 
 def load_settings(
@@ -304,6 +466,9 @@ def load_settings(
     values: dict[str, Any] = {}
     for option in OPTIONS:
         raw = args[option.attr]
+        if isinstance(raw, bool):  # --flag / --no-flag
+            values[option.attr] = raw
+            continue
         source = option.flag
         if raw is None:
             raw = environ.get(option.env)
@@ -313,34 +478,94 @@ def load_settings(
         try:
             values[option.attr] = option.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"invalid {option.flag} / {option.env}: {exc}") from None
+            raise ConfigError(
+                f"invalid {option.flag} / {option.env}: {exc}, got {_shown(raw)}"
+            ) from None
     api_key = environ.get(API_KEY_ENV, "").strip() or None
-    settings = Settings(api_key=api_key, **values)
+    settings = Settings(api_key=api_key, tracing=tracing_settings(environ), **values)
     _check_consistency(settings)
     return settings
 
 
 def _check_consistency(settings: Settings) -> None:
     if settings.api_key and settings.api_key_file:
-        raise ConfigError(
-            f"set either {API_KEY_ENV} or --api-key-file / STABLECOG_API_KEY_FILE, not both"
-        )
-    if settings.api_key_file and not settings.api_key_file.is_file():
-        raise ConfigError(
-            f"invalid --api-key-file / STABLECOG_API_KEY_FILE: {settings.api_key_file} "
-            "is not a readable file"
-        )
+        raise ConfigError(f"set either {API_KEY_ENV} or {named('api_key_file')}, not both")
     if settings.cache == "redis" and not settings.redis_url:
-        raise ConfigError("--cache redis needs --redis-url / GATEWAY_REDIS_URL")
+        raise ConfigError(
+            f"{named('cache')} is redis, which needs {named('redis_url')}: "
+            "set it to redis://HOST:PORT/DB"
+        )
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise ConfigError(
-            "set both --tls-cert-file / GATEWAY_TLS_CERT_FILE and "
-            "--tls-key-file / GATEWAY_TLS_KEY_FILE, or neither"
+            f"set both {named('tls_cert_file')} and {named('tls_key_file')}, or neither"
         )
     if settings.tls_client_ca_file and not settings.tls_cert_file:
-        raise ConfigError("--tls-client-ca-file / GATEWAY_TLS_CLIENT_CA_FILE needs TLS enabled")
-    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
-        path = getattr(settings, name)
-        if path is not None and not path.is_file():
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"invalid {flag}: {path} is not a readable file")
+        raise ConfigError(
+            f"{named('tls_client_ca_file')} needs TLS: set {named('tls_cert_file')} "
+            f"and {named('tls_key_file')} too"
+        )
+
+
+def check_tls_files(settings: Settings) -> None:
+    """ConfigError naming the flag, the variable and the cause when the TLS files cannot
+    serve (grpc itself would only say that the port cannot be bound, and log the cause in
+    its own format). No-op without TLS. Run by the app before it binds: the files are the
+    pod's (Secrets), so `load_settings` checks only that they are readable."""
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if cert is None or key is None:
+        return
+    cert_text = _read_pem(cert, "tls_cert_file")
+    if "-----BEGIN CERTIFICATE-----" not in cert_text:
+        raise ConfigError(
+            f"invalid {named('tls_cert_file')}: {cert} holds no PEM certificate "
+            "(-----BEGIN CERTIFICATE-----)"
+        )
+    _check_certificates(cert_text, cert, "tls_cert_file", "not a valid certificate chain")
+    key_text = _read_pem(key, "tls_key_file")
+    if "PRIVATE KEY-----" not in key_text:
+        raise ConfigError(
+            f"invalid {named('tls_key_file')}: {key} holds no PEM private key "
+            "(-----BEGIN PRIVATE KEY-----)"
+        )
+    if "ENCRYPTED" in key_text:
+        raise ConfigError(
+            f"invalid {named('tls_key_file')}: the private key in {key} is encrypted; "
+            "gRPC needs it unencrypted (openssl pkey -in KEY -out PLAIN_KEY)"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A password callback, so OpenSSL never prompts on a terminal.
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(
+                f"invalid {named('tls_key_file')}: the private key in {key} does not match "
+                f"the certificate in {cert} ({named('tls_cert_file')})"
+            ) from None
+        raise ConfigError(
+            f"invalid {named('tls_cert_file')} or {named('tls_key_file')}: "
+            f"{cert} and {key} cannot be loaded together ({exc})"
+        ) from None
+    client_ca = settings.tls_client_ca_file
+    if client_ca is not None:
+        ca_text = _read_pem(client_ca, "tls_client_ca_file")
+        if "-----BEGIN CERTIFICATE-----" not in ca_text:
+            raise ConfigError(
+                f"invalid {named('tls_client_ca_file')}: {client_ca} holds no PEM CA "
+                "certificate (-----BEGIN CERTIFICATE-----)"
+            )
+        _check_certificates(ca_text, client_ca, "tls_client_ca_file", "not a valid CA bundle")
+
+
+def _read_pem(path: Path, attr: str) -> str:
+    try:
+        return path.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"invalid {named(attr)}: cannot read {path}: {exc.strerror}") from None
+
+
+def _check_certificates(text: str, path: Path, attr: str, what: str) -> None:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"invalid {named(attr)}: {path} is {what} ({exc})") from None

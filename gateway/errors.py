@@ -8,7 +8,10 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
     GatewayError
     ├── InvalidRequest               INVALID_ARGUMENT    a documented constraint is broken
     ├── MissingCredentials           UNAUTHENTICATED     no configured key, no caller key
+    ├── MalformedCredentials         UNAUTHENTICATED     the caller's key cannot be a key
     ├── GatewayDraining              UNAVAILABLE         shutting down; call another replica
+    ├── GatewayOverloaded            RESOURCE_EXHAUSTED  too many calls at once; retry shortly
+    ├── DeadlineTooShort             INVALID_ARGUMENT    no generation fits the deadline
     ├── CallTimedOut                 DEADLINE_EXCEEDED   the caller's deadline ran out
     │   └── UpstreamTimedOut         DEADLINE_EXCEEDED   the gateway's upstream timeout ran out
     ├── GatewayInternal              INTERNAL            a bug in the gateway (details only in logs)
@@ -94,6 +97,24 @@ class MissingCredentials(GatewayError):
     """No API key is configured and the caller sent no `authorization` metadata."""
 
     default_reason = "MISSING_API_KEY"
+
+
+class MalformedCredentials(GatewayError):
+    """The caller's `authorization` metadata cannot hold a key (control bytes, spaces...)."""
+
+    default_reason = "MALFORMED_API_KEY"
+
+
+class GatewayOverloaded(GatewayError):
+    """The gateway holds as many calls as it may (--max-concurrent-calls); nothing was sent."""
+
+    default_reason = "GATEWAY_OVERLOADED"
+
+
+class DeadlineTooShort(GatewayError):
+    """The caller's deadline is shorter than any generation takes; nothing was sent."""
+
+    default_reason = "DEADLINE_TOO_SHORT"
 
 
 class GatewayDraining(GatewayError):
@@ -207,7 +228,10 @@ class UpstreamBadResponse(UpstreamError):
 GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     MissingCredentials: grpc.StatusCode.UNAUTHENTICATED,
+    MalformedCredentials: grpc.StatusCode.UNAUTHENTICATED,
     GatewayDraining: grpc.StatusCode.UNAVAILABLE,
+    GatewayOverloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineTooShort: grpc.StatusCode.INVALID_ARGUMENT,
     CallTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
     UpstreamTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
     GatewayInternal: grpc.StatusCode.INTERNAL,

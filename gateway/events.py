@@ -35,6 +35,7 @@ class CallHandled(Event):
     method: str
     code: str
     seconds: float
+    trace_id: str | None = None  # for an exemplar on the latency histogram
 
 
 @dataclass(frozen=True)

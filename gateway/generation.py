@@ -14,6 +14,8 @@ from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.account import ApiKey
 from gateway.balance import Balance
 from gateway.call import CacheControl, CallBudget
+from gateway.errors import DeadlineTooShort
+from gateway.tracing import TraceParent
 
 CacheResult = generation_pb2.CacheResult
 
@@ -27,6 +29,7 @@ class GenerationCall:
     budget: CallBudget
     caller: str
     cache_control: CacheControl = field(default_factory=CacheControl)
+    trace: TraceParent | None = None  # the span of the call this generation is made for
 
     def with_budget(self, budget: CallBudget) -> GenerationCall:
         return replace(self, budget=budget)
@@ -53,3 +56,19 @@ class Generated:
 
 class Generator(Protocol):
     async def generate(self, call: GenerationCall) -> Generated: ...
+
+
+# No generation is answered faster than this (docs/upstream-api.md#timeouts-and-latency):
+# a caller whose deadline leaves less would pay for an answer it can never receive.
+MIN_GENERATION_SECONDS = 1.0
+
+
+def ensure_time_to_generate(call: GenerationCall, minimum: float) -> None:
+    """Raise DeadlineTooShort when the caller's deadline leaves less than `minimum`."""
+    if call.budget.caller_deadline and call.budget.seconds < minimum:
+        raise DeadlineTooShort(
+            f"the call's deadline leaves {call.budget.seconds:.3f} s, less than any generation "
+            f"takes ({minimum:g} s, --min-generation-deadline); nothing was sent and nothing "
+            "was charged",
+            metadata={"minimum_seconds": f"{minimum:g}"},
+        )

@@ -196,6 +196,12 @@ class GatewayMetrics:
             "Requests rejected for breaking a documented constraint, by request field.",
             ("field",),
         )
+        self.dependency_reachable = gauge(
+            "stablecog_dependency_reachable",
+            "1 if a dependency answered its last check, else 0 (upstream: GET /v1/health; "
+            "redis, with --cache redis: PING); checked at start and every 30 s.",
+            ("dependency",),
+        )
         self._initialise(grpc_methods, known_models)
 
     def _initialise(
@@ -233,6 +239,10 @@ class GatewayMetrics:
         with contextlib.suppress(KeyError):
             self.credits_remaining.remove(fingerprint)
 
+    def set_reachable(self, dependency: str, reachable: bool) -> None:
+        """The result of a reachability check (gateway.reachability)."""
+        self.dependency_reachable.labels(dependency).set(1 if reachable else 0)
+
     def caller_label(self, raw: str | None) -> str:
         """The bounded caller label for an `x-caller` value (None: the configured caller)."""
         value = sanitize_label(raw)
@@ -253,7 +263,8 @@ class GatewayMetrics:
         labels = ("unary", event.service, event.method)
         self.inflight.dec()
         self.grpc_handled.labels(*labels, event.code).inc()
-        self.grpc_handling.labels(*labels).observe(event.seconds)
+        exemplar = {"trace_id": event.trace_id} if event.trace_id else None
+        self.grpc_handling.labels(*labels).observe(event.seconds, exemplar)
 
     def _upstream_request_ended(self, event: UpstreamRequestEnded) -> None:
         self.upstream_duration.labels(event.endpoint, event.status_class).observe(event.seconds)

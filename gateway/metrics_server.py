@@ -7,6 +7,10 @@ from collections.abc import Iterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics
+
+from gateway.config import named
+from gateway.listen import cannot_listen, reason, split
 
 METRICS_PATH = "/metrics"
 
@@ -30,23 +34,33 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, listen: str) -> None:
         self._registry = WithoutCreated(registry)
-        host, _, port = listen.rpartition(":")
-        self._host = host.strip("[]")
-        self._port = int(port)
+        self._listen = listen
+        self._host, self._port = split(listen)
         app = web.Application()
         app.router.add_get(METRICS_PATH, self._metrics)
         # No access log: Prometheus scrapes every few seconds.
         self._runner = web.AppRunner(app, access_log=None)
         self.port: int | None = None
 
-    async def _metrics(self, _: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
+        # OpenMetrics when the scraper asks for it: it carries the latency exemplars
+        # (trace ids); the classic text format cannot.
+        if "application/openmetrics-text" in request.headers.get("Accept", ""):
+            body = openmetrics.generate_latest(self._registry)  # type: ignore[no-untyped-call]
+            return web.Response(
+                body=body, headers={"Content-Type": openmetrics.CONTENT_TYPE_LATEST}
+            )
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def start(self) -> None:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            await self._runner.cleanup()
+            raise cannot_listen(named("metrics_listen"), self._listen, reason(error)) from None
         address = self._runner.addresses[0]
         self.port = int(address[1])
 

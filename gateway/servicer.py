@@ -8,11 +8,10 @@ GatewayError.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import grpc
 
-from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.account import account_fingerprint
 from gateway.auth import KeyResolver
 from gateway.call import SAVED_RESULTS, Call, CallReport, cache_result_name
@@ -29,8 +28,8 @@ SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].f
 REJECTED_KEY_LOG_EVERY = 60.0
 
 
-class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
-    """Serves CreateGeneration."""
+class GenerationServicer:
+    """Serves CreateGeneration (registered through `rpc_handler`)."""
 
     def __init__(
         self,
@@ -50,16 +49,20 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self._clock = clock
         self._rejected_key_logged_at = float("-inf")
 
-    async def CreateGeneration(
-        self,
-        request: generation_pb2.GenerationRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> generation_pb2.GenerationResponse:
-        response = await self._runner.run(
-            SERVICE_NAME, "CreateGeneration", request, context, self._create_generation
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        """The service's methods, each run by the call runner from the request's bytes."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "CreateGeneration": self._runner.unary(
+                    SERVICE_NAME,
+                    "CreateGeneration",
+                    generation_pb2.GenerationRequest,
+                    generation_pb2.GenerationResponse,
+                    self._create_generation,
+                ),
+            },
         )
-        assert isinstance(response, generation_pb2.GenerationResponse)
-        return response
 
     async def _create_generation(
         self, request: generation_pb2.GenerationRequest, call: Call, report: CallReport
@@ -76,6 +79,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                     budget=call.budget,
                     caller=call.caller,
                     cache_control=call.cache_control,
+                    trace=call.trace,
                 )
             )
         except ConfiguredKeyRejected:

@@ -15,10 +15,12 @@ from typing import Any
 
 import httpx
 
+from gateway import tracing
 from gateway.account import ApiKey
 from gateway.call import CallBudget
 from gateway.errors import CallTimedOut, GatewayError, UpstreamTimedOut
 from gateway.events import NULL_TELEMETRY, Telemetry, UpstreamFailed, UpstreamRequestEnded
+from gateway.tracing import AttributeValue, TraceParent, Tracing
 from gateway.transport import AiohttpTransport
 from gateway.transport_errors import upstream_error_for
 from gateway.upstream_defaults import CREATE_ENDPOINT, CREATE_PATH
@@ -51,8 +53,17 @@ class StablecogClient:
         max_connections: int = 1000,
         transport: httpx.AsyncBaseTransport | None = None,
         telemetry: Telemetry = NULL_TELEMETRY,
+        tracing: Tracing | None = None,
     ) -> None:
         self._telemetry = telemetry
+        self._tracing = tracing or Tracing.off()
+        url = httpx.URL(base_url)
+        self._span_attributes: dict[str, AttributeValue] = {
+            "http.request.method": "POST",
+            "server.address": url.host,
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            "url.full": str(url.join(CREATE_PATH)),
+        }
         self._client = httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(connect=connect_timeout, read=None, write=None, pool=None),
@@ -65,23 +76,30 @@ class StablecogClient:
         await self._client.aclose()
 
     async def create_generation(
-        self, body: dict[str, Any], key: ApiKey, budget: CallBudget
+        self,
+        body: dict[str, Any],
+        key: ApiKey,
+        budget: CallBudget,
+        trace: TraceParent | None = None,
     ) -> UpstreamAnswer:
         """POST one generation; return the 200 answer or raise the mapped GatewayError."""
         started = time.perf_counter()
         status_class = "error"
+        status_code: int | None = None
+        span = self._tracing.child(trace, "POST", client=True, attributes=self._span_attributes)
+        headers = {"authorization": key.authorization}
+        tracing.inject(span, headers)
         try:
             try:
                 async with asyncio.timeout(budget.seconds):
-                    response = await self._client.post(
-                        CREATE_PATH, json=body, headers={"authorization": key.authorization}
-                    )
+                    response = await self._client.post(CREATE_PATH, json=body, headers=headers)
             except TimeoutError:
                 status_class = "timeout"
                 raise _timed_out(budget) from None
             except httpx.RequestError as error:
                 raise upstream_error_for(error) from None
             seconds = time.perf_counter() - started
+            status_code = response.status_code
             status_class = f"{response.status_code // 100}xx"
             if response.status_code != 200:
                 raise error_from_response(
@@ -93,8 +111,10 @@ class StablecogClient:
             return UpstreamAnswer(body=response.content, seconds=seconds)
         except GatewayError as error:
             self._telemetry.emit(UpstreamFailed(error.reason))
+            tracing.fail(span, error.reason)
             raise
         finally:
+            tracing.end(span, {"http.response.status_code": status_code})
             self._telemetry.emit(
                 UpstreamRequestEnded(CREATE_ENDPOINT, status_class, time.perf_counter() - started)
             )

@@ -8,7 +8,12 @@ from gateway.balance import Balance
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.events import NULL_TELEMETRY, CreditsSpent, Telemetry, UpstreamFailed
-from gateway.generation import Generated, GenerationCall
+from gateway.generation import (
+    MIN_GENERATION_SECONDS,
+    Generated,
+    GenerationCall,
+    ensure_time_to_generate,
+)
 from gateway.translate import request_to_json, response_from_body
 from gateway.upstream import StablecogClient
 from gateway.upstream_defaults import DEFAULT_NUM_OUTPUTS
@@ -25,15 +30,18 @@ class UpstreamGenerator:
         *,
         telemetry: Telemetry = NULL_TELEMETRY,
         clock: Clock = SYSTEM_CLOCK,
+        min_generation_seconds: float = MIN_GENERATION_SECONDS,
     ) -> None:
+        self._min_generation_seconds = min_generation_seconds
         self._client = client
         self._telemetry = telemetry
         self._clock = clock
 
     async def generate(self, call: GenerationCall) -> Generated:
+        ensure_time_to_generate(call, self._min_generation_seconds)
         started_at = self._clock.wall()
         answer = await self._client.create_generation(
-            request_to_json(call.request), call.key, call.budget
+            request_to_json(call.request), call.key, call.budget, call.trace
         )
         # Reported here, not when the caller is answered: a generation that outlives its
         # caller (coalesced, cached) was still paid for.

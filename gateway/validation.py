@@ -13,6 +13,7 @@ import protovalidate
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.errors import FieldViolation, InvalidRequest
 
+MAX_PROMPT_CHARS = 10_000
 _RULE_DESCRIPTIONS = {
     "required": "is required",
 }
@@ -21,8 +22,9 @@ _RULE_DESCRIPTIONS = {
 class RequestValidator:
     """Checks a GenerationRequest against its declared rules. Build once; reuse."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_prompt_chars: int = MAX_PROMPT_CHARS) -> None:
         self._validator = protovalidate.Validator()
+        self._max_prompt_chars = max_prompt_chars
 
     def violations(self, request: generation_pb2.GenerationRequest) -> list[FieldViolation]:
         """Every broken rule, one FieldViolation each; empty when the request is valid."""
@@ -38,6 +40,19 @@ class RequestValidator:
                 field = proto.rule_id.partition(".")[0]
                 description = message[:1].upper() + message[1:]
             found.append(FieldViolation(field=field, description=description))
+        # The gateway's own bound (configurable, so not in the .proto): the upstream reads
+        # only the first 500 bytes of a prompt, so a megabyte of text is a mistake.
+        for field in ("prompt", "negative_prompt"):
+            length = len(getattr(request, field))
+            if length > self._max_prompt_chars:
+                found.append(
+                    FieldViolation(
+                        field=field,
+                        description=f"{field} has {length} characters; at most "
+                        f"{self._max_prompt_chars} are accepted (--max-prompt-chars), and "
+                        "Stablecog reads only the first 500 bytes",
+                    )
+                )
         return found
 
     def check(self, request: generation_pb2.GenerationRequest) -> None:

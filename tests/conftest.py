@@ -61,6 +61,9 @@ async def make_gateway(emulator: Emulator) -> AsyncIterator[GatewayFactory]:
             upstream_url=emulator.base_url,
             api_key=ACCOUNT_KEY,
             grace_period=5.0,
+            # The emulator answers in milliseconds; the production floor (1 s) would refuse
+            # the short deadlines tests use to cut calls mid-generation.
+            min_generation_deadline=0.05,
         )
         app = GatewayApp(replace(settings, **overrides), seams)
         await app.start()

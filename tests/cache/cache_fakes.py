@@ -193,9 +193,9 @@ class MemoryShared:
         if self._holder(key) == token:
             del self.locks[key]
 
-    async def locked(self, key: str) -> bool:
+    async def holder(self, key: str) -> str | None:
         self._check()
-        return self._holder(key) is not None
+        return self._holder(key)
 
     async def put_outcome(self, key: str, value: bytes, ttl: float) -> None:
         self._check()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from emulator.config import parse_cli
+from gateway.version import VERSION
 from tests.emulator.emulator_support import SMALL, TOKEN, auth
 from tests.fixtures import CREATE
-from tests.processes import EmulatorProcess
+from tests.processes import ROOT, EmulatorProcess
 
 
 def test_flags_env_vars_and_defaults() -> None:
@@ -101,3 +105,29 @@ def test_process_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
         assert TOKEN not in stderr
     finally:
         emulator.kill()
+
+
+def test_version_is_printed_like_the_gateways() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "emulator", "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"stablecog-emulator {VERSION}"
+
+
+def test_a_busy_port_names_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        emulator = EmulatorProcess(["--listen", f"127.0.0.1:{port}"], tmp_path / "emulator.log")
+        with pytest.raises(RuntimeError, match="exited with code 1"):
+            emulator.start(timeout=15)
+    assert (
+        f"cannot listen on --listen / STABLECOG_EMULATOR_LISTEN 127.0.0.1:{port}: "
+        "address already in use"
+    ) in emulator.logs()

@@ -60,7 +60,10 @@ def test_codes_follow_the_contract() -> None:
     assert {cls.__name__: code.name for cls, code in GRPC_CODES.items()} == {
         "InvalidRequest": "INVALID_ARGUMENT",
         "MissingCredentials": "UNAUTHENTICATED",
+        "MalformedCredentials": "UNAUTHENTICATED",
         "GatewayDraining": "UNAVAILABLE",
+        "GatewayOverloaded": "RESOURCE_EXHAUSTED",
+        "DeadlineTooShort": "INVALID_ARGUMENT",
         "CallTimedOut": "DEADLINE_EXCEEDED",
         "GatewayInternal": "INTERNAL",
         "UpstreamInvalidArgument": "INVALID_ARGUMENT",

@@ -43,7 +43,7 @@ def test_pure_modules_load_no_io_library(module: str) -> None:
     assert not {m for m in loaded if m.split(".")[0] in IO_LIBRARIES}
 
 
-def test_the_memory_cache_does_not_load_redis() -> None:
+def test_the_defaults_load_neither_redis_nor_opentelemetry() -> None:
     statement = (
         "from gateway.app import GatewayApp\n"
         "from gateway.config import Settings\n"
@@ -53,3 +53,5 @@ def test_the_memory_cache_does_not_load_redis() -> None:
     loaded = loaded_after(statement)
     assert "gateway.cache" in loaded
     assert not {m for m in loaded if m.split(".")[0] == "redis"}
+    # Tracing is off by default: the OpenTelemetry packages are not even imported.
+    assert not {m for m in loaded if m.split(".")[0] == "opentelemetry"}

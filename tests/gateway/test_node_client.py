@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -38,12 +39,12 @@ async def _run(gateway: GatewayApp, *args: str) -> tuple[int, str]:
 
 
 async def test_node_client_generates(gateway: GatewayApp) -> None:
-    code, out = await _run(gateway, "a lighthouse at dawn", "42")
+    code, out = await _run(gateway, "a lighthouse at dawn", "--seed", "42")
     assert code == 0, out
     lines = out.strip().splitlines()
     assert len(lines) == 3  # two outputs (the default num_outputs) and a summary
     assert all(line.startswith("http://127.0.0.1:") for line in lines[:2])
-    assert lines[2] == "seed 42, cache CACHE_RESULT_MISS"
+    assert re.fullmatch(r"seed 42, \d+x\d+, remaining credits \d+, cache miss", lines[2])
 
 
 async def test_node_client_reads_field_violations(gateway: GatewayApp) -> None:
