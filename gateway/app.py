@@ -123,6 +123,8 @@ class GatewayApp:
         self.reachability = Reachability(
             probes, report=self.metrics.set_reachable, clock=seams.clock
         )
+        # Set by a second stop signal: cut the drain short.
+        self.force_stop = asyncio.Event()
         self.runner = CallRunner(
             telemetry=self.metrics,
             caller_label=self.metrics.caller_label,
@@ -236,25 +238,27 @@ class GatewayApp:
         )
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain and stop: refuse new calls, let calls in flight finish within `grace`."""
+        """Drain and stop: refuse new calls, let calls in flight finish within `grace`
+        (or until `force_stop` is set: a second stop signal)."""
         grace = self.settings.grace_period if grace is None else grace
         await self.health.enter_graceful_shutdown()
         self.runner.draining = True
         in_flight = self.runner.in_flight.count
         _log.info("draining", extra={"in_flight": in_flight, "grace_seconds": grace})
-        try:
-            async with asyncio.timeout(grace):
-                await self.runner.in_flight.wait_idle()
-                # Generations whose callers left are paid for: let them fill the cache.
-                if self.cache is not None:
-                    await self.cache.wait_idle()
-        except TimeoutError:
+        drained = asyncio.ensure_future(self._drained())
+        forced = asyncio.ensure_future(self.force_stop.wait())
+        done, _ = await asyncio.wait(
+            {drained, forced}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in (drained, forced):
+            waiter.cancel()
+        if drained not in done:
+            why = "second stop signal" if forced in done else "grace period over"
+            flights = self.cache.flights if self.cache else 0
+            cut = await self.runner.abandon(within=2.0)
             _log.warning(
-                "grace period over; cancelling calls in flight",
-                extra={
-                    "in_flight": self.runner.in_flight.count,
-                    "cache_flights": self.cache.flights if self.cache else 0,
-                },
+                f"{why}; calls in flight were cut and told they may have been charged",
+                extra={"abandoned_calls": cut, "abandoned_cache_flights": flights},
             )
         await self.reachability.aclose()
         await self.server.stop(grace=0.5)
@@ -265,12 +269,36 @@ class GatewayApp:
         await self.metrics_server.stop()
         _log.info("gateway stopped")
 
+    async def _drained(self) -> None:
+        await self.runner.in_flight.wait_idle()
+        # Generations whose callers left are paid for: let them fill the cache.
+        if self.cache is not None:
+            await self.cache.wait_idle()
+
     async def serve_until_signalled(self) -> None:
-        """Serve (after `start`) until SIGTERM or SIGINT, then drain and stop."""
+        """Serve (after `start`) until SIGTERM or SIGINT, then drain and stop; a second
+        one stops at once. SIGHUP is ignored (the key file is re-read by itself)."""
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
+
+        def on_stop_signal() -> None:
+            if stop_requested.is_set():
+                _log.warning("second stop signal: stopping now")
+                self.force_stop.set()
+            stop_requested.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop_requested.set)
+            loop.add_signal_handler(sig, on_stop_signal)
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: _log.info(
+                "SIGHUP ignored",
+                extra={
+                    "why": "nothing needs reloading (the key file is re-read when it changes); "
+                    "send SIGTERM to stop"
+                },
+            ),
+        )
         await stop_requested.wait()
         _log.info("stop signal received")
         await self.stop()

@@ -41,6 +41,7 @@ from gateway.errors import (
     GatewayError,
     GatewayInternal,
     GatewayOverloaded,
+    GenerationAbandoned,
     InvalidRequest,
     grpc_code,
     to_status,
@@ -78,20 +79,28 @@ Pipeline = Callable[[RequestT, Call, CallReport], Awaitable[Answer]]
 
 
 class InFlight:
-    """Counts calls in flight; `wait_idle` returns when none are left."""
+    """The calls in flight (their tasks); `wait_idle` returns when none are left."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.tasks: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
+    @property
+    def count(self) -> int:
+        return len(self.tasks)
+
     def __enter__(self) -> None:
-        self.count += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
         self._idle.clear()
 
     def __exit__(self, *_: object) -> None:
-        self.count -= 1
-        if self.count == 0:
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.discard(task)
+        if not self.tasks:
             self._idle.set()
 
     async def wait_idle(self) -> None:
@@ -124,6 +133,7 @@ class CallRunner:
         self._log_prompts = log_prompts
         self.in_flight = InFlight()
         self.draining = False
+        self._abandoning = False
 
     def unary(
         self,
@@ -173,6 +183,10 @@ class CallRunner:
                 code, status = _status_of(error)
                 await context.abort(status.code, status.details, status.trailing_metadata)
         except asyncio.CancelledError:
+            if self._abandoning:  # the gateway cut it, not the caller: say what that means
+                error = _ABANDONED
+                code, status = _status_of(error)
+                await context.abort(status.code, status.details, status.trailing_metadata)
             code = "CANCELLED"
             remaining = context.time_remaining()
             if remaining is not None and remaining <= DEADLINE_SLACK_SECONDS:
@@ -184,6 +198,18 @@ class CallRunner:
             self._telemetry.emit(CallHandled(service, method, code, seconds, trace_id))
             _end_span(call, report, code, error)
             _log_call(call, report, code, error, seconds)
+
+    async def abandon(self, within: float) -> int:
+        """Cut every call still in flight (the grace period is over, or a second stop
+        signal came): each caller is told the call may have been charged. Returns how
+        many were cut, once they have been answered (or `within` seconds passed)."""
+        self._abandoning = True
+        tasks = list(self.in_flight.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=within)
+        return len(tasks)
 
     async def _outcome(
         self,
@@ -270,6 +296,10 @@ class CallRunner:
 
 
 _INTERNAL = GatewayInternal("the gateway failed unexpectedly; the failure is logged")
+_ABANDONED = GenerationAbandoned(
+    "the gateway stopped before this call finished (shutdown past its grace period); the "
+    "generation may have been charged, so check before retrying"
+)
 
 
 def _status_of(error: GatewayError) -> tuple[str, Any]:

@@ -23,9 +23,9 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
         ├── ConfiguredKeyRejected    INTERNAL            401 for the gateway's configured key
         ├── UpstreamPermissionDenied PERMISSION_DENIED   403, init_image_not_owned
         ├── WorkerFailed             UNAVAILABLE         generation failed and was refunded
-        ├── UpstreamUnavailable      UNAVAILABLE         502/503/504
-        │   └── UpstreamUnreachable  UNAVAILABLE         no connection: nothing was sent
-        ├── UpstreamInternal         INTERNAL            any other 5xx or unexpected status
+        ├── UpstreamUnreachable      UNAVAILABLE         no connection: nothing was sent
+        ├── UpstreamInternal         INTERNAL            502/503/504 (may have been charged),
+        │                                                any other 5xx or unexpected status
         │   ├── UpstreamConnectionLost INTERNAL          sent, no answer: may have been charged
         │   └── GenerationAbandoned  INTERNAL            stopped mid-call: may have been charged
         └── UpstreamBadResponse      INTERNAL            a 200 that is not the documented shape
@@ -187,13 +187,7 @@ class WorkerFailed(UpstreamError):
     default_reason = "WORKER_FAILED"
 
 
-class UpstreamUnavailable(UpstreamError):
-    """The upstream answered 502/503/504."""
-
-    default_reason = "UPSTREAM_UNAVAILABLE"
-
-
-class UpstreamUnreachable(UpstreamUnavailable):
+class UpstreamUnreachable(UpstreamError):
     """No connection to the upstream could be made: nothing was sent, retrying is safe."""
 
     default_reason = "UPSTREAM_UNREACHABLE"
@@ -242,7 +236,6 @@ GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
     ConfiguredKeyRejected: grpc.StatusCode.INTERNAL,
     UpstreamPermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     WorkerFailed: grpc.StatusCode.UNAVAILABLE,
-    UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
     UpstreamUnreachable: grpc.StatusCode.UNAVAILABLE,
     UpstreamInternal: grpc.StatusCode.INTERNAL,
     UpstreamConnectionLost: grpc.StatusCode.INTERNAL,

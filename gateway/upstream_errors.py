@@ -27,7 +27,6 @@ from gateway.errors import (
     UpstreamInternal,
     UpstreamInvalidArgument,
     UpstreamPermissionDenied,
-    UpstreamUnavailable,
     WorkerFailed,
 )
 
@@ -229,11 +228,14 @@ def error_from_response(
             retry_after=retry_after_seconds(headers, _DEFAULT_RETRY_SECONDS["unavailable"]),
         )
     if status in (502, 503, 504):
-        return UpstreamUnavailable(
-            f"Stablecog is unavailable (HTTP {status}); retry later",
+        # From whatever stands in front of the upstream, after the body was sent: the
+        # upstream may have started (and charged for) the generation. Not UNAVAILABLE, so
+        # no client retries it on its own.
+        return UpstreamInternal(
+            f"Stablecog's front end answered HTTP {status}; the generation may have been "
+            "charged, so check before retrying",
             reason=_status_reason(status),
             metadata=meta,
-            retry_after=retry_after_seconds(headers, _DEFAULT_RETRY_SECONDS["unavailable"]),
         )
     if code in _UNKNOWN_ERRORS:
         return UpstreamInternal(f"Stablecog failed with HTTP {status}", metadata=meta)

@@ -73,7 +73,6 @@ def test_codes_follow_the_contract() -> None:
         "ConfiguredKeyRejected": "INTERNAL",
         "UpstreamPermissionDenied": "PERMISSION_DENIED",
         "WorkerFailed": "UNAVAILABLE",
-        "UpstreamUnavailable": "UNAVAILABLE",
         "UpstreamInternal": "INTERNAL",
         "UpstreamBadResponse": "INTERNAL",
         "UpstreamTimedOut": "DEADLINE_EXCEEDED",

@@ -146,9 +146,9 @@ FAULT_ROWS = [
         False,
     ),
     ("internal_error", {}, grpc.StatusCode.INTERNAL, "UPSTREAM_UNKNOWN_ERROR", False),
-    ("http_status", {"status": 502}, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_HTTP_502", True),
-    ("http_status", {"status": 503}, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_HTTP_503", True),
-    ("http_status", {"status": 504}, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_HTTP_504", True),
+    ("http_status", {"status": 502}, grpc.StatusCode.INTERNAL, "UPSTREAM_HTTP_502", False),
+    ("http_status", {"status": 503}, grpc.StatusCode.INTERNAL, "UPSTREAM_HTTP_503", False),
+    ("http_status", {"status": 504}, grpc.StatusCode.INTERNAL, "UPSTREAM_HTTP_504", False),
     ("http_status", {"status": 500}, grpc.StatusCode.INTERNAL, "UPSTREAM_HTTP_500", False),
     ("malformed_success", {}, grpc.StatusCode.INTERNAL, "UPSTREAM_BAD_RESPONSE", False),
     (

@@ -97,9 +97,9 @@ ROWS = [
     ),
     (500, b"Internal Server Error", {}, True, grpc.StatusCode.INTERNAL, "UPSTREAM_HTTP_500"),
     (501, b"", {}, True, grpc.StatusCode.INTERNAL, "UPSTREAM_HTTP_501"),
-    (502, b"<html>bad gateway</html>", {}, True, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_HTTP_502"),
-    (503, b"", {"retry-after": "7"}, True, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_HTTP_503"),
-    (504, b"", {}, True, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_HTTP_504"),
+    (502, b"<html>bad gateway</html>", {}, True, grpc.StatusCode.INTERNAL, "UPSTREAM_HTTP_502"),
+    (503, b"", {"retry-after": "7"}, True, grpc.StatusCode.INTERNAL, "UPSTREAM_HTTP_503"),
+    (504, b"", {}, True, grpc.StatusCode.INTERNAL, "UPSTREAM_HTTP_504"),
     (404, b"404 page not found", {}, True, grpc.StatusCode.INTERNAL, "UPSTREAM_HTTP_404"),
 ]
 
@@ -136,8 +136,12 @@ def test_retry_info_where_waiting_helps() -> None:
         error_from_response(400, body("queue_limit_reached"), {}, configured_key=True).retry_after
         == 5.0
     )
+    # A 503 may follow a charge: no RetryInfo invites a retry, whatever Retry-After says.
     assert (
-        error_from_response(503, b"", {"retry-after": "7"}, configured_key=True).retry_after == 7.0
+        error_from_response(503, b"", {"retry-after": "7"}, configured_key=True).retry_after is None
+    )
+    assert "may have been charged" in (
+        error_from_response(502, b"", {}, configured_key=True).message
     )
     assert (
         error_from_response(400, body("insufficient_credits"), {}, configured_key=True).retry_after
