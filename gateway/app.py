@@ -43,6 +43,7 @@ from gateway.reachability import (
     RedisProbe,
     UpstreamProbe,
 )
+from gateway.retries import RetryPolicy
 from gateway.servicer import SERVICE_NAME, GenerationServicer
 from gateway.tracing import Tracing
 from gateway.upstream import StablecogClient
@@ -109,6 +110,9 @@ class GatewayApp:
             telemetry=self.metrics,
             clock=seams.clock,
             min_generation_seconds=settings.min_generation_deadline,
+            retries=RetryPolicy(
+                attempts=settings.upstream_retries, retry_refunded=settings.retry_refunded
+            ),
         )
         probes: list[Probe] = [
             UpstreamProbe(

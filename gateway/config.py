@@ -42,6 +42,8 @@ class Settings:
     upstream_max_connections: int = 1000
     max_concurrent_calls: int = 10000
     max_prompt_chars: int = 10_000
+    upstream_retries: int = 3
+    retry_refunded: bool = True
     min_generation_deadline: float = 1.0
     grace_period: float = 300.0
     cache: str = "memory"
@@ -237,6 +239,21 @@ OPTIONS: tuple[_Option, ...] = (
         _positive_int,
         "calls handled at once; more are refused with RESOURCE_EXHAUSTED GATEWAY_OVERLOADED "
         "(health checks are never refused)",
+    ),
+    _Option(
+        "--upstream-retries",
+        "GATEWAY_UPSTREAM_RETRIES",
+        "upstream_retries",
+        _positive_int,
+        "tries of a generation the upstream provably did not act on (refused connection, "
+        "429, full queue, refunded worker failure), the first included; 1 never retries",
+    ),
+    _Option(
+        "--retry-refunded",
+        "GATEWAY_RETRY_REFUNDED",
+        "retry_refunded",
+        _bool,
+        "also retry worker failures the upstream refunds",
     ),
     _Option(
         "--max-prompt-chars",

@@ -55,6 +55,13 @@ class UpstreamFailed(Event):
 
 
 @dataclass(frozen=True)
+class UpstreamRetried(Event):
+    """An upstream call that provably did nothing is tried again (gateway.retries)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class CreditsSpent(Event):
     """The upstream generated (and charged for) images for `caller`.
 

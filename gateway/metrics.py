@@ -30,6 +30,7 @@ from gateway.events import (
     Event,
     UpstreamFailed,
     UpstreamRequestEnded,
+    UpstreamRetried,
     ValidationFailed,
 )
 from gateway.labels import OTHER, UNKNOWN, BoundedLabel, sanitize_label
@@ -163,6 +164,11 @@ class GatewayMetrics:
             "Failed upstream calls, by ErrorInfo reason.",
             ("reason",),
         )
+        self.upstream_retries = counter(
+            "stablecog_upstream_retries_total",
+            "Upstream calls tried again because the upstream provably did not act, by reason.",
+            ("reason",),
+        )
         self.credits_remaining = gauge(
             "stablecog_credits_remaining",
             "Credits left on an account, as of its last generation "
@@ -220,6 +226,7 @@ class GatewayMetrics:
             self.cache_requests.labels(result)
         for reason in UPSTREAM_REASONS:
             self.upstream_errors.labels(reason)
+            self.upstream_retries.labels(reason)
         for field in self._fields:
             self.validation_failures.labels(field)
         self.validation_failures.labels(OTHER)
@@ -272,6 +279,9 @@ class GatewayMetrics:
     def _upstream_failed(self, event: UpstreamFailed) -> None:
         self.upstream_errors.labels(self._reasons(sanitize_label(event.reason) or UNKNOWN)).inc()
 
+    def _upstream_retried(self, event: UpstreamRetried) -> None:
+        self.upstream_retries.labels(self._reasons(sanitize_label(event.reason) or UNKNOWN)).inc()
+
     def _credits_spent(self, event: CreditsSpent) -> None:
         caller = self.caller_label(event.caller)
         model = self._models(sanitize_label(event.model_id) or UNKNOWN)
@@ -304,6 +314,7 @@ class GatewayMetrics:
         CallHandled: _call_handled,
         UpstreamRequestEnded: _upstream_request_ended,
         UpstreamFailed: _upstream_failed,
+        UpstreamRetried: _upstream_retried,
         CreditsSpent: _credits_spent,
         CreditsSaved: _credits_saved,
         CacheDecided: _cache_decided,

@@ -3,22 +3,28 @@ and report what was spent where it was spent."""
 
 from __future__ import annotations
 
+import logging
+import random
+
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.balance import Balance
+from gateway.call import CallBudget
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
-from gateway.events import NULL_TELEMETRY, CreditsSpent, Telemetry, UpstreamFailed
+from gateway.events import NULL_TELEMETRY, CreditsSpent, Telemetry, UpstreamFailed, UpstreamRetried
 from gateway.generation import (
     MIN_GENERATION_SECONDS,
     Generated,
     GenerationCall,
     ensure_time_to_generate,
 )
+from gateway.retries import RetryPolicy
 from gateway.translate import request_to_json, response_from_body
 from gateway.upstream import StablecogClient
 from gateway.upstream_defaults import DEFAULT_NUM_OUTPUTS
 
 CacheResult = generation_pb2.CacheResult
+_log = logging.getLogger(__name__)
 
 
 class UpstreamGenerator:
@@ -31,18 +37,42 @@ class UpstreamGenerator:
         telemetry: Telemetry = NULL_TELEMETRY,
         clock: Clock = SYSTEM_CLOCK,
         min_generation_seconds: float = MIN_GENERATION_SECONDS,
+        retries: RetryPolicy | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._min_generation_seconds = min_generation_seconds
+        self._retries = retries or RetryPolicy()
+        self._rng = rng or random.Random()
         self._client = client
         self._telemetry = telemetry
         self._clock = clock
 
     async def generate(self, call: GenerationCall) -> Generated:
         ensure_time_to_generate(call, self._min_generation_seconds)
-        started_at = self._clock.wall()
-        answer = await self._client.create_generation(
-            request_to_json(call.request), call.key, call.budget, call.trace
-        )
+        body = request_to_json(call.request)
+        began = self._clock.monotonic()
+        attempt = 1
+        while True:
+            started_at = self._clock.wall()
+            spent = self._clock.monotonic() - began
+            budget = CallBudget(max(call.budget.seconds - spent, 0.0), call.budget.caller_deadline)
+            try:
+                answer = await self._client.create_generation(body, call.key, budget, call.trace)
+                break
+            except GatewayError as error:
+                if attempt >= self._retries.attempts or not self._retries.retryable(error):
+                    raise
+                delay = self._retries.delay(attempt, error, self._rng)
+                left = call.budget.seconds - (self._clock.monotonic() - began)
+                if delay + self._min_generation_seconds > left:
+                    raise  # the wait does not fit the deadline: answer now, with RetryInfo
+                self._telemetry.emit(UpstreamRetried(error.reason))
+                _log.info(
+                    "retrying a generation the upstream did not act on",
+                    extra={"reason": error.reason, "attempt": attempt, "delay_seconds": delay},
+                )
+                await self._clock.sleep(delay)
+                attempt += 1
         # Reported here, not when the caller is answered: a generation that outlives its
         # caller (coalesced, cached) was still paid for.
         try:

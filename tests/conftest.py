@@ -64,6 +64,9 @@ async def make_gateway(emulator: Emulator) -> AsyncIterator[GatewayFactory]:
             # The emulator answers in milliseconds; the production floor (1 s) would refuse
             # the short deadlines tests use to cut calls mid-generation.
             min_generation_deadline=0.05,
+            # One try: tests of the error table see each upstream answer as it is; the
+            # retry tests (tests/gateway/test_retries.py) turn retries on.
+            upstream_retries=1,
         )
         app = GatewayApp(replace(settings, **overrides), seams)
         await app.start()

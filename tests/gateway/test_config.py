@@ -164,7 +164,8 @@ def test_a_switch_flag_wins_both_ways(option: _Option) -> None:
     assert getattr(load_settings([negative], {option.env: "true"}), option.attr) is False
     assert getattr(load_settings([option.flag], {option.env: "false"}), option.attr) is True
     assert getattr(load_settings([], {option.env: "true"}), option.attr) is True
-    assert getattr(load_settings([], {}), option.attr) is False
+    assert getattr(load_settings([], {option.env: "false"}), option.attr) is False
+    assert getattr(load_settings([], {}), option.attr) is getattr(Settings(), option.attr)
 
 
 def test_log_prompts_set_by_the_environment_can_be_turned_off() -> None:
