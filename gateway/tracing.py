@@ -11,6 +11,11 @@ and the OpenTelemetry packages are not even imported.
 Attributes follow the semantic conventions (`rpc.*`, `http.*`, `server.*`, `url.*`)
 plus the gateway's own `stablecog.*`; never the key, and the prompt only as the log
 has it (a digest unless --log-prompts).
+
+The opentelemetry-instrumentation-grpc/-httpx/-aiohttp packages are not used: they make
+spans from the ambient context and would trace the aiohttp hop under httpx twice, while
+this gateway passes per-call state explicitly and needs the spans to carry what only it
+knows (cache result, credits, the generating gateway of a coalesced waiter).
 """
 
 from __future__ import annotations
