@@ -74,6 +74,7 @@ class KeyFile:
                     return self._key
                 raise
             if key and not well_formed_token(key):
+                self._stamp = stamp  # re-read when it changes (or in a second), not per call
                 if self._refused_stamp != stamp:  # once per version of the file
                     self._refused_stamp = stamp
                     _log.error(

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.logs import redact
 from gateway.tracing import TraceParent
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -30,8 +31,9 @@ def parse_metadata(pairs: Iterable[tuple[str, str | bytes]] | None) -> dict[str,
 
 
 def request_id_from(value: str | None) -> str:
-    """The caller's `x-request-id` when it is a sane token, else a new random id."""
-    if value is not None and _REQUEST_ID.match(value):
+    """The caller's `x-request-id` when it is a sane token (and nothing like a key: it is
+    echoed, logged and traced), else a new random id."""
+    if value is not None and _REQUEST_ID.match(value) and redact(value) == value:
         return value
     return uuid.uuid4().hex
 

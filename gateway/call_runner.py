@@ -14,6 +14,7 @@ Health checks and reflection are not run through it (as go-grpc-prometheus users
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -58,6 +59,9 @@ access_log = logging.getLogger("gateway.access")
 # header arrives), and its cancel can reach us first.
 DEADLINE_SLACK_SECONDS = 0.1
 _ERROR_CODES = frozenset({"UNKNOWN", "INTERNAL", "DATA_LOSS"})
+_SERVER_ERROR_CODES = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
 # The largest request a call may carry (grpc's own limit, set higher in gateway.app,
 # then only cuts what is far beyond it, without details).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -170,10 +174,14 @@ class CallRunner:
         self._telemetry.emit(CallStarted(service, method))
         code = "UNKNOWN"
         error: GatewayError | None = None
+        # Admission is decided here, before any await, and a refused call holds no slot.
+        admitted = (
+            self._max_concurrent_calls is None or self.in_flight.count < self._max_concurrent_calls
+        )
         try:
-            with self.in_flight:
+            with self.in_flight if admitted else contextlib.nullcontext():
                 await context.send_initial_metadata((("x-request-id", call.request_id),))
-                outcome = await self._outcome(raw, decode, call, report, pipeline)
+                outcome = await self._outcome(raw, decode, call, report, pipeline, admitted)
                 if isinstance(outcome, Answer):
                     if outcome.trailers:
                         context.set_trailing_metadata(tuple(outcome.trailers))
@@ -218,6 +226,7 @@ class CallRunner:
         call: Call,
         report: CallReport,
         pipeline: Pipeline[RequestT],
+        admitted: bool = True,
     ) -> Answer | GatewayError:
         """The pipeline's answer, or the error the caller gets (a bug becomes
         GATEWAY_INTERNAL_ERROR, logged here with a redacted traceback)."""
@@ -226,10 +235,7 @@ class CallRunner:
                 raise GatewayDraining(
                     "the gateway is shutting down; retry on another replica", retry_after=1.0
                 )
-            if (
-                self._max_concurrent_calls is not None
-                and self.in_flight.count > self._max_concurrent_calls
-            ):
+            if not admitted:
                 raise GatewayOverloaded(
                     f"the gateway is handling its maximum of {self._max_concurrent_calls} calls "
                     "(--max-concurrent-calls); nothing was sent, retry shortly",
@@ -257,7 +263,7 @@ class CallRunner:
             )
         try:
             return decode(raw)
-        except DecodeError:
+        except (DecodeError, UnicodeDecodeError):  # the pure-Python runtime raises the latter
             raise InvalidRequest(
                 "the request is not a valid protobuf message of this method's type (malformed "
                 "bytes, or a string field that is not UTF-8)",
@@ -329,8 +335,8 @@ def _log_bug(call: Call, message: str) -> None:
 def _end_span(call: Call, report: CallReport, code: str, error: GatewayError | None) -> None:
     if call.trace is None:
         return
-    if error is not None:
-        tracing.fail(call.trace, error.reason)
+    if code in _SERVER_ERROR_CODES:  # the gRPC server-span rule: not the caller's mistakes
+        tracing.fail(call.trace, error.reason if error is not None else code)
     saved = report.cache_result in SAVED_RESULTS
     tracing.end(
         call.trace,

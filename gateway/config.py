@@ -363,6 +363,9 @@ API_KEY_ENV = "STABLECOG_API_KEY"
 
 # OpenTelemetry's standard variables, read here (and only here) for gateway.tracing.
 OTEL_ENV = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "OTEL_TRACES_EXPORTER",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -380,18 +383,31 @@ def tracing_settings(environ: Mapping[str, str]) -> TracingSettings:
         value = environ.get(name, "").strip()
         return value or None
 
+    if (get("OTEL_SDK_DISABLED") or "").lower() == "true":
+        return TracingSettings()  # the standard switch that turns OpenTelemetry off
+    protocol = get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol is not None and protocol.lower() != "grpc":
+        raise ConfigError(
+            "invalid OTEL_EXPORTER_OTLP_PROTOCOL / OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: the "
+            f"gateway exports OTLP over gRPC only, got {protocol!r}"
+        )
     exporter = (get("OTEL_TRACES_EXPORTER") or "none").lower()
     if exporter not in EXPORTERS:
         raise ConfigError(
             f"invalid OTEL_TRACES_EXPORTER: expected one of {', '.join(EXPORTERS)}, "
             f"got {exporter!r}"
         )
-    endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    endpoint_variable = (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        if get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        else "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    endpoint = get(endpoint_variable)
     if endpoint is not None:
         try:
             endpoint = _http_url(endpoint)
         except ValueError as exc:
-            raise ConfigError(f"invalid OTEL_EXPORTER_OTLP_ENDPOINT: {exc}") from None
+            raise ConfigError(f"invalid {endpoint_variable}: {exc}") from None
     sampler = (get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").lower()
     if sampler not in SAMPLERS:
         raise ConfigError(

@@ -20,9 +20,12 @@ knows (cache result, credits, the generating gateway of a coalesced waiter).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from gateway.logs import redact
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, SpanContext, Tracer
 
 EXPORTERS = ("none", "otlp", "console")
+EXPORT_TIMEOUT_SECONDS = 2.0
 SAMPLERS = (
     "always_on",
     "always_off",
@@ -120,10 +124,15 @@ class Tracing:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             endpoint = settings.endpoint or "http://localhost:4317"
+            # Short timeouts: a collector that is down must not hold up a drained shutdown.
             exporter = OTLPSpanExporter(
-                endpoint=endpoint, insecure=not endpoint.startswith("https://")
+                endpoint=endpoint,
+                insecure=not endpoint.startswith("https://"),
+                timeout=EXPORT_TIMEOUT_SECONDS,
             )
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(
+            BatchSpanProcessor(exporter, export_timeout_millis=int(EXPORT_TIMEOUT_SECONDS * 1000))
+        )
         return cls(provider.get_tracer("stablecog-gateway", version), provider)
 
     @property
@@ -141,7 +150,7 @@ class Tracing:
 
         parent = TraceContextTextMapPropagator().extract(carrier=dict(metadata))
         span = self._tracer.start_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes=dict(attributes)
+            name, context=parent, kind=SpanKind.SERVER, attributes=_safe(attributes)
         )
         return TraceParent(span)
 
@@ -163,7 +172,7 @@ class Tracing:
             name,
             context=_context_of(parent),
             kind=SpanKind.CLIENT if client else SpanKind.INTERNAL,
-            attributes=dict(attributes or {}),
+            attributes=_safe(attributes or {}),
             links=[Link(context) for context in links],
         )
         return TraceParent(span)
@@ -173,7 +182,11 @@ class Tracing:
         if self._provider is not None:
             import asyncio
 
-            await asyncio.to_thread(self._provider.shutdown)
+            # Bounded: the exporter gives up after its own timeout; never wait much longer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.to_thread(self._provider.shutdown), EXPORT_TIMEOUT_SECONDS * 2 + 1
+                )
 
 
 def link_to(span: TraceParent | None, other: SpanContext | None) -> None:
@@ -205,9 +218,8 @@ def annotate(span: TraceParent | None, attributes: Mapping[str, AttributeValue |
     """Set the attributes that are not None."""
     if span is None:
         return
-    for key, value in attributes.items():
-        if value is not None:
-            span.span.set_attribute(key, value)
+    for key, value in _safe(attributes).items():
+        span.span.set_attribute(key, value)
 
 
 def end(span: TraceParent | None, attributes: Mapping[str, AttributeValue | None]) -> None:
@@ -225,6 +237,16 @@ def fail(span: TraceParent | None, description: str) -> None:
     from opentelemetry.trace import Status, StatusCode
 
     span.span.set_status(Status(StatusCode.ERROR, description))
+
+
+def _safe(attributes: Mapping[str, AttributeValue | None]) -> dict[str, AttributeValue]:
+    """The attributes that are set, with anything that looks like a key redacted (as every
+    log line is): callers choose some values (request id, caller name)."""
+    return {
+        key: redact(value) if isinstance(value, str) else value
+        for key, value in attributes.items()
+        if value is not None
+    }
 
 
 def _context_of(parent: TraceParent) -> Context:

@@ -62,7 +62,8 @@ class StablecogClient:
             "http.request.method": "POST",
             "server.address": url.host,
             "server.port": url.port or (443 if url.scheme == "https" else 80),
-            "url.full": str(url.join(CREATE_PATH)),
+            # Without any user:password of the base URL.
+            "url.full": str(url.join(CREATE_PATH).copy_with(userinfo=b"")),
         }
         self._client = httpx.AsyncClient(
             base_url=base_url,

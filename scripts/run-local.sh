@@ -100,7 +100,9 @@ if [ -z "${STABLECOG_API_KEY:-}" ] && [ -z "${STABLECOG_API_KEY_FILE:-}" ]; then
   # A well-formed demo token (sc- + 64 hex), known only to the local emulator.
   export STABLECOG_API_KEY="sc-$(printf 'stablecog-gateway demo' | sha256sum | cut -c1-64)"
   echo "No STABLECOG_API_KEY set: starting the Stablecog emulator on ${emulator_listen} (EMULATOR_LISTEN)"
-  "$bin/stablecog-emulator" --listen "$emulator_listen" --account "$STABLECOG_API_KEY" \
+  # setsid: a terminal's Ctrl-C reaches this script only, whose cleanup then stops the
+  # gateway (one SIGTERM: it drains) before the emulator.
+  setsid "$bin/stablecog-emulator" --listen "$emulator_listen" --account "$STABLECOG_API_KEY" \
     --initial-credits 1000 >"$logs/emulator.log" 2>&1 &
   emulator_pid=$!
   services+=("$emulator_pid")
@@ -111,7 +113,7 @@ if [ -z "${STABLECOG_API_KEY:-}" ] && [ -z "${STABLECOG_API_KEY_FILE:-}" ]; then
   show "$emulator_pid" "$logs/emulator.log"
 fi
 
-"$bin/stablecog-gateway" >"$logs/gateway.log" 2>&1 &
+setsid "$bin/stablecog-gateway" >"$logs/gateway.log" 2>&1 &
 gateway_pid=$!
 services+=("$gateway_pid")
 line="$(ready gateway "$gateway_pid" "$logs/gateway.log" '"message":"gateway serving"' 30)" ||

@@ -215,6 +215,8 @@ async def test_nothing_is_exported_when_tracing_is_off(
         ("OTEL_TRACES_SAMPLER_ARG", "2"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
         ("OTEL_RESOURCE_ATTRIBUTES", "no-equals-sign"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4317"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
     ],
 )
 def test_a_bad_otel_variable_is_refused_by_name(variable: str, value: str) -> None:
@@ -274,3 +276,34 @@ async def test_latency_carries_the_trace_id_as_an_exemplar_in_openmetrics(
     ]
     assert exemplars and all(f'trace_id="{CALLER_TRACE}"' in line for line in exemplars)
     assert "# {" not in classic and "grpc_server_handling_seconds_bucket" in classic
+
+
+def test_otel_sdk_disabled_wins() -> None:
+    settings = load_settings(
+        [], {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}
+    ).tracing
+    assert not settings.enabled
+
+
+async def test_a_forwarded_key_never_reaches_a_span(
+    make_gateway: GatewayFactory, emulator: Emulator, receiver: tuple[Receiver, int]
+) -> None:
+    collected, port = receiver
+    app = await traced_gateway(make_gateway, port, api_key=None)
+    metadata = [
+        ("authorization", f"Bearer {ACCOUNT_KEY}"),
+        ("x-request-id", ACCOUNT_KEY),  # callers choose these values
+        ("x-caller", ACCOUNT_KEY),
+        ("traceparent", TRACEPARENT),
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        from tests.fixtures import Stub
+
+        rpc = Stub(channel).CreateGeneration(request(seed=12), metadata=metadata)
+        await rpc
+        echoed = dict(await rpc.initial_metadata())["x-request-id"]
+    await app.stop(grace=1.0)
+    assert echoed != ACCOUNT_KEY  # a key-like request id is replaced, not echoed
+    await eventually(lambda: len(collected.named(SERVER_SPAN)) == 1)
+    exported = json.dumps([str(s) for _, s in collected.spans])
+    assert ACCOUNT_KEY not in exported and ACCOUNT_KEY[3:20] not in exported
