@@ -27,6 +27,7 @@ from gateway.account import account_fingerprint
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
 from gateway.cache import CachingGenerator
 from gateway.call_runner import CallRunner
+from gateway.circuit import CircuitBreaker
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings, check_tls_files, named
 from gateway.events import Telemetry
@@ -112,6 +113,12 @@ class GatewayApp:
             min_generation_seconds=settings.min_generation_deadline,
             retries=RetryPolicy(
                 attempts=settings.upstream_retries, retry_refunded=settings.retry_refunded
+            ),
+            circuit=CircuitBreaker(
+                failures=settings.circuit_failures,
+                cool_down=settings.circuit_cool_down,
+                clock=seams.clock,
+                telemetry=self.metrics,
             ),
         )
         probes: list[Probe] = [

@@ -43,6 +43,8 @@ class Settings:
     max_concurrent_calls: int = 10000
     max_prompt_chars: int = 10_000
     upstream_retries: int = 3
+    circuit_failures: int = 5
+    circuit_cool_down: float = 10.0
     retry_refunded: bool = True
     min_generation_deadline: float = 1.0
     grace_period: float = 300.0
@@ -132,6 +134,16 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ValueError("expected a whole number, 0 or more")
+    return number
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -186,6 +198,7 @@ _METAVARS: dict[Callable[[str], Any], str] = {
     _positive_float: "SECONDS",
     _non_negative_float: "SECONDS",
     _positive_int: "N",
+    _non_negative_int: "N",
     _bool: "BOOL",
     _caller: "NAME",
     _file: "FILE",
@@ -254,6 +267,21 @@ OPTIONS: tuple[_Option, ...] = (
         "retry_refunded",
         _bool,
         "also retry worker failures the upstream refunds",
+    ),
+    _Option(
+        "--circuit-failures",
+        "GATEWAY_CIRCUIT_FAILURES",
+        "circuit_failures",
+        _non_negative_int,
+        "consecutive upstream failures (no connection, lost connection, 5xx) after which calls "
+        "fail fast with UNAVAILABLE, nothing sent, for --circuit-cool-down; 0 turns it off",
+    ),
+    _Option(
+        "--circuit-cool-down",
+        "GATEWAY_CIRCUIT_COOL_DOWN",
+        "circuit_cool_down",
+        _positive_float,
+        "seconds an open circuit fails fast before one probe call decides",
     ),
     _Option(
         "--max-prompt-chars",

@@ -24,6 +24,7 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
         ├── UpstreamPermissionDenied PERMISSION_DENIED   403, init_image_not_owned
         ├── WorkerFailed             UNAVAILABLE         generation failed and was refunded
         ├── UpstreamUnreachable      UNAVAILABLE         no connection: nothing was sent
+        ├── CircuitOpen              UNAVAILABLE         failing fast for a cool-down: nothing sent
         ├── UpstreamInternal         INTERNAL            502/503/504 (may have been charged),
         │                                                any other 5xx or unexpected status
         │   ├── UpstreamConnectionLost INTERNAL          sent, no answer: may have been charged
@@ -187,6 +188,12 @@ class WorkerFailed(UpstreamError):
     default_reason = "WORKER_FAILED"
 
 
+class CircuitOpen(UpstreamError):
+    """The upstream has been failing: calls fail fast for a cool-down; nothing was sent."""
+
+    default_reason = "UPSTREAM_CIRCUIT_OPEN"
+
+
 class UpstreamUnreachable(UpstreamError):
     """No connection to the upstream could be made: nothing was sent, retrying is safe."""
 
@@ -237,6 +244,7 @@ GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
     UpstreamPermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     WorkerFailed: grpc.StatusCode.UNAVAILABLE,
     UpstreamUnreachable: grpc.StatusCode.UNAVAILABLE,
+    CircuitOpen: grpc.StatusCode.UNAVAILABLE,
     UpstreamInternal: grpc.StatusCode.INTERNAL,
     UpstreamConnectionLost: grpc.StatusCode.INTERNAL,
     GenerationAbandoned: grpc.StatusCode.INTERNAL,

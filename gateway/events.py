@@ -62,6 +62,14 @@ class UpstreamRetried(Event):
 
 
 @dataclass(frozen=True)
+class CircuitChanged(Event):
+    """The upstream circuit breaker changed state (closed 0, open 1, half_open 2)."""
+
+    state: str
+    value: int
+
+
+@dataclass(frozen=True)
 class CreditsSpent(Event):
     """The upstream generated (and charged for) images for `caller`.
 

@@ -25,6 +25,7 @@ from gateway.events import (
     CacheDecided,
     CallHandled,
     CallStarted,
+    CircuitChanged,
     CreditsSaved,
     CreditsSpent,
     Event,
@@ -169,6 +170,11 @@ class GatewayMetrics:
             "Upstream calls tried again because the upstream provably did not act, by reason.",
             ("reason",),
         )
+        self.circuit_state = gauge(
+            "stablecog_upstream_circuit_state",
+            "The upstream circuit breaker: 0 closed (calls go through), 1 open (they fail fast, "
+            "nothing sent), 2 half-open (one probe call decides).",
+        )
         self.credits_remaining = gauge(
             "stablecog_credits_remaining",
             "Credits left on an account, as of its last generation "
@@ -282,6 +288,9 @@ class GatewayMetrics:
     def _upstream_retried(self, event: UpstreamRetried) -> None:
         self.upstream_retries.labels(self._reasons(sanitize_label(event.reason) or UNKNOWN)).inc()
 
+    def _circuit_changed(self, event: CircuitChanged) -> None:
+        self.circuit_state.set(event.value)
+
     def _credits_spent(self, event: CreditsSpent) -> None:
         caller = self.caller_label(event.caller)
         model = self._models(sanitize_label(event.model_id) or UNKNOWN)
@@ -315,6 +324,7 @@ class GatewayMetrics:
         UpstreamRequestEnded: _upstream_request_ended,
         UpstreamFailed: _upstream_failed,
         UpstreamRetried: _upstream_retried,
+        CircuitChanged: _circuit_changed,
         CreditsSpent: _credits_spent,
         CreditsSaved: _credits_saved,
         CacheDecided: _cache_decided,

@@ -9,6 +9,7 @@ import random
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.balance import Balance
 from gateway.call import CallBudget
+from gateway.circuit import CircuitBreaker
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.events import NULL_TELEMETRY, CreditsSpent, Telemetry, UpstreamFailed, UpstreamRetried
@@ -20,7 +21,7 @@ from gateway.generation import (
 )
 from gateway.retries import RetryPolicy
 from gateway.translate import request_to_json, response_from_body
-from gateway.upstream import StablecogClient
+from gateway.upstream import StablecogClient, UpstreamAnswer
 from gateway.upstream_defaults import DEFAULT_NUM_OUTPUTS
 
 CacheResult = generation_pb2.CacheResult
@@ -39,13 +40,33 @@ class UpstreamGenerator:
         min_generation_seconds: float = MIN_GENERATION_SECONDS,
         retries: RetryPolicy | None = None,
         rng: random.Random | None = None,
+        circuit: CircuitBreaker | None = None,
     ) -> None:
+        self._circuit = circuit
         self._min_generation_seconds = min_generation_seconds
         self._retries = retries or RetryPolicy()
         self._rng = rng or random.Random()
         self._client = client
         self._telemetry = telemetry
         self._clock = clock
+
+    async def _attempt(
+        self, body: dict[str, object], call: GenerationCall, budget: CallBudget
+    ) -> UpstreamAnswer:
+        """One request, through the circuit breaker (which may refuse it: nothing sent)."""
+        if self._circuit is None:
+            return await self._client.create_generation(body, call.key, budget, call.trace)
+        self._circuit.admit()
+        try:
+            answer = await self._client.create_generation(body, call.key, budget, call.trace)
+        except GatewayError as error:
+            self._circuit.failed(error)
+            raise
+        except BaseException:
+            self._circuit.released()
+            raise
+        self._circuit.succeeded()
+        return answer
 
     async def generate(self, call: GenerationCall) -> Generated:
         ensure_time_to_generate(call, self._min_generation_seconds)
@@ -57,7 +78,7 @@ class UpstreamGenerator:
             spent = self._clock.monotonic() - began
             budget = CallBudget(max(call.budget.seconds - spent, 0.0), call.budget.caller_deadline)
             try:
-                answer = await self._client.create_generation(body, call.key, budget, call.trace)
+                answer = await self._attempt(body, call, budget)
                 break
             except GatewayError as error:
                 if attempt >= self._retries.attempts or not self._retries.retryable(error):

@@ -67,6 +67,9 @@ async def make_gateway(emulator: Emulator) -> AsyncIterator[GatewayFactory]:
             # One try: tests of the error table see each upstream answer as it is; the
             # retry tests (tests/gateway/test_retries.py) turn retries on.
             upstream_retries=1,
+            # No breaker: tests of the error table send failures in a row on purpose; the
+            # breaker's tests (tests/gateway/test_circuit.py) turn it on.
+            circuit_failures=0,
         )
         app = GatewayApp(replace(settings, **overrides), seams)
         await app.start()

@@ -77,6 +77,7 @@ def test_codes_follow_the_contract() -> None:
         "UpstreamBadResponse": "INTERNAL",
         "UpstreamTimedOut": "DEADLINE_EXCEEDED",
         "UpstreamUnreachable": "UNAVAILABLE",
+        "CircuitOpen": "UNAVAILABLE",
         "UpstreamConnectionLost": "INTERNAL",
         "GenerationAbandoned": "INTERNAL",
     }
