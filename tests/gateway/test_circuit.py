@@ -10,36 +10,18 @@ import pytest
 from emulator.server import Emulator
 from gateway.circuit import CircuitBreaker, CircuitState
 from gateway.errors import CircuitOpen, UpstreamUnreachable
-from gateway.retries import RetryPolicy
+from gateway.upstream_generator import UpstreamGenerator
 from tests.conftest import GatewayFactory
 from tests.fixtures import call, request, upstream_calls
-from tests.gateway.test_retries import SteppingClock, generation, ok, status
+from tests.gateway.test_retries import SteppingClock, generation, generator_over, ok, status
 from tests.status import rich_error
 
 
 def breaker_over(
     script: list[httpx.Response | Exception], clock: SteppingClock
-) -> tuple[object, list[httpx.Request], CircuitBreaker]:
-    from gateway.upstream import StablecogClient
-    from gateway.upstream_generator import UpstreamGenerator
-
-    sent: list[httpx.Request] = []
-    outcomes = iter(script)
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        outcome = next(outcomes)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
+) -> tuple[UpstreamGenerator, list[httpx.Request], CircuitBreaker]:
     breaker = CircuitBreaker(failures=3, cool_down=10.0, clock=clock)
-    generator = UpstreamGenerator(
-        StablecogClient("http://upstream.test", transport=httpx.MockTransport(handle)),
-        clock=clock,
-        retries=RetryPolicy(attempts=1),
-        circuit=breaker,
-    )
+    generator, sent = generator_over(iter(script), clock, circuit=breaker, attempts=1)
     return generator, sent, breaker
 
 
@@ -49,14 +31,14 @@ async def test_failures_open_it_then_a_probe_closes_it() -> None:
     generator, sent, breaker = breaker_over(script, clock)
     for _ in range(3):
         with pytest.raises(UpstreamUnreachable):
-            await generator.generate(generation())  # type: ignore[attr-defined]
+            await generator.generate(generation())
     assert breaker.state is CircuitState.OPEN
     with pytest.raises(CircuitOpen) as caught:
-        await generator.generate(generation())  # type: ignore[attr-defined]
+        await generator.generate(generation())
     assert len(sent) == 3  # failed fast: nothing sent
     assert caught.value.retry_after is not None and caught.value.retry_after > 0
     clock.now += 10.0  # the cool-down passes
-    await generator.generate(generation())  # type: ignore[attr-defined]  # the probe
+    await generator.generate(generation())  # the probe
     assert breaker.state is CircuitState.CLOSED and len(sent) == 4
 
 
@@ -66,13 +48,13 @@ async def test_a_failed_probe_opens_it_again() -> None:
     generator, sent, breaker = breaker_over(script, clock)
     for _ in range(3):
         with pytest.raises(Exception):  # noqa: B017, PT011 - INTERNAL, may have been charged
-            await generator.generate(generation())  # type: ignore[attr-defined]
+            await generator.generate(generation())
     clock.now += 10.0
     with pytest.raises(Exception):  # noqa: B017, PT011
-        await generator.generate(generation())  # type: ignore[attr-defined]
+        await generator.generate(generation())
     assert breaker.state is CircuitState.OPEN and len(sent) == 4
     with pytest.raises(CircuitOpen):
-        await generator.generate(generation())  # type: ignore[attr-defined]
+        await generator.generate(generation())
     assert len(sent) == 4
 
 
@@ -82,7 +64,7 @@ async def test_answers_the_upstream_gave_on_purpose_do_not_count() -> None:
     generator, sent, breaker = breaker_over(script, clock)
     for _ in range(5):
         with pytest.raises(Exception):  # noqa: B017, PT011 - INVALID_ARGUMENT
-            await generator.generate(generation())  # type: ignore[attr-defined]
+            await generator.generate(generation())
     assert breaker.state is CircuitState.CLOSED and len(sent) == 5
 
 

@@ -15,6 +15,7 @@ from emulator.server import Emulator
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.account import ApiKey
 from gateway.call import CallBudget
+from gateway.circuit import CircuitBreaker
 from gateway.errors import UpstreamBusy, UpstreamConnectionLost, UpstreamUnreachable, WorkerFailed
 from gateway.generation import GenerationCall
 from gateway.retries import RetryPolicy
@@ -62,7 +63,10 @@ def answers(*responses: httpx.Response | Exception) -> Iterator[httpx.Response |
 
 
 def generator_over(
-    script: Iterator[httpx.Response | Exception], clock: SteppingClock, **policy: object
+    script: Iterator[httpx.Response | Exception],
+    clock: SteppingClock,
+    circuit: CircuitBreaker | None = None,
+    **policy: object,
 ) -> tuple[UpstreamGenerator, list[httpx.Request]]:
     sent: list[httpx.Request] = []
 
@@ -80,6 +84,7 @@ def generator_over(
         min_generation_seconds=1.0,
         retries=RetryPolicy(**policy),  # type: ignore[arg-type]
         rng=random.Random(7),
+        circuit=circuit,
     )
     return generator, sent
 

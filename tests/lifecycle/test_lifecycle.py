@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -20,29 +20,6 @@ from tests.services import RedisServer
 from tests.status import rich_error
 
 request = request_with(num_outputs=1)
-
-
-@pytest.fixture
-async def spawn(emulator: Emulator, tmp_path: Path) -> AsyncIterator[Callable[..., GatewayProcess]]:
-    started: list[GatewayProcess] = []
-
-    def factory(**env: str) -> GatewayProcess:
-        process = GatewayProcess(
-            {
-                "STABLECOG_API_URL": emulator.base_url,
-                "STABLECOG_API_KEY": ACCOUNT_KEY,
-                **env,
-            },
-            tmp_path / f"gateway-{len(started)}.log",
-        )
-        started.append(process)
-        return process
-
-    try:
-        yield factory
-    finally:
-        for process in started:
-            process.kill()
 
 
 async def test_sigterm_drains_calls_in_flight(

@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import grpc
@@ -74,15 +74,6 @@ async def run_to_exit(env: Mapping[str, str]) -> tuple[int, str]:
         out = await asyncio.wait_for(process.stdout.read(), timeout=RUN_TIMEOUT)
         code = await asyncio.wait_for(process.wait(), timeout=RUN_TIMEOUT)
     return code, out.decode(errors="replace")
-
-
-@pytest.fixture
-def held_port() -> Iterator[int]:
-    """A loopback port that another process listens on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield int(holder.getsockname()[1])
 
 
 @pytest.fixture

@@ -7,38 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import grpc
-import pytest
 
 from emulator.server import Emulator
-from tests.conftest import ACCOUNT_KEY
 from tests.fixtures import CREATE, Stub, request_with, upstream_calls
 from tests.processes import GatewayProcess
 from tests.status import rich_error
 
 request = request_with(num_outputs=1)
-
-
-@pytest.fixture
-async def spawn(emulator: Emulator, tmp_path: Path) -> AsyncIterator[Callable[..., GatewayProcess]]:
-    started: list[GatewayProcess] = []
-
-    def factory(**env: str) -> GatewayProcess:
-        process = GatewayProcess(
-            {"STABLECOG_API_URL": emulator.base_url, "STABLECOG_API_KEY": ACCOUNT_KEY, **env},
-            tmp_path / f"gateway-{len(started)}.log",
-        )
-        started.append(process)
-        return process
-
-    try:
-        yield factory
-    finally:
-        for process in started:
-            process.kill()
 
 
 async def calls_in_flight(

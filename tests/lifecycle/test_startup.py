@@ -5,10 +5,8 @@ warning, and exports their reachability (kept current by a recheck)."""
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,15 +23,6 @@ from tests.processes import ROOT, GatewayProcess, _child_env
 from tests.services import RedisServer, refusing_port
 
 REACHABLE = "stablecog_dependency_reachable"
-
-
-@pytest.fixture
-def held_port() -> Iterator[int]:
-    """A loopback port another process is listening on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield int(holder.getsockname()[1])
 
 
 def gateway_process(tmp_path: Path, **env: str) -> GatewayProcess:
