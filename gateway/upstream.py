@@ -1,7 +1,8 @@
 """The Stablecog REST client: one pooled httpx client, a total timeout per call, error mapping.
 
-The gateway never retries a generation: the upstream charges for each one, and a
-request it may have acted on must not be sent twice. Every failure leaves as a
+One request per call: retrying what the upstream provably did not act on is
+gateway.upstream_generator's job (gateway.retries); a request the upstream may have acted
+on is never sent twice. Every failure leaves as a
 GatewayError: HTTP error answers through gateway.upstream_errors, httpx errors through
 the table in gateway.transport_errors.
 """
