@@ -31,7 +31,7 @@ from gateway.cache_coordinator import PUBLISH_WITHIN_SECONDS, CrossReplicaCoordi
 from gateway.cache_key import cache_key, is_cacheable
 from gateway.cache_store import EntryStore
 from gateway.call import CallBudget, cache_result_name
-from gateway.errors import CallTimedOut
+from gateway.errors import CallTimedOut, DeadlineTooShort
 from gateway.events import NULL_TELEMETRY, CacheDecided, Telemetry
 from gateway.generation import (
     MIN_GENERATION_SECONDS,
@@ -119,13 +119,18 @@ class CachingGenerator:
             filled = await self._wait(flight, call.budget)
             return filled.generated.served_as(CacheResult.CACHE_RESULT_COALESCED)
 
+        # A flight is not bound by the caller's deadline, so refuse here what the upstream
+        # generator would refuse (a caller that can never receive the answer), before the
+        # call is counted as a miss.
+        try:
+            ensure_time_to_generate(call, self._min_generation_seconds)
+        except DeadlineTooShort:
+            tracing.end(span, {})
+            raise
         # One result per call: `error` when the backend failed the lookup, else `miss`.
         result = BACKEND_ERROR if backend_failed else _NAMES[CacheResult.CACHE_RESULT_MISS]
         self._telemetry.emit(CacheDecided(result))
         tracing.end(span, {"stablecog.cache_result": result})
-        # A flight is not bound by the caller's deadline, so refuse here what the upstream
-        # generator would refuse: a caller that can never receive the answer.
-        ensure_time_to_generate(call, self._min_generation_seconds)
         flight = asyncio.create_task(self._fill(key, call), name=f"cache-fill {key[-12:]}")
         self._flights[key] = flight
         if call.trace is not None:
@@ -161,6 +166,7 @@ class CachingGenerator:
         result: generation_pb2.CacheResult.ValueType,
         key: str | None = None,
     ) -> Generated:
+        ensure_time_to_generate(call, self._min_generation_seconds)  # before it is counted
         self._decided(result)
         generated = await self._inner.generate(call)
         await self._remember(call.key.cache_scope, generated, key)

@@ -43,6 +43,11 @@ async def test_a_deadline_shorter_than_any_generation_is_refused_before_spending
     assert error.info.metadata["minimum_seconds"] == "1"
     assert "nothing was charged" in error.message
     assert upstream_calls(emulator) == 0
+    counted = {
+        result: app.registry.get_sample_value("stablecog_cache_requests_total", {"result": result})
+        for result in ("miss", "uncacheable")
+    }
+    assert counted == {"miss": 0, "uncacheable": 0}  # a refused call was no cache decision
     await call(app, request(seed=seed), timeout=5)
     assert upstream_calls(emulator) == 1
 
