@@ -49,13 +49,3 @@ class ApiKey:
 
     def __repr__(self) -> str:
         return f"ApiKey(configured={self.configured}, fingerprint={self.fingerprint})"
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, ApiKey)
-            and other.value == self.value
-            and other.upstream_url == self.upstream_url
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.value, self.upstream_url))

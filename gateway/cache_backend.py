@@ -108,7 +108,6 @@ class FailOpenEntries:
     def __init__(self, inner: EntryStore, guard: BackendGuard) -> None:
         self._inner = inner
         self._guard = guard
-        self.shared = inner.shared
 
     async def get(self, key: str) -> bytes | None:
         return await self._guard.run(lambda: self._inner.get(key))

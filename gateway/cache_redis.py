@@ -147,8 +147,6 @@ class RedisBackend:
 class RedisEntries:
     """Cache entries in Redis (implements gateway.cache_store.EntryStore)."""
 
-    shared = True
-
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
 

@@ -16,11 +16,6 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 class EntryStore(Protocol):
     """Cache entries by key. A shared store may raise gateway.cache_backend.BackendFailure."""
 
-    @property
-    def shared(self) -> bool:
-        """True when other processes see the same entries."""
-        ...
-
     async def get(self, key: str) -> bytes | None: ...
 
     async def put(self, key: str, value: bytes, ttl: float) -> None: ...
@@ -30,8 +25,6 @@ class EntryStore(Protocol):
 
 class MemoryStore:
     """A bounded in-process LRU: at most `max_entries` entries and `max_bytes` bytes."""
-
-    shared = False
 
     def __init__(self, *, max_entries: int, max_bytes: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()

@@ -122,10 +122,8 @@ class CallRunner:
         upstream_timeout: float,
         log_prompts: bool = False,
         tracing: Tracing | None = None,
-        max_request_bytes: int = MAX_REQUEST_BYTES,
         max_concurrent_calls: int | None = None,
     ) -> None:
-        self._max_request_bytes = max_request_bytes
         # Admission is ours, not grpc's maximum_concurrent_rpcs: that one counts health
         # checks too (a saturated sidecar would fail its probes and be restarted), and its
         # rejections carry no details and are counted nowhere.
@@ -255,9 +253,9 @@ class CallRunner:
             return _INTERNAL
 
     def _decoded(self, raw: bytes, decode: Callable[[bytes], RequestT]) -> RequestT:
-        if len(raw) > self._max_request_bytes:
+        if len(raw) > MAX_REQUEST_BYTES:
             raise InvalidRequest(
-                f"the request is {len(raw)} bytes; at most {self._max_request_bytes} are "
+                f"the request is {len(raw)} bytes; at most {MAX_REQUEST_BYTES} are "
                 "accepted (prompts are read only up to their first 500 bytes upstream)",
                 reason="REQUEST_TOO_LARGE",
             )

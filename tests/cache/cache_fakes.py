@@ -121,8 +121,6 @@ class Recorder:
 class FlakyEntries:
     """An entry store in memory that fails like an unreachable Redis while `down`."""
 
-    shared = True
-
     def __init__(self) -> None:
         self.values: dict[str, bytes] = {}
         self.down = False
