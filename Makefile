@@ -10,6 +10,11 @@ RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 # checkov (manifest and Dockerfile policy checks) pins an older `packaging`: own venv.
 CHECKOV := .tools/checkov/bin/checkov
+# The image of the last released contract, that `buf breaking` compares protos/ with. Made
+# at a release, from its tree: `buf build --path protos/stablecog --exclude-source-info -o
+# protos/vX.Y.Z.binpb` (v0.1.0's from commit e858546). A committed file, so a clean clone
+# or a shallow CI checkout needs no tag.
+RELEASED_CONTRACT := protos/v0.1.0.binpb
 
 .PHONY: venv dev-venv run test proto proto-check lint bench services k8s-sync clean
 
@@ -60,12 +65,14 @@ proto: dev-venv
 proto-check: dev-venv
 	$(PY) tools/genproto.py --check
 
-## ruff, mypy --strict on gateway/, buf lint on protos/, stub drift.
+## ruff, mypy --strict on gateway/, buf lint/format/breaking on protos/, stub drift.
 lint: dev-venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy gateway
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf format --diff --exit-code
+	$(VENV)/bin/buf breaking --against $(RELEASED_CONTRACT)
 	$(PY) tools/genproto.py --check
 	$(PY) tools/sync_prometheusrule.py --check
 
