@@ -16,7 +16,7 @@ CHECKOV := .tools/checkov/bin/checkov
 # or a shallow CI checkout needs no tag.
 RELEASED_CONTRACT := protos/v0.1.0.binpb
 
-.PHONY: venv dev-venv run test proto proto-check lint bench services k8s-sync clean
+.PHONY: venv dev-venv run test proto proto-check clients client-tools lint bench services k8s-sync clean
 
 $(RUNTIME): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ run: venv
 	@scripts/run-local.sh
 
 ## Run the whole test suite (installs redis-server and prometheus when missing and possible).
-test: dev-venv services $(CHECKOV) examples/node_modules
+test: dev-venv services client-tools $(CHECKOV) examples/node_modules
 	CHECKOV=$(CHECKOV) $(PY) -m pytest
 
 # The Node client example's dependencies (pinned by examples/package-lock.json).
@@ -65,8 +65,16 @@ proto: dev-venv
 proto-check: dev-venv
 	$(PY) tools/genproto.py --check
 
-## ruff, mypy --strict on gateway/, buf lint/format/breaking on protos/, stub drift.
-lint: dev-venv
+## Regenerate the committed clients in clients/ (Python, TypeScript, Go) from protos/.
+clients: dev-venv client-tools
+	$(PY) -m tools.genclients
+
+## Install the protoc plugins and libraries the clients need (Debian packages, npm ci).
+client-tools:
+	@scripts/ensure-client-tools.sh
+
+## ruff, mypy --strict on gateway/, buf lint/format/breaking on protos/, stub and client drift.
+lint: dev-venv client-tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy gateway
@@ -74,6 +82,7 @@ lint: dev-venv
 	$(VENV)/bin/buf format --diff --exit-code
 	$(VENV)/bin/buf breaking --against $(RELEASED_CONTRACT)
 	$(PY) tools/genproto.py --check
+	$(PY) -m tools.genclients --check
 	$(PY) tools/sync_prometheusrule.py --check
 
 ## Benchmarks that print numbers (loopback only, bounded).

@@ -14,19 +14,31 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "gateway" / "_gen"
 PROTO_ROOTS = [ROOT / "protos", ROOT / "third_party" / "protos"]
-SOURCES = ["stablecog/v1/generation.proto", "buf/validate/validate.proto"]
-# `from stablecog.v1 import x` / `from buf.validate import x` / `import buf.validate.x`
+CONTRACT = ["stablecog/v1/generation.proto"]
+SOURCES = [*CONTRACT, "buf/validate/validate.proto"]
+# `from stablecog.v1 import x` / `from buf.validate import x`
 _IMPORT = re.compile(r"^from (stablecog|buf)((?:\.\w+)*) import ", re.MULTILINE)
+# Where each generated top-level package goes under the output directory, and the name it
+# is imported by there: the gateway's stubs never claim top-level names such as `buf`.
+GATEWAY_PLACEMENT = {
+    "stablecog": ("stablecog", "gateway._gen.stablecog"),
+    "buf": ("buf", "gateway._gen.buf"),
+}
 
 
-def generate(out: Path) -> None:
+def generate(out: Path, placement: Mapping[str, tuple[str, str]] = GATEWAY_PLACEMENT) -> None:
+    """Write the stubs of SOURCES under `out` (empty), each top-level package moved and
+    renamed as `placement` says, and an `__init__.py` in every directory down to `out`."""
     import grpc_tools
 
+    raw = out / ".raw"
+    raw.mkdir()
     wkt = Path(grpc_tools.__file__).parent / "_proto"
     bindir = Path(sys.executable).parent
     args = [sys.executable, "-m", "grpc_tools.protoc", f"-I{wkt}"]
@@ -35,19 +47,26 @@ def generate(out: Path) -> None:
         f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
     ]
     args += [f"-I{root}" for root in PROTO_ROOTS]
-    args += [f"--python_out={out}", f"--mypy_out={out}"]
+    args += [f"--python_out={raw}", f"--mypy_out={raw}"]
     for command in (
         [*args, *SOURCES],
-        [*args[:-2], f"--grpc_python_out={out}", f"--mypy_grpc_out={out}", SOURCES[0]],
+        [*args[:-2], f"--grpc_python_out={raw}", f"--mypy_grpc_out={raw}", *CONTRACT],
     ):
         # The mypy plugin narrates each file it writes; show protoc's output only on failure.
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             sys.stderr.write(result.stdout + result.stderr)
             raise SystemExit(result.returncode)
-    for path in sorted(out.rglob("*.py*")):
-        text = _IMPORT.sub(r"from gateway._gen.\1\2 import ", path.read_text())
-        path.write_text(text)
+
+    def renamed(match: re.Match[str]) -> str:
+        return f"from {placement[match.group(1)][1]}{match.group(2)} import "
+
+    for top, (where, _) in placement.items():
+        for path in sorted((raw / top).rglob("*.py*")):
+            target = out / where / path.relative_to(raw / top)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(_IMPORT.sub(renamed, path.read_text()))
+    shutil.rmtree(raw)
     for package in {p.parent for p in out.rglob("*.py")} | {out}:
         while package != out.parent:
             (package / "__init__.py").touch()
