@@ -27,6 +27,8 @@ from gateway.account import account_fingerprint
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
 from gateway.cache import CachingGenerator
 from gateway.call_runner import CallRunner
+from gateway.catalog import ModelCatalog
+from gateway.catalog_servicer import CatalogServicer
 from gateway.circuit import CircuitBreaker
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings, check_tls_files, named
@@ -152,11 +154,22 @@ class GatewayApp:
             telemetry=self.metrics,
             clock=seams.clock,
         )
+        self.catalog = ModelCatalog(self.client, clock=seams.clock)
+        self.catalog_servicer = CatalogServicer(
+            runner=self.runner,
+            catalog=self.catalog,
+            client=self.client,
+            keys=self.keys,
+            telemetry=self.metrics,
+            clock=seams.clock,
+        )
         self.health = health.aio.HealthServicer()
         # No maximum_concurrent_rpcs: admission is the call runner's (it spares health
         # checks and answers with details).
         self.server = grpc.aio.server(options=_SERVER_OPTIONS)
-        self.server.add_generic_rpc_handlers((self.servicer.rpc_handler(),))
+        self.server.add_generic_rpc_handlers(
+            (self.servicer.rpc_handler(), self.catalog_servicer.rpc_handler())
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

@@ -25,6 +25,7 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
         ├── WorkerFailed             UNAVAILABLE         generation failed and was refunded
         ├── UpstreamUnreachable      UNAVAILABLE         no connection: nothing was sent
         ├── CircuitOpen              UNAVAILABLE         failing fast for a cool-down: nothing sent
+        ├── UpstreamReadFailed       UNAVAILABLE         a free read (models, credits) failed
         ├── UpstreamInternal         INTERNAL            502/503/504 (may have been charged),
         │                                                any other 5xx or unexpected status
         │   ├── UpstreamConnectionLost INTERNAL          sent, no answer: may have been charged
@@ -200,6 +201,13 @@ class UpstreamUnreachable(UpstreamError):
     default_reason = "UPSTREAM_UNREACHABLE"
 
 
+class UpstreamReadFailed(UpstreamError):
+    """A free read (the model catalog, the credit balance) failed upstream: it costs
+    nothing, so retrying is safe."""
+
+    default_reason = "UPSTREAM_READ_FAILED"
+
+
 class UpstreamInternal(UpstreamError):
     """The upstream failed in a way the caller cannot fix (other 5xx, unexpected status)."""
 
@@ -245,6 +253,7 @@ GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
     WorkerFailed: grpc.StatusCode.UNAVAILABLE,
     UpstreamUnreachable: grpc.StatusCode.UNAVAILABLE,
     CircuitOpen: grpc.StatusCode.UNAVAILABLE,
+    UpstreamReadFailed: grpc.StatusCode.UNAVAILABLE,
     UpstreamInternal: grpc.StatusCode.INTERNAL,
     UpstreamConnectionLost: grpc.StatusCode.INTERNAL,
     GenerationAbandoned: grpc.StatusCode.INTERNAL,

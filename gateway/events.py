@@ -85,6 +85,14 @@ class CreditsSpent(Event):
 
 
 @dataclass(frozen=True)
+class BalanceObserved(Event):
+    """An account's balance was read without spending (GetCredits)."""
+
+    account: str
+    balance: Balance
+
+
+@dataclass(frozen=True)
 class CreditsSaved(Event):
     """A call was served without a generation of its own (cache hit or coalesced)."""
 

@@ -22,6 +22,7 @@ from gateway.call import cache_result_name
 from gateway.errors import GRPC_CODES as ERROR_CLASSES
 from gateway.errors import CallTimedOut, UpstreamError
 from gateway.events import (
+    BalanceObserved,
     CacheDecided,
     CallHandled,
     CallStarted,
@@ -35,7 +36,13 @@ from gateway.events import (
     ValidationFailed,
 )
 from gateway.labels import OTHER, UNKNOWN, BoundedLabel, sanitize_label
-from gateway.upstream_defaults import CREATE_ENDPOINT, KNOWN_MODEL_IDS
+from gateway.upstream_defaults import (
+    CREATE_ENDPOINT,
+    CREDITS_ENDPOINT,
+    DEFAULTS_ENDPOINT,
+    KNOWN_MODEL_IDS,
+    MODELS_ENDPOINT,
+)
 from gateway.upstream_errors import STATIC_REASONS
 
 # Generations take seconds to minutes (the upstream's worker gives up after 240 s, the
@@ -77,7 +84,7 @@ CACHE_RESULTS = (
     ),
     "error",
 )
-UPSTREAM_ENDPOINTS = (CREATE_ENDPOINT,)
+UPSTREAM_ENDPOINTS = (CREATE_ENDPOINT, MODELS_ENDPOINT, DEFAULTS_ENDPOINT, CREDITS_ENDPOINT)
 # Every reason an upstream call can fail with, short of the upstream naming a new code:
 # the upstream errors' and the timeouts' defaults, and the fixed reasons of their mapping.
 UPSTREAM_REASONS = tuple(
@@ -177,7 +184,7 @@ class GatewayMetrics:
         )
         self.credits_remaining = gauge(
             "stablecog_credits_remaining",
-            "Credits left on an account, as of its last generation "
+            "Credits left on an account, as of its last generation or GetCredits "
             "(account: a short non-reversible fingerprint of the key).",
             ("account",),
         )
@@ -306,6 +313,13 @@ class GatewayMetrics:
         if self._balances.offer(fingerprint, event.balance):
             self.credits_remaining.labels(fingerprint).set(event.balance.credits)
 
+    def _balance_observed(self, event: BalanceObserved) -> None:
+        fingerprint = self._accounts(sanitize_label(event.account) or UNKNOWN)
+        if fingerprint == OTHER or fingerprint in self._retired:
+            return
+        if self._balances.offer(fingerprint, event.balance):
+            self.credits_remaining.labels(fingerprint).set(event.balance.credits)
+
     def _credits_saved(self, event: CreditsSaved) -> None:
         self.saved_credits.labels(self.caller_label(event.caller)).inc(max(event.credits, 0))
 
@@ -327,6 +341,7 @@ class GatewayMetrics:
         CircuitChanged: _circuit_changed,
         CreditsSpent: _credits_spent,
         CreditsSaved: _credits_saved,
+        BalanceObserved: _balance_observed,
         CacheDecided: _cache_decided,
         ValidationFailed: _validation_failed,
     }

@@ -19,7 +19,16 @@ import httpx
 from gateway import tracing
 from gateway.account import ApiKey
 from gateway.call import CallBudget
-from gateway.errors import CallTimedOut, GatewayError, UpstreamTimedOut
+from gateway.errors import (
+    CallerKeyRejected,
+    CallTimedOut,
+    ConfiguredKeyRejected,
+    GatewayError,
+    UpstreamBusy,
+    UpstreamPermissionDenied,
+    UpstreamReadFailed,
+    UpstreamTimedOut,
+)
 from gateway.events import NULL_TELEMETRY, Telemetry, UpstreamFailed, UpstreamRequestEnded
 from gateway.tracing import AttributeValue, TraceParent, Tracing
 from gateway.transport import AiohttpTransport
@@ -120,6 +129,62 @@ class StablecogClient:
             self._telemetry.emit(
                 UpstreamRequestEnded(CREATE_ENDPOINT, status_class, time.perf_counter() - started)
             )
+
+    async def read(
+        self, path: str, endpoint: str, seconds: float, key: ApiKey | None = None
+    ) -> bytes:
+        """GET one of the free reads (no credit moves); return the 200 body. Every failure
+        is UpstreamReadFailed (retrying is safe), except a rejected key or a rate limit,
+        which keep their own errors."""
+        started = time.perf_counter()
+        status_class = "error"
+        headers = {"authorization": key.authorization} if key is not None else {}
+        try:
+            try:
+                async with asyncio.timeout(seconds):
+                    response = await self._client.get(path, headers=headers)
+            except TimeoutError:
+                status_class = "timeout"
+                raise UpstreamReadFailed(
+                    f"Stablecog did not answer {path} within {seconds:g} s; retry later"
+                ) from None
+            except httpx.RequestError as error:
+                raise UpstreamReadFailed(
+                    f"Stablecog could not be reached for {path} "
+                    f"({upstream_error_for(error).reason}); retry later"
+                ) from None
+            status_class = f"{response.status_code // 100}xx"
+            if response.status_code != 200:
+                mapped = error_from_response(
+                    response.status_code,
+                    response.content,
+                    response.headers,
+                    configured_key=key is not None and key.configured,
+                )
+                if isinstance(mapped, _READ_ERRORS_KEPT):
+                    raise mapped
+                raise UpstreamReadFailed(
+                    f"Stablecog answered {path} with HTTP {response.status_code}; retry later",
+                    metadata={"upstream_status": str(response.status_code)},
+                )
+            return response.content
+        except GatewayError as error:
+            self._telemetry.emit(UpstreamFailed(error.reason))
+            raise
+        finally:
+            self._telemetry.emit(
+                UpstreamRequestEnded(endpoint, status_class, time.perf_counter() - started)
+            )
+
+
+# What a failed free read keeps of the generation's error table: the caller (or the
+# operator) must act on these; anything else only means "the read failed, retry".
+_READ_ERRORS_KEPT = (
+    CallerKeyRejected,
+    ConfiguredKeyRejected,
+    UpstreamBusy,
+    UpstreamPermissionDenied,
+)
 
 
 def _timed_out(budget: CallBudget) -> CallTimedOut:

@@ -9,6 +9,13 @@ from __future__ import annotations
 CREATE_PATH = "/v1/image/generation/create"
 # The metrics label for that endpoint.
 CREATE_ENDPOINT = "generation_create"
+# The free reads (docs/upstream-api.md#other-endpoints) and their metrics labels.
+MODELS_PATH = "/v1/image/generation/models"
+MODELS_ENDPOINT = "generation_models"
+DEFAULTS_PATH = "/v1/image/generation/defaults"
+DEFAULTS_ENDPOINT = "generation_defaults"
+CREDITS_PATH = "/v1/credits"
+CREDITS_ENDPOINT = "credits"
 
 DEFAULT_GUIDANCE_SCALE = 7.0
 DEFAULT_NUM_OUTPUTS = 2

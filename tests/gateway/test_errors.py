@@ -78,6 +78,7 @@ def test_codes_follow_the_contract() -> None:
         "UpstreamTimedOut": "DEADLINE_EXCEEDED",
         "UpstreamUnreachable": "UNAVAILABLE",
         "CircuitOpen": "UNAVAILABLE",
+        "UpstreamReadFailed": "UNAVAILABLE",
         "UpstreamConnectionLost": "INTERNAL",
         "GenerationAbandoned": "INTERNAL",
     }

@@ -26,6 +26,16 @@ type GenerationServiceClient interface {
 	// buf:lint:ignore RPC_REQUEST_STANDARD_NAME
 	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	CreateGeneration(ctx context.Context, in *GenerationRequest, opts ...grpc.CallOption) (*GenerationResponse, error)
+	// ListModels returns the generation models callers may use, with their compatible
+	// schedulers and default sizes, and the upstream's generation defaults (from
+	// `GET /v1/image/generation/models` and `GET /v1/image/generation/defaults`). Free: the
+	// upstream routes take no key. The gateway caches the catalog for a while; when a
+	// refresh fails it serves the last good catalog and says so in `stale`.
+	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
+	// GetCredits returns the credit balance of the account the call would use (the
+	// gateway's configured key, else the caller's own `authorization`), and each credit
+	// grant (from `GET /v1/credits`). Free.
+	GetCredits(ctx context.Context, in *GetCreditsRequest, opts ...grpc.CallOption) (*GetCreditsResponse, error)
 }
 
 type generationServiceClient struct {
@@ -45,6 +55,24 @@ func (c *generationServiceClient) CreateGeneration(ctx context.Context, in *Gene
 	return out, nil
 }
 
+func (c *generationServiceClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
+	out := new(ListModelsResponse)
+	err := c.cc.Invoke(ctx, "/stablecog.v1.GenerationService/ListModels", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *generationServiceClient) GetCredits(ctx context.Context, in *GetCreditsRequest, opts ...grpc.CallOption) (*GetCreditsResponse, error) {
+	out := new(GetCreditsResponse)
+	err := c.cc.Invoke(ctx, "/stablecog.v1.GenerationService/GetCredits", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GenerationServiceServer is the server API for GenerationService service.
 // All implementations must embed UnimplementedGenerationServiceServer
 // for forward compatibility
@@ -58,6 +86,16 @@ type GenerationServiceServer interface {
 	// buf:lint:ignore RPC_REQUEST_STANDARD_NAME
 	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	CreateGeneration(context.Context, *GenerationRequest) (*GenerationResponse, error)
+	// ListModels returns the generation models callers may use, with their compatible
+	// schedulers and default sizes, and the upstream's generation defaults (from
+	// `GET /v1/image/generation/models` and `GET /v1/image/generation/defaults`). Free: the
+	// upstream routes take no key. The gateway caches the catalog for a while; when a
+	// refresh fails it serves the last good catalog and says so in `stale`.
+	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
+	// GetCredits returns the credit balance of the account the call would use (the
+	// gateway's configured key, else the caller's own `authorization`), and each credit
+	// grant (from `GET /v1/credits`). Free.
+	GetCredits(context.Context, *GetCreditsRequest) (*GetCreditsResponse, error)
 	mustEmbedUnimplementedGenerationServiceServer()
 }
 
@@ -67,6 +105,12 @@ type UnimplementedGenerationServiceServer struct {
 
 func (UnimplementedGenerationServiceServer) CreateGeneration(context.Context, *GenerationRequest) (*GenerationResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CreateGeneration not implemented")
+}
+func (UnimplementedGenerationServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
+}
+func (UnimplementedGenerationServiceServer) GetCredits(context.Context, *GetCreditsRequest) (*GetCreditsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetCredits not implemented")
 }
 func (UnimplementedGenerationServiceServer) mustEmbedUnimplementedGenerationServiceServer() {}
 
@@ -99,6 +143,42 @@ func _GenerationService_CreateGeneration_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GenerationService_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListModelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GenerationServiceServer).ListModels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/stablecog.v1.GenerationService/ListModels",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GenerationServiceServer).ListModels(ctx, req.(*ListModelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GenerationService_GetCredits_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCreditsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GenerationServiceServer).GetCredits(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/stablecog.v1.GenerationService/GetCredits",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GenerationServiceServer).GetCredits(ctx, req.(*GetCreditsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _GenerationService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "stablecog.v1.GenerationService",
 	HandlerType: (*GenerationServiceServer)(nil),
@@ -106,6 +186,14 @@ var _GenerationService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateGeneration",
 			Handler:    _GenerationService_CreateGeneration_Handler,
+		},
+		{
+			MethodName: "ListModels",
+			Handler:    _GenerationService_ListModels_Handler,
+		},
+		{
+			MethodName: "GetCredits",
+			Handler:    _GenerationService_GetCredits_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

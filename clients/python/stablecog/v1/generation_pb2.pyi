@@ -17,6 +17,7 @@ costs a credit; any client can run the same rules with a protovalidate library.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -330,3 +331,301 @@ class Settings(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___Settings: _TypeAlias = Settings  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """ListModelsRequest takes no parameters: the catalog is the same for every caller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """ListModelsResponse is the generation catalog."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    DEFAULTS_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    FETCHED_AT_FIELD_NUMBER: _builtins.int
+    stale: _builtins.bool
+    """True when the last refresh from the upstream failed and this is the last catalog the
+    gateway fetched successfully.
+    """
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]:
+        """The active, listed generation models, in the upstream's order."""
+
+    @_builtins.property
+    def defaults(self) -> Global___GenerationDefaults:
+        """What the upstream's defaults route reports. Its `scheduler_id` is the global default
+        scheduler, which can differ from the model's own default that a generation uses.
+        """
+
+    @_builtins.property
+    def fetched_at(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway fetched this catalog from the upstream."""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___Model] | None = ...,
+        defaults: Global___GenerationDefaults | None = ...,
+        stale: _builtins.bool = ...,
+        fetched_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "fetched_at", b"fetched_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "fetched_at", b"fetched_at", "models", b"models", "stale", b"stale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class Model(_message.Message):
+    """Model is one generation model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    DEFAULT_WIDTH_FIELD_NUMBER: _builtins.int
+    DEFAULT_HEIGHT_FIELD_NUMBER: _builtins.int
+    SCHEDULERS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The model's ID, a UUID: the `model_id` of a GenerationRequest."""
+    name: _builtins.str
+    """The model's name, e.g. "FLUX.1"."""
+    is_default: _builtins.bool
+    """Whether the upstream uses this model when a request names none."""
+    default_width: _builtins.int
+    """Width in pixels used when a request gives none."""
+    default_height: _builtins.int
+    """Height in pixels used when a request gives none."""
+    @_builtins.property
+    def schedulers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Scheduler]:
+        """The schedulers this model accepts (`scheduler_id` of a GenerationRequest)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        is_default: _builtins.bool = ...,
+        default_width: _builtins.int = ...,
+        default_height: _builtins.int = ...,
+        schedulers: _abc.Iterable[Global___Scheduler] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_height", b"default_height", "default_width", b"default_width", "id", b"id", "is_default", b"is_default", "name", b"name", "schedulers", b"schedulers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class Scheduler(_message.Message):
+    """Scheduler is one scheduler (sampler)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The scheduler's ID, a UUID."""
+    name: _builtins.str
+    """The scheduler's name, e.g. "K_EULER"."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Scheduler: _TypeAlias = Scheduler  # noqa: Y015
+
+@_typing.final
+class GenerationDefaults(_message.Message):
+    """GenerationDefaults are the settings the upstream's defaults route reports."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULER_ID_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    NUM_OUTPUTS_FIELD_NUMBER: _builtins.int
+    GUIDANCE_SCALE_FIELD_NUMBER: _builtins.int
+    INFERENCE_STEPS_FIELD_NUMBER: _builtins.int
+    PROMPT_STRENGTH_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """The default model, a UUID."""
+    scheduler_id: _builtins.str
+    """The global default scheduler, a UUID (a generation uses the model's own default)."""
+    width: _builtins.int
+    """Default width in pixels."""
+    height: _builtins.int
+    """Default height in pixels."""
+    num_outputs: _builtins.int
+    """Default number of outputs."""
+    guidance_scale: _builtins.float
+    """Default guidance scale."""
+    inference_steps: _builtins.int
+    """Inference steps the route reports (always 30; generations run the model's own)."""
+    prompt_strength: _builtins.float
+    """Default prompt strength, used with an initial image."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        scheduler_id: _builtins.str = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        num_outputs: _builtins.int = ...,
+        guidance_scale: _builtins.float = ...,
+        inference_steps: _builtins.int = ...,
+        prompt_strength: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guidance_scale", b"guidance_scale", "height", b"height", "inference_steps", b"inference_steps", "model_id", b"model_id", "num_outputs", b"num_outputs", "prompt_strength", b"prompt_strength", "scheduler_id", b"scheduler_id", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerationDefaults: _TypeAlias = GenerationDefaults  # noqa: Y015
+
+@_typing.final
+class GetCreditsRequest(_message.Message):
+    """GetCreditsRequest takes no parameters: the account is the one the call's key names."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCreditsRequest: _TypeAlias = GetCreditsRequest  # noqa: Y015
+
+@_typing.final
+class GetCreditsResponse(_message.Message):
+    """GetCreditsResponse is an account's credit balance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_REMAINING_CREDITS_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    total_remaining_credits: _builtins.float
+    """Credits left, all grants together."""
+    @_builtins.property
+    def credits(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditGrant]:
+        """Each grant of credits, with what is left of it."""
+
+    def __init__(
+        self,
+        *,
+        total_remaining_credits: _builtins.float = ...,
+        credits: _abc.Iterable[Global___CreditGrant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "total_remaining_credits", b"total_remaining_credits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCreditsResponse: _TypeAlias = GetCreditsResponse  # noqa: Y015
+
+@_typing.final
+class CreditGrant(_message.Message):
+    """CreditGrant is one grant of credits to the account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REMAINING_AMOUNT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The grant's ID, a UUID."""
+    remaining_amount: _builtins.float
+    """Credits left of this grant."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the grant's credits expire."""
+
+    @_builtins.property
+    def type(self) -> Global___CreditType:
+        """What kind of grant this is."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        remaining_amount: _builtins.float = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        type: Global___CreditType | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "type", b"type"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "id", b"id", "remaining_amount", b"remaining_amount", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditGrant: _TypeAlias = CreditGrant  # noqa: Y015
+
+@_typing.final
+class CreditType(_message.Message):
+    """CreditType is a kind of credit grant (a plan, a top-up, free credits)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The type's ID, a UUID."""
+    name: _builtins.str
+    """The type's name."""
+    amount: _builtins.float
+    """Credits a grant of this type gives."""
+    description: _builtins.str
+    """The type's description."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        amount: _builtins.float = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditType: _TypeAlias = CreditType  # noqa: Y015

@@ -40,6 +40,16 @@ class GenerationServiceStub:
                 request_serializer=stablecog_dot_v1_dot_generation__pb2.GenerationRequest.SerializeToString,
                 response_deserializer=stablecog_dot_v1_dot_generation__pb2.GenerationResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/stablecog.v1.GenerationService/ListModels',
+                request_serializer=stablecog_dot_v1_dot_generation__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=stablecog_dot_v1_dot_generation__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.GetCredits = channel.unary_unary(
+                '/stablecog.v1.GenerationService/GetCredits',
+                request_serializer=stablecog_dot_v1_dot_generation__pb2.GetCreditsRequest.SerializeToString,
+                response_deserializer=stablecog_dot_v1_dot_generation__pb2.GetCreditsResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -60,6 +70,26 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """ListModels returns the generation models callers may use, with their compatible
+        schedulers and default sizes, and the upstream's generation defaults (from
+        `GET /v1/image/generation/models` and `GET /v1/image/generation/defaults`). Free: the
+        upstream routes take no key. The gateway caches the catalog for a while; when a
+        refresh fails it serves the last good catalog and says so in `stale`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCredits(self, request, context):
+        """GetCredits returns the credit balance of the account the call would use (the
+        gateway's configured key, else the caller's own `authorization`), and each credit
+        grant (from `GET /v1/credits`). Free.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -67,6 +97,16 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.CreateGeneration,
                     request_deserializer=stablecog_dot_v1_dot_generation__pb2.GenerationRequest.FromString,
                     response_serializer=stablecog_dot_v1_dot_generation__pb2.GenerationResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=stablecog_dot_v1_dot_generation__pb2.ListModelsRequest.FromString,
+                    response_serializer=stablecog_dot_v1_dot_generation__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetCredits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCredits,
+                    request_deserializer=stablecog_dot_v1_dot_generation__pb2.GetCreditsRequest.FromString,
+                    response_serializer=stablecog_dot_v1_dot_generation__pb2.GetCreditsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -97,6 +137,60 @@ class GenerationService:
             '/stablecog.v1.GenerationService/CreateGeneration',
             stablecog_dot_v1_dot_generation__pb2.GenerationRequest.SerializeToString,
             stablecog_dot_v1_dot_generation__pb2.GenerationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stablecog.v1.GenerationService/ListModels',
+            stablecog_dot_v1_dot_generation__pb2.ListModelsRequest.SerializeToString,
+            stablecog_dot_v1_dot_generation__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCredits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stablecog.v1.GenerationService/GetCredits',
+            stablecog_dot_v1_dot_generation__pb2.GetCreditsRequest.SerializeToString,
+            stablecog_dot_v1_dot_generation__pb2.GetCreditsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,18 @@ class GenerationServiceStub:
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_generation_pb2.ListModelsRequest, _generation_pb2.ListModelsResponse]
+    """ListModels returns the generation models callers may use, with their compatible
+    schedulers and default sizes, and the upstream's generation defaults (from
+    `GET /v1/image/generation/models` and `GET /v1/image/generation/defaults`). Free: the
+    upstream routes take no key. The gateway caches the catalog for a while; when a
+    refresh fails it serves the last good catalog and says so in `stale`.
+    """
+    GetCredits: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GetCreditsRequest, _generation_pb2.GetCreditsResponse]
+    """GetCredits returns the credit balance of the account the call would use (the
+    gateway's configured key, else the caller's own `authorization`), and each credit
+    grant (from `GET /v1/credits`). Free.
+    """
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -69,6 +81,18 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     The message names are part of the published contract, hence the exceptions:
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_generation_pb2.ListModelsRequest, _generation_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """ListModels returns the generation models callers may use, with their compatible
+    schedulers and default sizes, and the upstream's generation defaults (from
+    `GET /v1/image/generation/models` and `GET /v1/image/generation/defaults`). Free: the
+    upstream routes take no key. The gateway caches the catalog for a while; when a
+    refresh fails it serves the last good catalog and says so in `stale`.
+    """
+    GetCredits: _aio.UnaryUnaryMultiCallable[_generation_pb2.GetCreditsRequest, _generation_pb2.GetCreditsResponse]  # type: ignore[assignment]
+    """GetCredits returns the credit balance of the account the call would use (the
+    gateway's configured key, else the caller's own `authorization`), and each credit
+    grant (from `GET /v1/credits`). Free.
     """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -88,6 +112,30 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         The message names are part of the published contract, hence the exceptions:
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _generation_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.ListModelsResponse, _abc.Awaitable[_generation_pb2.ListModelsResponse]]:
+        """ListModels returns the generation models callers may use, with their compatible
+        schedulers and default sizes, and the upstream's generation defaults (from
+        `GET /v1/image/generation/models` and `GET /v1/image/generation/defaults`). Free: the
+        upstream routes take no key. The gateway caches the catalog for a while; when a
+        refresh fails it serves the last good catalog and says so in `stale`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCredits(
+        self,
+        request: _generation_pb2.GetCreditsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.GetCreditsResponse, _abc.Awaitable[_generation_pb2.GetCreditsResponse]]:
+        """GetCredits returns the credit balance of the account the call would use (the
+        gateway's configured key, else the caller's own `authorization`), and each credit
+        grant (from `GET /v1/credits`). Free.
         """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

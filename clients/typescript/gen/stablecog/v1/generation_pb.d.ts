@@ -16,6 +16,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes the file stablecog/v1/generation.proto.
@@ -288,6 +289,337 @@ export declare type Settings = Message<"stablecog.v1.Settings"> & {
 export declare const SettingsSchema: GenMessage<Settings>;
 
 /**
+ * ListModelsRequest takes no parameters: the catalog is the same for every caller.
+ *
+ * @generated from message stablecog.v1.ListModelsRequest
+ */
+export declare type ListModelsRequest = Message<"stablecog.v1.ListModelsRequest"> & {
+};
+
+/**
+ * Describes the message stablecog.v1.ListModelsRequest.
+ * Use `create(ListModelsRequestSchema)` to create a new message.
+ */
+export declare const ListModelsRequestSchema: GenMessage<ListModelsRequest>;
+
+/**
+ * ListModelsResponse is the generation catalog.
+ *
+ * @generated from message stablecog.v1.ListModelsResponse
+ */
+export declare type ListModelsResponse = Message<"stablecog.v1.ListModelsResponse"> & {
+  /**
+   * The active, listed generation models, in the upstream's order.
+   *
+   * @generated from field: repeated stablecog.v1.Model models = 1;
+   */
+  models: Model[];
+
+  /**
+   * What the upstream's defaults route reports. Its `scheduler_id` is the global default
+   * scheduler, which can differ from the model's own default that a generation uses.
+   *
+   * @generated from field: stablecog.v1.GenerationDefaults defaults = 2;
+   */
+  defaults?: GenerationDefaults | undefined;
+
+  /**
+   * True when the last refresh from the upstream failed and this is the last catalog the
+   * gateway fetched successfully.
+   *
+   * @generated from field: bool stale = 3;
+   */
+  stale: boolean;
+
+  /**
+   * When the gateway fetched this catalog from the upstream.
+   *
+   * @generated from field: google.protobuf.Timestamp fetched_at = 4;
+   */
+  fetchedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message stablecog.v1.ListModelsResponse.
+ * Use `create(ListModelsResponseSchema)` to create a new message.
+ */
+export declare const ListModelsResponseSchema: GenMessage<ListModelsResponse>;
+
+/**
+ * Model is one generation model.
+ *
+ * @generated from message stablecog.v1.Model
+ */
+export declare type Model = Message<"stablecog.v1.Model"> & {
+  /**
+   * The model's ID, a UUID: the `model_id` of a GenerationRequest.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The model's name, e.g. "FLUX.1".
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Whether the upstream uses this model when a request names none.
+   *
+   * @generated from field: bool is_default = 3;
+   */
+  isDefault: boolean;
+
+  /**
+   * Width in pixels used when a request gives none.
+   *
+   * @generated from field: int32 default_width = 4;
+   */
+  defaultWidth: number;
+
+  /**
+   * Height in pixels used when a request gives none.
+   *
+   * @generated from field: int32 default_height = 5;
+   */
+  defaultHeight: number;
+
+  /**
+   * The schedulers this model accepts (`scheduler_id` of a GenerationRequest).
+   *
+   * @generated from field: repeated stablecog.v1.Scheduler schedulers = 6;
+   */
+  schedulers: Scheduler[];
+};
+
+/**
+ * Describes the message stablecog.v1.Model.
+ * Use `create(ModelSchema)` to create a new message.
+ */
+export declare const ModelSchema: GenMessage<Model>;
+
+/**
+ * Scheduler is one scheduler (sampler).
+ *
+ * @generated from message stablecog.v1.Scheduler
+ */
+export declare type Scheduler = Message<"stablecog.v1.Scheduler"> & {
+  /**
+   * The scheduler's ID, a UUID.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The scheduler's name, e.g. "K_EULER".
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message stablecog.v1.Scheduler.
+ * Use `create(SchedulerSchema)` to create a new message.
+ */
+export declare const SchedulerSchema: GenMessage<Scheduler>;
+
+/**
+ * GenerationDefaults are the settings the upstream's defaults route reports.
+ *
+ * @generated from message stablecog.v1.GenerationDefaults
+ */
+export declare type GenerationDefaults = Message<"stablecog.v1.GenerationDefaults"> & {
+  /**
+   * The default model, a UUID.
+   *
+   * @generated from field: string model_id = 1;
+   */
+  modelId: string;
+
+  /**
+   * The global default scheduler, a UUID (a generation uses the model's own default).
+   *
+   * @generated from field: string scheduler_id = 2;
+   */
+  schedulerId: string;
+
+  /**
+   * Default width in pixels.
+   *
+   * @generated from field: int32 width = 3;
+   */
+  width: number;
+
+  /**
+   * Default height in pixels.
+   *
+   * @generated from field: int32 height = 4;
+   */
+  height: number;
+
+  /**
+   * Default number of outputs.
+   *
+   * @generated from field: int32 num_outputs = 5;
+   */
+  numOutputs: number;
+
+  /**
+   * Default guidance scale.
+   *
+   * @generated from field: float guidance_scale = 6;
+   */
+  guidanceScale: number;
+
+  /**
+   * Inference steps the route reports (always 30; generations run the model's own).
+   *
+   * @generated from field: int32 inference_steps = 7;
+   */
+  inferenceSteps: number;
+
+  /**
+   * Default prompt strength, used with an initial image.
+   *
+   * @generated from field: float prompt_strength = 8;
+   */
+  promptStrength: number;
+};
+
+/**
+ * Describes the message stablecog.v1.GenerationDefaults.
+ * Use `create(GenerationDefaultsSchema)` to create a new message.
+ */
+export declare const GenerationDefaultsSchema: GenMessage<GenerationDefaults>;
+
+/**
+ * GetCreditsRequest takes no parameters: the account is the one the call's key names.
+ *
+ * @generated from message stablecog.v1.GetCreditsRequest
+ */
+export declare type GetCreditsRequest = Message<"stablecog.v1.GetCreditsRequest"> & {
+};
+
+/**
+ * Describes the message stablecog.v1.GetCreditsRequest.
+ * Use `create(GetCreditsRequestSchema)` to create a new message.
+ */
+export declare const GetCreditsRequestSchema: GenMessage<GetCreditsRequest>;
+
+/**
+ * GetCreditsResponse is an account's credit balance.
+ *
+ * @generated from message stablecog.v1.GetCreditsResponse
+ */
+export declare type GetCreditsResponse = Message<"stablecog.v1.GetCreditsResponse"> & {
+  /**
+   * Credits left, all grants together.
+   *
+   * @generated from field: double total_remaining_credits = 1;
+   */
+  totalRemainingCredits: number;
+
+  /**
+   * Each grant of credits, with what is left of it.
+   *
+   * @generated from field: repeated stablecog.v1.CreditGrant credits = 2;
+   */
+  credits: CreditGrant[];
+};
+
+/**
+ * Describes the message stablecog.v1.GetCreditsResponse.
+ * Use `create(GetCreditsResponseSchema)` to create a new message.
+ */
+export declare const GetCreditsResponseSchema: GenMessage<GetCreditsResponse>;
+
+/**
+ * CreditGrant is one grant of credits to the account.
+ *
+ * @generated from message stablecog.v1.CreditGrant
+ */
+export declare type CreditGrant = Message<"stablecog.v1.CreditGrant"> & {
+  /**
+   * The grant's ID, a UUID.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Credits left of this grant.
+   *
+   * @generated from field: double remaining_amount = 2;
+   */
+  remainingAmount: number;
+
+  /**
+   * When the grant's credits expire.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 3;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * What kind of grant this is.
+   *
+   * @generated from field: stablecog.v1.CreditType type = 4;
+   */
+  type?: CreditType | undefined;
+};
+
+/**
+ * Describes the message stablecog.v1.CreditGrant.
+ * Use `create(CreditGrantSchema)` to create a new message.
+ */
+export declare const CreditGrantSchema: GenMessage<CreditGrant>;
+
+/**
+ * CreditType is a kind of credit grant (a plan, a top-up, free credits).
+ *
+ * @generated from message stablecog.v1.CreditType
+ */
+export declare type CreditType = Message<"stablecog.v1.CreditType"> & {
+  /**
+   * The type's ID, a UUID.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The type's name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Credits a grant of this type gives.
+   *
+   * @generated from field: double amount = 3;
+   */
+  amount: number;
+
+  /**
+   * The type's description.
+   *
+   * @generated from field: string description = 4;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message stablecog.v1.CreditType.
+ * Use `create(CreditTypeSchema)` to create a new message.
+ */
+export declare const CreditTypeSchema: GenMessage<CreditType>;
+
+/**
  * CacheResult says how the gateway served a call.
  *
  * @generated from enum stablecog.v1.CacheResult
@@ -363,6 +695,32 @@ export declare const GenerationService: GenService<{
     methodKind: "unary";
     input: typeof GenerationRequestSchema;
     output: typeof GenerationResponseSchema;
+  },
+  /**
+   * ListModels returns the generation models callers may use, with their compatible
+   * schedulers and default sizes, and the upstream's generation defaults (from
+   * `GET /v1/image/generation/models` and `GET /v1/image/generation/defaults`). Free: the
+   * upstream routes take no key. The gateway caches the catalog for a while; when a
+   * refresh fails it serves the last good catalog and says so in `stale`.
+   *
+   * @generated from rpc stablecog.v1.GenerationService.ListModels
+   */
+  listModels: {
+    methodKind: "unary";
+    input: typeof ListModelsRequestSchema;
+    output: typeof ListModelsResponseSchema;
+  },
+  /**
+   * GetCredits returns the credit balance of the account the call would use (the
+   * gateway's configured key, else the caller's own `authorization`), and each credit
+   * grant (from `GET /v1/credits`). Free.
+   *
+   * @generated from rpc stablecog.v1.GenerationService.GetCredits
+   */
+  getCredits: {
+    methodKind: "unary";
+    input: typeof GetCreditsRequestSchema;
+    output: typeof GetCreditsResponseSchema;
   },
 }>;
 

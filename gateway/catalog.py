@@ -1,0 +1,98 @@
+"""The generation catalog (models, their schedulers and sizes, the defaults), fetched from
+the upstream's free routes and kept for a TTL.
+
+Those routes take no key and are rate-limited, so one refresh serves every caller; a
+refresh that fails serves the last good catalog (marked `stale`) and is tried again after
+a short pause, and the outage is logged once, when it starts (and once when it ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.catalog_translate import models_from_json
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.errors import GatewayError
+from gateway.upstream import StablecogClient
+from gateway.upstream_defaults import (
+    DEFAULTS_ENDPOINT,
+    DEFAULTS_PATH,
+    MODELS_ENDPOINT,
+    MODELS_PATH,
+)
+
+_log = logging.getLogger(__name__)
+
+CATALOG_TTL_SECONDS = 300.0
+# After a failed refresh, calls are served the last good catalog without asking again
+# for this long (the routes are rate-limited; a storm of refreshes would not help).
+RETRY_AFTER_FAILURE_SECONDS = 10.0
+READ_SECONDS = 10.0
+
+
+class ModelCatalog:
+    """The catalog, refreshed at most once per TTL by one call at a time."""
+
+    def __init__(
+        self,
+        client: StablecogClient,
+        *,
+        ttl: float = CATALOG_TTL_SECONDS,
+        read_seconds: float = READ_SECONDS,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._read_seconds = read_seconds
+        self._clock = clock
+        self._good: generation_pb2.ListModelsResponse | None = None
+        self._refresh_at = float("-inf")
+        self._failing = False
+        self._lock = asyncio.Lock()
+
+    async def get(self, seconds: float | None = None) -> generation_pb2.ListModelsResponse:
+        """The catalog: cached, freshly fetched, or the last good one marked stale. Raises
+        the refresh's GatewayError only when no catalog was ever fetched."""
+        if self._good is not None and self._clock.monotonic() < self._refresh_at:
+            return self._answer()
+        async with self._lock:
+            if self._good is not None and self._clock.monotonic() < self._refresh_at:
+                return self._answer()
+            try:
+                await self._refresh(min(seconds or self._read_seconds, self._read_seconds))
+            except GatewayError as error:
+                self._refresh_at = self._clock.monotonic() + RETRY_AFTER_FAILURE_SECONDS
+                if not self._failing:
+                    self._failing = True
+                    _log.warning(
+                        "cannot refresh the model catalog from Stablecog; serving the last good one"
+                        if self._good is not None
+                        else "cannot fetch the model catalog from Stablecog",
+                        extra={"reason": error.reason, "stale": self._good is not None},
+                    )
+                if self._good is None:
+                    raise
+            return self._answer()
+
+    def _answer(self) -> generation_pb2.ListModelsResponse:
+        assert self._good is not None
+        answer = generation_pb2.ListModelsResponse()
+        answer.CopyFrom(self._good)
+        answer.stale = self._failing
+        return answer
+
+    async def _refresh(self, seconds: float) -> None:
+        fetched_at = self._clock.wall()
+        models, defaults = await asyncio.gather(
+            self._client.read(MODELS_PATH, MODELS_ENDPOINT, seconds),
+            self._client.read(DEFAULTS_PATH, DEFAULTS_ENDPOINT, seconds),
+        )
+        catalog = models_from_json(models, defaults)
+        catalog.fetched_at.FromNanoseconds(int(fetched_at * 1e9))
+        self._good = catalog
+        self._refresh_at = self._clock.monotonic() + self._ttl
+        if self._failing:
+            self._failing = False
+            _log.info("the model catalog is fetched from Stablecog again")
