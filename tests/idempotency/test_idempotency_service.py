@@ -213,3 +213,13 @@ async def test_keyed_calls_fail_closed_without_redis(
     _, trailers = await call_trailers(app, request())
     assert trailers["x-cache"] == "uncacheable"
     await emulator.wait_for_requests(CREATE, 1)
+
+
+async def test_the_longest_and_oddest_valid_keys_are_accepted(
+    gateway: GatewayApp, emulator: Emulator
+) -> None:
+    for value in ("k" * 255, "!~{}\"'#:/"):
+        await call_trailers(gateway, request(), metadata=keyed(value))
+        _, trailers = await call_trailers(gateway, request(), metadata=keyed(value))
+        assert trailers["x-idempotent-replay"] == "true"
+    assert upstream_calls(emulator) == 2
