@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import httpx
@@ -34,6 +35,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings, check_tls_files, named
 from gateway.events import Telemetry
 from gateway.generation import Generator
+from gateway.idempotency import IdempotentGenerator, MemoryIdempotencyStore
 from gateway.listen import cannot_listen, diagnose
 from gateway.metrics import GatewayMetrics
 from gateway.metrics_server import MetricsServer
@@ -53,6 +55,10 @@ from gateway.upstream import StablecogClient
 from gateway.upstream_generator import UpstreamGenerator
 from gateway.validation import RequestValidator
 from gateway.version import VERSION
+
+if TYPE_CHECKING:
+    from gateway.cache_backend import BackendGuard
+    from gateway.cache_redis import RedisBackend
 
 _log = logging.getLogger(__name__)
 
@@ -130,8 +136,12 @@ class GatewayApp:
                 transport=seams.upstream_transport,
             )
         ]
+        redis = _connect_redis(settings, seams.clock, probes)
         self.cache = _build_cache(
-            settings, upstream, seams.clock, self.metrics, self.tracing, probes
+            settings, upstream, seams.clock, self.metrics, self.tracing, redis
+        )
+        self.idempotency = _build_idempotency(
+            settings, self.cache or upstream, seams.clock, self.metrics, redis
         )
         self.reachability = Reachability(
             probes, report=self.metrics.set_reachable, clock=seams.clock
@@ -150,7 +160,7 @@ class GatewayApp:
             runner=self.runner,
             validator=RequestValidator(max_prompt_chars=settings.max_prompt_chars),
             keys=self.keys,
-            generator=self.cache or upstream,
+            generator=self.idempotency,
             telemetry=self.metrics,
             clock=seams.clock,
         )
@@ -286,6 +296,7 @@ class GatewayApp:
             )
         await self.reachability.aclose()
         await self.server.stop(grace=0.5)
+        await self.idempotency.aclose()
         if self.cache is not None:
             await self.cache.aclose()
         await self.client.aclose()
@@ -295,7 +306,9 @@ class GatewayApp:
 
     async def _drained(self) -> None:
         await self.runner.in_flight.wait_idle()
-        # Generations whose callers left are paid for: let them fill the cache.
+        # Generations whose callers left are paid for: let them fill the cache (and the
+        # idempotency records their repeats wait on).
+        await self.idempotency.wait_idle()
         if self.cache is not None:
             await self.cache.wait_idle()
 
@@ -328,25 +341,70 @@ class GatewayApp:
         await self.stop()
 
 
+@dataclass(frozen=True)
+class _Redis:
+    """The one Redis connection and its outage circuit, shared by the cache and the
+    idempotency records."""
+
+    backend: RedisBackend
+    guard: BackendGuard
+
+
+def _connect_redis(settings: Settings, clock: Clock, probes: list[Probe]) -> _Redis | None:
+    if settings.cache != "redis" or not settings.redis_url:
+        return None
+    # Imported only here: a gateway with the memory cache never loads the Redis client.
+    from gateway.cache_backend import BackendGuard
+    from gateway.cache_redis import RedisBackend
+
+    backend = RedisBackend(settings.redis_url, timeout=settings.redis_timeout)
+    probes.append(RedisProbe(settings.redis_url, backend.ping, timeout=settings.redis_timeout))
+    return _Redis(backend, BackendGuard(timeout=settings.redis_timeout, clock=clock))
+
+
+def _build_idempotency(
+    settings: Settings, inner: Generator, clock: Clock, telemetry: Telemetry, redis: _Redis | None
+) -> IdempotentGenerator:
+    """Outermost: a keyed call is answered from its record before the cache is asked."""
+    if redis is not None:
+        from gateway.idempotency_redis import RedisIdempotencyStore
+
+        return IdempotentGenerator(
+            inner,
+            RedisIdempotencyStore(redis.backend.client),
+            window=settings.idempotency_window,
+            upstream_timeout=settings.upstream_timeout,
+            clock=clock,
+            guard=redis.guard,
+            telemetry=telemetry,
+            min_generation_seconds=settings.min_generation_deadline,
+        )
+    return IdempotentGenerator(
+        inner,
+        MemoryIdempotencyStore(max_records=settings.idempotency_max_records, clock=clock),
+        window=settings.idempotency_window,
+        upstream_timeout=settings.upstream_timeout,
+        clock=clock,
+        telemetry=telemetry,
+        min_generation_seconds=settings.min_generation_deadline,
+    )
+
+
 def _build_cache(
     settings: Settings,
     upstream: Generator,
     clock: Clock,
     telemetry: Telemetry,
     tracing: Tracing,
-    probes: list[Probe],
+    redis: _Redis | None,
 ) -> CachingGenerator | None:
     if settings.cache == "off":
         return None
-    if settings.cache == "redis" and settings.redis_url:
-        # Imported only here: a gateway with the memory cache never loads the Redis client.
-        from gateway.cache_backend import BackendGuard, FailOpenEntries
+    if redis is not None:
+        from gateway.cache_backend import FailOpenEntries
         from gateway.cache_coordinator import CrossReplicaCoordinator
-        from gateway.cache_redis import RedisBackend
 
-        backend = RedisBackend(settings.redis_url, timeout=settings.redis_timeout)
-        probes.append(RedisProbe(settings.redis_url, backend.ping, timeout=settings.redis_timeout))
-        guard = BackendGuard(timeout=settings.redis_timeout, clock=clock)
+        backend, guard = redis.backend, redis.guard
         return CachingGenerator(
             upstream,
             FailOpenEntries(backend.entries, guard),

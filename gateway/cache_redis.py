@@ -138,6 +138,11 @@ class RedisBackend:
         self.entries = RedisEntries(self._redis)
         self.shared = RedisShared(self._redis)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection pool, for other stores on the same Redis (gateway.idempotency_redis)."""
+        return self._redis
+
     async def ping(self) -> None:
         """One PING (gateway.reachability's check); raises BackendFailure."""
         with converted():

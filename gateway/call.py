@@ -14,11 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.errors import FieldViolation, InvalidRequest
 from gateway.logs import redact
 from gateway.tracing import TraceParent
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 PROMPT_DIGEST_CHARS = 16
+IDEMPOTENCY_KEY_METADATA = "idempotency-key"
+# Visible ASCII (no spaces, no control bytes), 1-255 characters: what Stripe-style APIs accept.
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 def parse_metadata(pairs: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str]:
@@ -38,6 +42,27 @@ def request_id_from(value: str | None) -> str:
     return uuid.uuid4().hex
 
 
+def idempotency_key_from(metadata: Mapping[str, str]) -> str | None:
+    """The call's `idempotency-key` metadata, or None when it carries none; InvalidRequest
+    when the value cannot be a key (the message never quotes it)."""
+    value = metadata.get(IDEMPOTENCY_KEY_METADATA)
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(value):
+        raise InvalidRequest(
+            f"the `{IDEMPOTENCY_KEY_METADATA}` metadata must be 1 to 255 visible ASCII "
+            f"characters (no spaces); it has {len(value)} characters. Nothing was sent",
+            reason="IDEMPOTENCY_KEY_INVALID",
+            violations=[
+                FieldViolation(
+                    IDEMPOTENCY_KEY_METADATA,
+                    "must be 1 to 255 visible ASCII characters, e.g. a UUID",
+                )
+            ],
+        )
+    return value
+
+
 def prompt_digest(prompt: str) -> str:
     """A short digest of a prompt: enough to correlate calls, not to read the prompt."""
     return hashlib.sha256(prompt.encode()).hexdigest()[:PROMPT_DIGEST_CHARS]
@@ -54,6 +79,7 @@ SAVED_RESULTS = frozenset(
     for value in (
         generation_pb2.CacheResult.CACHE_RESULT_HIT,
         generation_pb2.CacheResult.CACHE_RESULT_COALESCED,
+        generation_pb2.CacheResult.CACHE_RESULT_REPLAYED,
     )
 )
 

@@ -54,6 +54,8 @@ class Settings:
     cache_max_entries: int = 10000
     cache_max_bytes: int = 64 * 1024 * 1024
     redis_timeout: float = 0.25
+    idempotency_window: float = 86400.0
+    idempotency_max_records: int = 100_000
     caller: str = "unknown"
     max_callers: int = 50
     log_level: str = "INFO"
@@ -339,6 +341,22 @@ OPTIONS: tuple[_Option, ...] = (
         "redis_timeout",
         _positive_float,
         "seconds to wait for Redis before serving without the cache",
+    ),
+    _Option(
+        "--idempotency-window",
+        "GATEWAY_IDEMPOTENCY_WINDOW",
+        "idempotency_window",
+        _positive_float,
+        "seconds a call's `idempotency-key` is remembered: a repeat within it gets the first "
+        "call's outcome and is never generated again",
+    ),
+    _Option(
+        "--idempotency-max-records",
+        "GATEWAY_IDEMPOTENCY_MAX_RECORDS",
+        "idempotency_max_records",
+        _positive_int,
+        "most idempotency keys remembered in memory (without --cache redis); past it the "
+        "oldest finished ones are forgotten first",
     ),
     _Option(
         "--caller",

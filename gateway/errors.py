@@ -14,6 +14,8 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
     ├── DeadlineTooShort             INVALID_ARGUMENT    no generation fits the deadline
     ├── CallTimedOut                 DEADLINE_EXCEEDED   the caller's deadline ran out
     │   └── UpstreamTimedOut         DEADLINE_EXCEEDED   the gateway's upstream timeout ran out
+    ├── IdempotencyKeyReused         FAILED_PRECONDITION the key was used for another request
+    ├── IdempotencyStoreUnavailable  UNAVAILABLE         keys cannot be checked: nothing was sent
     ├── GatewayInternal              INTERNAL            a bug in the gateway (details only in logs)
     └── UpstreamError                                    the upstream answered with an error
         ├── UpstreamInvalidArgument  INVALID_ARGUMENT    validation, nsfw_prompt, json_parse_error
@@ -32,7 +34,8 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
         │   └── GenerationAbandoned  INTERNAL            stopped mid-call: may have been charged
         └── UpstreamBadResponse      INTERNAL            a 200 that is not the documented shape
 
-Each class carries its default `ErrorInfo.reason`. `ErrorInfo.domain` says who defined
+Each class carries its default `ErrorInfo.reason`, and `may_have_been_charged`: whether
+money may have moved when a call ends with it. `ErrorInfo.domain` says who defined
 the reason: `api.stablecog.com` when the reason is the upstream's own error code, the
 gateway's domain for every reason the gateway made up (the default).
 """
@@ -69,6 +72,11 @@ class GatewayError(Exception):
     """
 
     default_reason: ClassVar[str] = "GATEWAY_INTERNAL_ERROR"
+    # Did money possibly move? True when the upstream may have charged for the call this
+    # error ends (gateway.idempotency then replays the error to a repeat instead of paying
+    # again); False when nothing was sent, nothing was charged, or the upstream refunded
+    # (a repeat may run again). Every class declares its own (a test checks).
+    may_have_been_charged: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -93,112 +101,148 @@ class InvalidRequest(GatewayError):
     """The request breaks one or more documented constraints; nothing was sent upstream."""
 
     default_reason = "INVALID_REQUEST"
+    may_have_been_charged = False
 
 
 class MissingCredentials(GatewayError):
     """No API key is configured and the caller sent no `authorization` metadata."""
 
     default_reason = "MISSING_API_KEY"
+    may_have_been_charged = False
 
 
 class MalformedCredentials(GatewayError):
     """The caller's `authorization` metadata cannot hold a key (control bytes, spaces...)."""
 
     default_reason = "MALFORMED_API_KEY"
+    may_have_been_charged = False
 
 
 class GatewayOverloaded(GatewayError):
     """The gateway holds as many calls as it may (--max-concurrent-calls); nothing was sent."""
 
     default_reason = "GATEWAY_OVERLOADED"
+    may_have_been_charged = False
 
 
 class DeadlineTooShort(GatewayError):
     """The caller's deadline is shorter than any generation takes; nothing was sent."""
 
     default_reason = "DEADLINE_TOO_SHORT"
+    may_have_been_charged = False
 
 
 class GatewayDraining(GatewayError):
     """The gateway is shutting down and takes no new calls."""
 
     default_reason = "GATEWAY_DRAINING"
+    may_have_been_charged = False
 
 
 class CallTimedOut(GatewayError):
     """The caller's deadline ran out."""
 
     default_reason = "DEADLINE_EXCEEDED"
+    may_have_been_charged = True
 
 
 class UpstreamTimedOut(CallTimedOut):
     """The gateway's own upstream timeout ran out before the caller's deadline."""
 
     default_reason = "UPSTREAM_TIMEOUT"
+    may_have_been_charged = True
+
+
+class IdempotencyKeyReused(GatewayError):
+    """The call's idempotency key was used for another request of this account within the
+    window; nothing was sent."""
+
+    default_reason = "IDEMPOTENCY_KEY_REUSED"
+    may_have_been_charged = False
+
+
+class IdempotencyStoreUnavailable(GatewayError):
+    """The call carries an idempotency key and the store that remembers keys (Redis) cannot
+    be reached: the gateway cannot promise at most once, so nothing was sent."""
+
+    default_reason = "IDEMPOTENCY_STORE_UNAVAILABLE"
+    may_have_been_charged = False
 
 
 class GatewayInternal(GatewayError):
     """An unexpected failure inside the gateway; the log has the details, the caller does not."""
 
     default_reason = "GATEWAY_INTERNAL_ERROR"
+    may_have_been_charged = True
 
 
 class UpstreamError(GatewayError):
     """The upstream answered with an error (or not at all)."""
+
+    may_have_been_charged = True
 
 
 class UpstreamInvalidArgument(UpstreamError):
     """The upstream rejected the input (its own validation, moderation, JSON parsing)."""
 
     default_reason = "UPSTREAM_VALIDATION_FAILED"
+    may_have_been_charged = False
 
 
 class InsufficientCredits(UpstreamError):
     """The account has fewer credits than `num_outputs`; retrying will not help."""
 
     default_reason = "INSUFFICIENT_CREDITS"
+    may_have_been_charged = False
 
 
 class UpstreamBusy(UpstreamError):
     """Rate limited (429) or the account's queue is full; retry after `retry_after`."""
 
     default_reason = "RATE_LIMITED"
+    may_have_been_charged = False
 
 
 class CallerKeyRejected(UpstreamError):
     """The upstream rejected the API key the caller sent."""
 
     default_reason = "UNAUTHORIZED"
+    may_have_been_charged = False
 
 
 class ConfiguredKeyRejected(UpstreamError):
     """The upstream rejected the gateway's configured API key: an operator must fix it."""
 
     default_reason = "CONFIGURED_API_KEY_REJECTED"
+    may_have_been_charged = False
 
 
 class UpstreamPermissionDenied(UpstreamError):
     """The account is banned, or the init image belongs to another account."""
 
     default_reason = "FORBIDDEN"
+    may_have_been_charged = False
 
 
 class WorkerFailed(UpstreamError):
     """The upstream's GPU worker failed or timed out; the upstream refunded the credits."""
 
     default_reason = "WORKER_FAILED"
+    may_have_been_charged = False
 
 
 class CircuitOpen(UpstreamError):
     """The upstream has been failing: calls fail fast for a cool-down; nothing was sent."""
 
     default_reason = "UPSTREAM_CIRCUIT_OPEN"
+    may_have_been_charged = False
 
 
 class UpstreamUnreachable(UpstreamError):
     """No connection to the upstream could be made: nothing was sent, retrying is safe."""
 
     default_reason = "UPSTREAM_UNREACHABLE"
+    may_have_been_charged = False
 
 
 class UpstreamReadFailed(UpstreamError):
@@ -206,18 +250,21 @@ class UpstreamReadFailed(UpstreamError):
     nothing, so retrying is safe."""
 
     default_reason = "UPSTREAM_READ_FAILED"
+    may_have_been_charged = False
 
 
 class UpstreamInternal(UpstreamError):
     """The upstream failed in a way the caller cannot fix (other 5xx, unexpected status)."""
 
     default_reason = "UPSTREAM_UNKNOWN_ERROR"
+    may_have_been_charged = True
 
 
 class UpstreamConnectionLost(UpstreamInternal):
     """The request was sent and no answer came: the upstream may have charged for it."""
 
     default_reason = "UPSTREAM_CONNECTION_LOST"
+    may_have_been_charged = True
 
 
 class GenerationAbandoned(UpstreamInternal):
@@ -225,12 +272,14 @@ class GenerationAbandoned(UpstreamInternal):
     upstream may still charge for it, so nobody may send it again meanwhile."""
 
     default_reason = "GENERATION_ABANDONED"
+    may_have_been_charged = True
 
 
 class UpstreamBadResponse(UpstreamError):
     """The upstream answered 200 with a body that is not the documented shape."""
 
     default_reason = "UPSTREAM_BAD_RESPONSE"
+    may_have_been_charged = True
 
 
 # The one table. tests/gateway/test_errors.py proves every GatewayError subclass is in it.
@@ -243,6 +292,8 @@ GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
     DeadlineTooShort: grpc.StatusCode.INVALID_ARGUMENT,
     CallTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
     UpstreamTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+    IdempotencyKeyReused: grpc.StatusCode.FAILED_PRECONDITION,
+    IdempotencyStoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     GatewayInternal: grpc.StatusCode.INTERNAL,
     UpstreamInvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,

@@ -108,6 +108,15 @@ class CacheDecided(Event):
 
 
 @dataclass(frozen=True)
+class IdempotentReplayed(Event):
+    """A repeat of a call with the same idempotency key got the first call's outcome
+    (`result`: ok, or error) instead of a generation of its own."""
+
+    caller: str
+    result: str
+
+
+@dataclass(frozen=True)
 class ValidationFailed(Event):
     """A request broke a documented constraint on this field."""
 

@@ -30,6 +30,8 @@ class GenerationCall:
     caller: str
     cache_control: CacheControl = field(default_factory=CacheControl)
     trace: TraceParent | None = None  # the span of the call this generation is made for
+    # The caller's `idempotency-key` (gateway.idempotency); never shown, stored as a digest.
+    idempotency_key: str | None = field(default=None, repr=False)
 
     def with_budget(self, budget: CallBudget) -> GenerationCall:
         return replace(self, budget=budget)

@@ -30,6 +30,7 @@ from gateway.events import (
     CreditsSaved,
     CreditsSpent,
     Event,
+    IdempotentReplayed,
     UpstreamFailed,
     UpstreamRequestEnded,
     UpstreamRetried,
@@ -97,6 +98,8 @@ UPSTREAM_REASONS = tuple(
         | set(STATIC_REASONS)
     )
 )
+# The outcomes a repeat with an idempotency key can replay.
+REPLAY_RESULTS = ("ok", "error")
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error", "timeout")
 GRPC_CODES = tuple(code.name for code in grpc.StatusCode)
 # The unary methods of our own service, initialised at start.
@@ -203,12 +206,19 @@ class GatewayMetrics:
         )
         self.saved_credits = counter(
             "stablecog_credits_saved_total",
-            "Credits a call would have cost had it not been served by the cache "
-            "or coalesced with an identical call in flight.",
+            "Credits a call would have cost had it not been served by the cache, "
+            "coalesced with an identical call in flight, or replayed for a repeated "
+            "idempotency key.",
             ("caller",),
         )
         self.cache_requests = counter(
             "stablecog_cache_requests_total", "Cache decisions, by result.", ("result",)
+        )
+        self.idempotent_replays = counter(
+            "stablecog_idempotent_replays_total",
+            "Repeats of a call with the same idempotency key answered with the first call's "
+            "outcome (result: ok or error) instead of a generation of their own.",
+            ("caller", "result"),
         )
         self.validation_failures = counter(
             "stablecog_validation_failures_total",
@@ -244,6 +254,8 @@ class GatewayMetrics:
             self.validation_failures.labels(field)
         self.validation_failures.labels(OTHER)
         self.saved_credits.labels(self.default_caller)
+        for result in REPLAY_RESULTS:
+            self.idempotent_replays.labels(self.default_caller, result)
         for model in known_models:
             for counter in (self.credits_spent, self.images_generated, self.images_filtered):
                 counter.labels(self._models(sanitize_label(model)), self.default_caller)
@@ -327,6 +339,10 @@ class GatewayMetrics:
         result = event.result if event.result in CACHE_RESULTS else OTHER
         self.cache_requests.labels(result).inc()
 
+    def _idempotent_replayed(self, event: IdempotentReplayed) -> None:
+        result = event.result if event.result in REPLAY_RESULTS else OTHER
+        self.idempotent_replays.labels(self.caller_label(event.caller), result).inc()
+
     def _validation_failed(self, event: ValidationFailed) -> None:
         field = event.field if event.field in self._fields else OTHER
         self.validation_failures.labels(field).inc()
@@ -343,5 +359,6 @@ class GatewayMetrics:
         CreditsSaved: _credits_saved,
         BalanceObserved: _balance_observed,
         CacheDecided: _cache_decided,
+        IdempotentReplayed: _idempotent_replayed,
         ValidationFailed: _validation_failed,
     }

@@ -14,18 +14,26 @@ import grpc
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.account import account_fingerprint
 from gateway.auth import KeyResolver
-from gateway.call import SAVED_RESULTS, Call, CallReport, cache_result_name
+from gateway.call import (
+    SAVED_RESULTS,
+    Call,
+    CallReport,
+    cache_result_name,
+    idempotency_key_from,
+)
 from gateway.call_runner import Answer, CallRunner
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.errors import ConfiguredKeyRejected, InvalidRequest
+from gateway.errors import ConfiguredKeyRejected, GatewayError, InvalidRequest
 from gateway.events import NULL_TELEMETRY, CreditsSaved, Telemetry, ValidationFailed
 from gateway.generation import GenerationCall, Generator
+from gateway.idempotency import REPLAY_METADATA, REPLAY_TRAILER
 from gateway.validation import RequestValidator
 
 _log = logging.getLogger(__name__)
 
 SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
 REJECTED_KEY_LOG_EVERY = 60.0
+REPLAYED = cache_result_name(generation_pb2.CacheResult.CACHE_RESULT_REPLAYED)
 
 
 class GenerationServicer:
@@ -68,6 +76,7 @@ class GenerationServicer:
         self, request: generation_pb2.GenerationRequest, call: Call, report: CallReport
     ) -> Answer:
         self._validate(request, report)
+        idempotency_key = idempotency_key_from(call.metadata)
         key = self._keys.resolve(call.metadata)
         report.account = key.fingerprint
         report.outputs_requested = request.num_outputs if request.HasField("num_outputs") else 0
@@ -80,10 +89,15 @@ class GenerationServicer:
                     caller=call.caller,
                     cache_control=call.cache_control,
                     trace=call.trace,
+                    idempotency_key=idempotency_key,
                 )
             )
         except ConfiguredKeyRejected:
             self._alarm_rejected_key()
+            raise
+        except GatewayError as error:
+            if error.metadata.get(REPLAY_METADATA) == "true":
+                report.cache_result = REPLAYED
             raise
         response = generation_pb2.GenerationResponse()
         response.CopyFrom(generated.response)
@@ -97,7 +111,10 @@ class GenerationServicer:
         report.remaining_credits = response.remaining_credits
         report.cache_result = result
         report.upstream_seconds = generated.upstream_seconds
-        return Answer(response, trailers=(("x-cache", result),))
+        trailers = [("x-cache", result)]
+        if result == REPLAYED:
+            trailers.append((REPLAY_TRAILER, "true"))
+        return Answer(response, trailers=tuple(trailers))
 
     def _alarm_rejected_key(self) -> None:
         """An operator problem every caller sees: say so loudly, at most once a minute."""

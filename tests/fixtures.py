@@ -62,6 +62,18 @@ async def call(
     return response, str(trailing["x-cache"])
 
 
+async def call_trailers(
+    target: GatewayApp | Stub, req: generation_pb2.GenerationRequest, **kw: Any
+) -> tuple[generation_pb2.GenerationResponse, dict[str, str]]:
+    """`call`, with every trailing metadata value of the answer."""
+    if isinstance(target, GatewayApp):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{target.grpc_port}") as channel:
+            return await call_trailers(Stub(channel), req, **kw)
+    rpc = target.CreateGeneration(req, **kw)
+    response = await rpc
+    return response, {k: str(v) for k, v in await rpc.trailing_metadata()}
+
+
 async def eventually(condition: Callable[[], object], timeout: float = 10.0) -> None:
     """Wait until `condition()` is true, polling briefly; AssertionError after `timeout`
     seconds. For conditions the test cannot await directly (another process's state)."""

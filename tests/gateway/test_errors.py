@@ -81,6 +81,33 @@ def test_codes_follow_the_contract() -> None:
         "UpstreamReadFailed": "UNAVAILABLE",
         "UpstreamConnectionLost": "INTERNAL",
         "GenerationAbandoned": "INTERNAL",
+        "IdempotencyKeyReused": "FAILED_PRECONDITION",
+        "IdempotencyStoreUnavailable": "UNAVAILABLE",
+    }
+
+
+def test_every_error_class_says_whether_money_may_have_moved() -> None:
+    # Declared in each class's own body, never inherited by accident: gateway.idempotency
+    # replays the errors that say True and lets a repeat run again after the others.
+    for cls in all_subclasses(GatewayError) | {GatewayError}:
+        assert isinstance(vars(cls).get("may_have_been_charged"), bool), cls.__name__
+
+
+def test_unavailable_only_when_no_money_moved() -> None:
+    # The house rule: a client may retry UNAVAILABLE on its own, so it never means "may
+    # have been charged".
+    for cls, code in GRPC_CODES.items():
+        if code.name == "UNAVAILABLE":
+            assert cls.may_have_been_charged is False, cls.__name__
+    charged = {cls.__name__ for cls in GRPC_CODES if cls.may_have_been_charged}
+    assert charged == {
+        "CallTimedOut",
+        "UpstreamTimedOut",
+        "GatewayInternal",
+        "UpstreamInternal",
+        "UpstreamConnectionLost",
+        "GenerationAbandoned",
+        "UpstreamBadResponse",
     }
 
 

@@ -49,6 +49,10 @@ class _CacheResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheResu
     """The caller asked to skip the cache lookup (`cache-control: no-cache` or `no-store`), or the cache is off."""
     CACHE_RESULT_UNCACHEABLE: _CacheResult.ValueType  # 5
     """Not cacheable: no seed, or a negative seed (the upstream draws a random one)."""
+    CACHE_RESULT_REPLAYED: _CacheResult.ValueType  # 6
+    """A repeat of an earlier call with the same `idempotency-key` metadata: its stored
+    response, replayed; no credit spent (the trailer `x-idempotent-replay: true` says so).
+    """
 
 class CacheResult(_CacheResult, metaclass=_CacheResultEnumTypeWrapper):
     """CacheResult says how the gateway served a call."""
@@ -65,6 +69,10 @@ CACHE_RESULT_BYPASS: CacheResult.ValueType  # 4
 """The caller asked to skip the cache lookup (`cache-control: no-cache` or `no-store`), or the cache is off."""
 CACHE_RESULT_UNCACHEABLE: CacheResult.ValueType  # 5
 """Not cacheable: no seed, or a negative seed (the upstream draws a random one)."""
+CACHE_RESULT_REPLAYED: CacheResult.ValueType  # 6
+"""A repeat of an earlier call with the same `idempotency-key` metadata: its stored
+response, replayed; no credit spent (the trailer `x-idempotent-replay: true` says so).
+"""
 Global___CacheResult: _TypeAlias = CacheResult  # noqa: Y015
 
 @_typing.final
@@ -203,7 +211,8 @@ class GenerationResponse(_message.Message):
     remaining_credits: _builtins.float
     """The account's credit balance right after this generation, as reported by the
     upstream. For a response served from the cache, the newest balance the gateway
-    has seen for the account.
+    has seen for the account. For a replay (CACHE_RESULT_REPLAYED), the balance the first
+    call reported.
     """
     cache_result: Global___CacheResult.ValueType
     """How the gateway served this call."""

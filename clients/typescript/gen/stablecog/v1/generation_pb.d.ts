@@ -144,7 +144,8 @@ export declare type GenerationResponse = Message<"stablecog.v1.GenerationRespons
   /**
    * The account's credit balance right after this generation, as reported by the
    * upstream. For a response served from the cache, the newest balance the gateway
-   * has seen for the account.
+   * has seen for the account. For a replay (CACHE_RESULT_REPLAYED), the balance the first
+   * call reported.
    *
    * @generated from field: double remaining_credits = 2;
    */
@@ -666,6 +667,14 @@ export enum CacheResult {
    * @generated from enum value: CACHE_RESULT_UNCACHEABLE = 5;
    */
   UNCACHEABLE = 5,
+
+  /**
+   * A repeat of an earlier call with the same `idempotency-key` metadata: its stored
+   * response, replayed; no credit spent (the trailer `x-idempotent-replay: true` says so).
+   *
+   * @generated from enum value: CACHE_RESULT_REPLAYED = 6;
+   */
+  REPLAYED = 6,
 }
 
 /**

@@ -1,0 +1,481 @@
+"""Idempotency keys: a call carrying `idempotency-key` metadata is performed at most once
+per key and account within a window.
+
+`IdempotentGenerator` wraps the gateway's generator (the cache, or the upstream when the
+cache is off). The first call with a key claims a record in an `IdempotencyStore` and
+makes its generation in a task of its own, not bound by its caller's deadline (like a
+cache flight: a caller that times out and repeats the call gets the result instead of
+paying again). How it ends decides the record:
+
+- a response: stored for the window; every repeat gets it back (CACHE_RESULT_REPLAYED,
+  trailer `x-idempotent-replay: true`);
+- an error that may have been charged (the error class's `may_have_been_charged`): stored
+  too; repeats get the same error, marked as a replay, and nothing is sent again;
+- an error where nothing was charged (validation, refunded worker failure, nothing sent,
+  busy, circuit open): the record is released, so a repeat may run again.
+
+A repeat while the first call is in flight waits for it within its own deadline: in this
+process on the first call's task (a repeat's cancellation never cuts it), in another
+gateway sharing Redis by polling the record. The holder of a record keeps a short lease
+on it; a record still "running" whose lease is gone lost its gateway mid-call, and is
+answered as GENERATION_ABANDONED (it may have been charged), never run again.
+
+The same key with another request (another fingerprint) is refused with
+IDEMPOTENCY_KEY_REUSED and nothing is sent. Keys are stored only as digests: the record
+id is a keyed digest of the account's cache scope (itself a keyed digest of the API key)
+and the idempotency key. When the shared store cannot be reached as a keyed call starts,
+the call fails closed (IDEMPOTENCY_STORE_UNAVAILABLE, nothing sent): its caller asked
+for at most once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.cache_backend import BackendFailure, BackendGuard
+from gateway.cache_coordinator import PUBLISH_WITHIN_SECONDS, decode_outcome, encode_outcome
+from gateway.call import CallBudget, cache_result_name
+from gateway.clock import Clock
+from gateway.errors import (
+    CallTimedOut,
+    DeadlineTooShort,
+    GatewayError,
+    GenerationAbandoned,
+    IdempotencyKeyReused,
+    IdempotencyStoreUnavailable,
+    UpstreamTimedOut,
+    error_from_dict,
+    error_to_dict,
+)
+from gateway.events import NULL_TELEMETRY, CacheDecided, IdempotentReplayed, Telemetry
+from gateway.generation import (
+    MIN_GENERATION_SECONDS,
+    Generated,
+    GenerationCall,
+    Generator,
+    ensure_time_to_generate,
+)
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+CacheResult = generation_pb2.CacheResult
+Outcome = GatewayError | generation_pb2.GenerationResponse
+
+_RECORD_KEY = b"stablecog-gateway idempotency record v1"
+# How long a holder's claim lives without a refresh (refreshed every quarter of it).
+LEASE_SECONDS = 30.0
+POLL_SECONDS = 0.1
+# ErrorInfo metadata of a replayed error.
+REPLAY_METADATA = "idempotent_replay"
+REPLAY_TRAILER = "x-idempotent-replay"
+
+
+def record_id(scope: str, idempotency_key: str) -> str:
+    """The record's name: a keyed digest of the account's scope and the caller's key
+    (neither the API key nor the idempotency key can be recovered from it)."""
+    message = f"{scope}\n{idempotency_key}".encode()
+    return hmac.new(_RECORD_KEY, message, hashlib.sha256).hexdigest()
+
+
+def request_fingerprint(request: generation_pb2.GenerationRequest) -> str:
+    """A digest of the request exactly as the caller sent it (every field, deterministic
+    serialization): a repeat must be the same request, not merely one the cache would
+    treat alike (the cache key ignores whether a seed was given, and cuts prompts)."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the store holds for a key: the request's fingerprint and, once the first call
+    ended, its outcome (`encode_outcome`'s bytes). `orphaned`: still running, but the
+    holder's lease is gone (its gateway stopped mid-call)."""
+
+    fingerprint: str
+    outcome: bytes | None = None
+    orphaned: bool = False
+
+
+class IdempotencyStore(Protocol):
+    """Records by id. A shared store may raise gateway.cache_backend.BackendFailure."""
+
+    async def claim(
+        self, record: str, fingerprint: str, token: str, *, lease: float, window: float
+    ) -> Record | None:
+        """Create the record as running, held by `token`, and return None; or return the
+        record that already exists (created by nobody else in between: atomic)."""
+
+    async def read(self, record: str) -> Record | None: ...
+
+    async def refresh(
+        self, record: str, fingerprint: str, token: str, *, lease: float, window: float
+    ) -> None:
+        """Extend our lease; re-create our running record when the store lost it."""
+
+    async def finish(
+        self, record: str, fingerprint: str, token: str, outcome: bytes, *, window: float
+    ) -> None:
+        """Store the outcome for the window, unless another holder took the record over."""
+
+    async def release(self, record: str, token: str) -> None:
+        """Delete our running record: nothing was charged, a repeat may run again."""
+
+
+class MemoryIdempotencyStore:
+    """Records in this process: at most `max_records`, each for its window. A full store
+    forgets the oldest finished record first; running ones are never forgotten (there
+    are at most as many as calls in flight)."""
+
+    def __init__(self, *, max_records: int, clock: Clock) -> None:
+        # id -> (expires at, fingerprint, holder token or None once finished, outcome)
+        self._records: OrderedDict[str, tuple[float, str, str | None, bytes | None]] = OrderedDict()
+        self._max_records = max_records
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _get(self, record: str) -> tuple[float, str, str | None, bytes | None] | None:
+        found = self._records.get(record)
+        if found is not None and found[0] <= self._clock.monotonic():
+            del self._records[record]
+            return None
+        return found
+
+    async def claim(
+        self, record: str, fingerprint: str, token: str, *, lease: float, window: float
+    ) -> Record | None:
+        found = self._get(record)
+        if found is not None:
+            return Record(found[1], found[3])
+        self._records[record] = (self._clock.monotonic() + window, fingerprint, token, None)
+        self._bound()
+        return None
+
+    async def read(self, record: str) -> Record | None:
+        found = self._get(record)
+        return None if found is None else Record(found[1], found[3])
+
+    async def refresh(
+        self, record: str, fingerprint: str, token: str, *, lease: float, window: float
+    ) -> None:
+        return None  # a holder in this process cannot vanish without finishing
+
+    async def finish(
+        self, record: str, fingerprint: str, token: str, outcome: bytes, *, window: float
+    ) -> None:
+        found = self._get(record)
+        if found is None or found[2] == token:  # ours (or lost: we have its answer)
+            self._records[record] = (self._clock.monotonic() + window, fingerprint, None, outcome)
+            self._records.move_to_end(record)
+            self._bound()
+
+    async def release(self, record: str, token: str) -> None:
+        found = self._get(record)
+        if found is not None and found[2] == token:
+            del self._records[record]
+
+    def _bound(self) -> None:
+        while len(self._records) > self._max_records:
+            oldest = next((k for k, v in self._records.items() if v[2] is None), None)
+            if oldest is None:
+                return
+            del self._records[oldest]
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """How the first call with a key ended; `fresh` when this process just made it."""
+
+    outcome: Outcome
+    generated: Generated | None = None  # the fresh response with its balance and timing
+    fresh: bool = False
+
+
+class _Elsewhere:
+    """The record is held by another gateway, still running."""
+
+
+_ELSEWHERE = _Elsewhere()
+
+
+@dataclass
+class _Flight:
+    task: asyncio.Task[_Settled | _Elsewhere]
+    fingerprint: str
+
+
+class IdempotentGenerator:
+    """Performs each keyed call at most once per account and key; see the module docstring."""
+
+    def __init__(
+        self,
+        inner: Generator,
+        store: IdempotencyStore,
+        *,
+        window: float,
+        upstream_timeout: float,
+        clock: Clock,
+        guard: BackendGuard | None = None,
+        telemetry: Telemetry = NULL_TELEMETRY,
+        min_generation_seconds: float = MIN_GENERATION_SECONDS,
+    ) -> None:
+        self._inner = inner
+        self._store = store
+        self._window = window
+        self._upstream_timeout = upstream_timeout
+        self._clock = clock
+        self._guard = guard  # set when the store is shared (Redis)
+        self._telemetry = telemetry
+        self._min_generation_seconds = min_generation_seconds
+        self._flights: dict[str, _Flight] = {}
+
+    @property
+    def flights(self) -> int:
+        return len(self._flights)
+
+    async def generate(self, call: GenerationCall) -> Generated:
+        if call.idempotency_key is None:
+            return await self._inner.generate(call)
+        record = record_id(call.key.cache_scope, call.idempotency_key)
+        fingerprint = request_fingerprint(call.request)
+        deadline = self._clock.monotonic() + call.budget.seconds
+        if not call.budget.caller_deadline:  # bounded all the same, past any first call
+            deadline += LEASE_SECONDS
+        while True:
+            flight = self._flights.get(record)
+            mine = flight is None
+            if flight is None:
+                flight = self._start(record, fingerprint, call)
+            elif flight.fingerprint != fingerprint:
+                raise _reused()
+            settled = await self._wait(flight.task, call.budget, deadline)
+            if isinstance(settled, _Elsewhere):
+                found = await self._await_other(record, fingerprint, call.budget, deadline)
+                if found is None:  # released with nothing charged: claim it ourselves
+                    continue
+                settled = found
+            if not mine and isinstance(settled.outcome, DeadlineTooShort):
+                continue  # the first caller's deadline, not ours
+            return self._serve(settled, call.caller, replay=not (mine and settled.fresh))
+
+    def _start(self, record: str, fingerprint: str, call: GenerationCall) -> _Flight:
+        task = asyncio.create_task(
+            self._lead(record, fingerprint, call), name=f"idempotent {record[:12]}"
+        )
+        flight = _Flight(task, fingerprint)
+        self._flights[record] = flight
+        task.add_done_callback(lambda done: self._landed(record, flight))
+        return flight
+
+    def _landed(self, record: str, flight: _Flight) -> None:
+        if self._flights.get(record) is flight:
+            del self._flights[record]
+        if not flight.task.cancelled():
+            flight.task.exception()  # retrieved here too, for when every waiter has gone
+
+    async def _wait(
+        self, task: asyncio.Task[_Settled | _Elsewhere], budget: CallBudget, deadline: float
+    ) -> _Settled | _Elsewhere:
+        """Wait for the first call's task without letting this caller's cancellation (or
+        deadline) cut it."""
+        if not budget.caller_deadline:
+            return await asyncio.shield(task)
+        try:
+            async with asyncio.timeout(max(deadline - self._clock.monotonic(), 0.0)):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            raise _still_running() from None
+
+    async def _lead(
+        self, record: str, fingerprint: str, call: GenerationCall
+    ) -> _Settled | _Elsewhere:
+        """Claim the record and make the call, or say how the record already stands."""
+        token = secrets.token_hex(16)
+        try:
+            existing = await self._run(
+                lambda: self._store.claim(
+                    record, fingerprint, token, lease=LEASE_SECONDS, window=self._window
+                )
+            )
+        except BackendFailure:
+            raise IdempotencyStoreUnavailable(
+                "the call carries an idempotency key and the store of keys (Redis) cannot be "
+                "reached, so at most once cannot be promised; nothing was sent, retry shortly",
+                retry_after=1.0,
+            ) from None
+        if existing is not None:
+            return self._standing(existing, fingerprint)
+        try:
+            ensure_time_to_generate(call, self._min_generation_seconds)
+        except DeadlineTooShort as error:
+            await asyncio.shield(self._release(record, token))
+            return _Settled(error, fresh=True)
+        # Not bound by the first caller's deadline: a repeat may wait longer for it.
+        shared_call = call.with_budget(CallBudget(self._upstream_timeout, caller_deadline=False))
+        keeper = asyncio.create_task(self._keep_lease(record, fingerprint, token))
+        try:
+            generated = await self._inner.generate(shared_call)
+        except GatewayError as error:
+            keeper.cancel()
+            if error.may_have_been_charged:
+                await asyncio.shield(self._finish(record, fingerprint, token, error))
+            else:
+                await asyncio.shield(self._release(record, token))
+            return _Settled(error, fresh=True)
+        except BaseException:
+            # Cancelled (shutdown) or a bug: the upstream may still charge for it, so a
+            # repeat must not send it again.
+            keeper.cancel()
+            await asyncio.shield(self._finish(record, fingerprint, token, _abandoned()))
+            raise
+        keeper.cancel()
+        await asyncio.shield(self._finish(record, fingerprint, token, generated.response))
+        return _Settled(generated.response, generated, fresh=True)
+
+    def _standing(self, existing: Record, fingerprint: str) -> _Settled | _Elsewhere:
+        """What a repeat gets from a record someone else created."""
+        if existing.fingerprint != fingerprint:
+            raise _reused()
+        if existing.outcome is not None:
+            outcome = decode_outcome(existing.outcome)
+            if outcome is None:
+                _log.warning("unreadable idempotency record; answered as abandoned")
+                return _Settled(_abandoned())
+            return _Settled(outcome)
+        if existing.orphaned:
+            return _Settled(_abandoned())
+        return _ELSEWHERE
+
+    async def _await_other(
+        self, record: str, fingerprint: str, budget: CallBudget, deadline: float
+    ) -> _Settled | None:
+        """Poll a record another gateway holds until it ends (None: it was released)."""
+        while self._clock.monotonic() < deadline:
+            await self._clock.sleep(POLL_SECONDS)
+            try:
+                found = await self._run(lambda: self._store.read(record))
+            except BackendFailure:
+                continue  # keep waiting through an outage: the holder is still generating
+            if found is None:
+                return None
+            standing = self._standing(found, fingerprint)
+            if isinstance(standing, _Settled):
+                return standing
+        if budget.caller_deadline:
+            raise _still_running()
+        raise UpstreamTimedOut(
+            "the first call with this idempotency key, made by another gateway, did not "
+            "finish in time"
+        )
+
+    def _serve(self, settled: _Settled, caller: str, *, replay: bool) -> Generated:
+        outcome = settled.outcome
+        if not replay:
+            if isinstance(outcome, GatewayError):
+                raise outcome
+            assert settled.generated is not None
+            return settled.generated
+        if isinstance(outcome, GatewayError):
+            if not outcome.may_have_been_charged:
+                # Released, so not a replay: the same error reached a concurrent repeat.
+                raise _copy(outcome, {})
+            self._telemetry.emit(IdempotentReplayed(caller, "error"))
+            raise _copy(outcome, {REPLAY_METADATA: "true"})
+        self._telemetry.emit(IdempotentReplayed(caller, "ok"))
+        self._telemetry.emit(CacheDecided(cache_result_name(CacheResult.CACHE_RESULT_REPLAYED)))
+        response = generation_pb2.GenerationResponse()
+        response.CopyFrom(outcome)
+        return Generated(response=response, cache_result=CacheResult.CACHE_RESULT_REPLAYED)
+
+    async def _keep_lease(self, record: str, fingerprint: str, token: str) -> None:
+        while True:
+            await self._clock.sleep(LEASE_SECONDS / 4)
+            with contextlib.suppress(BackendFailure):
+                await self._run(
+                    lambda: self._store.refresh(
+                        record, fingerprint, token, lease=LEASE_SECONDS, window=self._window
+                    ),
+                    force=True,
+                )
+
+    async def _finish(self, record: str, fingerprint: str, token: str, outcome: Outcome) -> None:
+        value = encode_outcome(outcome)
+        stored = await self._must(
+            lambda: self._store.finish(record, fingerprint, token, value, window=self._window)
+        )
+        if not stored:
+            _log.warning(
+                "the outcome of a call with an idempotency key could not be stored; a repeat "
+                "is answered GENERATION_ABANDONED once the lease runs out",
+                extra={"record": record[:12]},
+            )
+
+    async def _release(self, record: str, token: str) -> None:
+        if not await self._must(lambda: self._store.release(record, token)):
+            _log.warning(
+                "an idempotency record could not be released; a repeat is answered "
+                "GENERATION_ABANDONED once the lease runs out",
+                extra={"record": record[:12]},
+            )
+
+    async def _run(self, operation: Callable[[], Awaitable[T]], *, force: bool = False) -> T:
+        if self._guard is None:
+            return await operation()
+        return await self._guard.run(operation, force=force)
+
+    async def _must(self, operation: Callable[[], Awaitable[object]]) -> bool:
+        """A write others wait on, retried past a short outage; True once done."""
+        if self._guard is None:
+            await operation()
+            return True
+        return await self._guard.must(operation, within=PUBLISH_WITHIN_SECONDS)
+
+    async def wait_idle(self) -> None:
+        """Return when no first call is running (each ends by its own upstream timeout)."""
+        while self._flights:
+            await asyncio.wait([f.task for f in self._flights.values()])
+
+    async def aclose(self) -> None:
+        tasks = [f.task for f in self._flights.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:  # let them record that they were abandoned
+            await asyncio.wait(tasks, timeout=PUBLISH_WITHIN_SECONDS * 2)
+
+
+def _copy(error: GatewayError, metadata: dict[str, str]) -> GatewayError:
+    """A new instance of `error` (each caller raises its own), with `metadata` added."""
+    data = error_to_dict(error)
+    data["metadata"] = {**data["metadata"], **metadata}
+    return error_from_dict(data)
+
+
+def _reused() -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        "this idempotency key was used for a different request of this account within the "
+        "idempotency window; use a new key for a new request. Nothing was sent"
+    )
+
+
+def _abandoned() -> GenerationAbandoned:
+    return GenerationAbandoned(
+        "the gateway making the first call with this idempotency key stopped before "
+        "Stablecog answered; it may have been charged, so check before retrying with a new key"
+    )
+
+
+def _still_running() -> CallTimedOut:
+    return CallTimedOut(
+        "the call's deadline ran out while the first call with this idempotency key was "
+        "still running; it continues: repeat with the same key to get its result"
+    )
