@@ -247,10 +247,12 @@ async def test_trickle_body_spreads_a_whole_answer_over_time(emu: Emulator) -> N
 
 async def test_trickle_body_stays_charged_when_the_client_leaves(emu: Emulator) -> None:
     emu.faults.inject("trickle_body", seconds=5.0, chunk_bytes=8)
-    async with httpx.AsyncClient(base_url=emu.base_url, timeout=5.0) as http:
-        async with http.stream("POST", CREATE, json=SMALL, headers=auth()) as response:
-            assert response.status_code == 200
-            await anext(response.aiter_raw())
+    async with (
+        httpx.AsyncClient(base_url=emu.base_url, timeout=5.0) as http,
+        http.stream("POST", CREATE, json=SMALL, headers=auth()) as response,
+    ):
+        assert response.status_code == 200
+        await anext(response.aiter_raw())
     await wait_until(lambda: emu.requests[0].completed_at is not None, timeout=8.0)
     assert emu.requests[0].client_disconnected
     assert emu.balance(TOKEN) == 99
