@@ -3,7 +3,9 @@
 POST /v1/image/generation/create (and the deprecated /v1/image/generate) runs: auth, injected
 fault, rate limit, JSON decoding, ban, defaults and validation, image-URL checks (an http(s)
 image is fetched there, loopback hosts only: see `emulator.imagefetch`), the account queue,
-credit deduction, the prompt check, then the worker (latency, failure or timeout).
+credit deduction, the prompt check, then the worker (latency, failure or timeout), then the
+faults that spoil the answer on its way (a drop, a proxy's status, a reset mid-body, a
+trickling body).
 
 The rate-limited routes (create, /v1/credits, models, defaults and their aliases) share one
 counter per client IP (`api:<ip>`), each with its own limit: create allows
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import time
 import uuid
 from typing import Any
@@ -90,10 +94,11 @@ def client_ip(request: web.Request) -> str:
     return forwarded or request.remote or ""
 
 
-def _too_many_requests(decision: RateDecision, retry_after: int) -> web.Response:
-    return go_text(
-        429, "Too Many Requests", {**decision.headers(), "Retry-After": str(retry_after)}
-    )
+def _too_many_requests(decision: RateDecision, retry_after: int | None) -> web.Response:
+    headers = decision.headers()
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return go_text(429, "Too Many Requests", headers)
 
 
 def _rate_limit(request: web.Request, state: EmulatorState, scale: int) -> RateDecision | None:
@@ -280,7 +285,7 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
     if fault and mode is FaultMode.RATE_LIMIT:  # refused requests are not counted
         limit = state.config.rate_limit_per_second or 10  # show the real limit when off
         shown = RateDecision(False, limit, 0, int(time.time()) + 1)
-        return _too_many_requests(shown, fault.int_param("retry_after"))
+        return _too_many_requests(shown, fault.optional_int_param("retry_after"))
     refusal, headers = _limited(request, state, CREATE_RATE_SCALE)
     if refusal is not None:
         return refusal
@@ -359,7 +364,65 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
     if fault and mode is FaultMode.HTTP_STATUS:
         return go_text(fault.int_param("status"), fault.str_param("body"))
     response.headers.update(headers)
+    if fault and mode is FaultMode.RESET_MID_RESPONSE:
+        return await _reset_mid_response(request, response)
+    if fault and mode is FaultMode.TRICKLE_BODY:
+        return await _trickle(
+            request, response, fault.float_param("seconds"), fault.int_param("chunk_bytes")
+        )
     return response
+
+
+async def _streamed(
+    request: web.Request, response: web.StreamResponse
+) -> tuple[web.StreamResponse, bytes]:
+    """`response` as a prepared StreamResponse announcing its whole body, and that body."""
+    assert isinstance(response, web.Response)
+    body = response.body
+    assert isinstance(body, bytes)
+    stream = web.StreamResponse(
+        status=response.status,
+        headers={k: v for k, v in response.headers.items() if k.lower() != "content-length"},
+    )
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    return stream, body
+
+
+async def _reset_mid_response(
+    request: web.Request, response: web.StreamResponse
+) -> web.StreamResponse:
+    """Send the status, the headers and half the body, then reset the connection (RST), as
+    a crashing proxy or a broken link does once the generation was paid for."""
+    record = request[RECORD_KEY]
+    stream, body = await _streamed(request, response)
+    await stream.write(body[: len(body) // 2])
+    record.status = stream.status
+    record.connection_dropped = True
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # linger 0: close() sends RST, not FIN
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return stream
+
+
+async def _trickle(
+    request: web.Request, response: web.StreamResponse, seconds: float, chunk_bytes: int
+) -> web.StreamResponse:
+    """Send the answer's body in `chunk_bytes` pieces spread over `seconds`."""
+    stream, body = await _streamed(request, response)
+    chunks = [body[i : i + chunk_bytes] for i in range(0, len(body), chunk_bytes)]
+    pause = seconds / max(len(chunks), 1)
+    try:
+        for chunk in chunks:
+            await asyncio.sleep(pause)
+            await stream.write(chunk)
+        await stream.write_eof()
+    except ConnectionError:  # the client left mid-body; the generation stays charged
+        request[RECORD_KEY].client_disconnected = True
+    return stream
 
 
 def _authenticated_or_limited(

@@ -12,7 +12,8 @@ mode                   what the request gets
 =====================  ===========================================================
 worker_failure         500 {"error": error, "settings"}; charged, then refunded.
                        `error` default "runpod_failed".
-rate_limit             429 text "Too Many Requests"; `retry_after` seconds (default 1).
+rate_limit             429 text "Too Many Requests"; `retry_after` seconds (default 1);
+                       with `retry_after` null the answer has no `Retry-After` header.
 queue_full             400 {"error": "queue_limit_reached", "settings"}.
 insufficient_credits   400 {"error": "insufficient_credits", "settings"}; nothing charged.
 internal_error         500 {"error": "An unknown error has occured"} (sic); with
@@ -31,6 +32,12 @@ image_url_error        400 {"error": "image_url_width_height_error", "settings"}
 filter_outputs         200 with `drop` (default 1) outputs silently missing; all charged.
 drop_connection        the socket closes without a response; with `charge` true it
                        closes after the generation was charged.
+reset_mid_response     charged; the status line, the headers (with the full
+                       Content-Length) and the first half of the body are sent, then
+                       the connection is reset (TCP RST).
+trickle_body           charged; the answer's body arrives in `chunk_bytes` (default 16)
+                       pieces spread over `seconds` (default 1.0), as a slow link
+                       delivers it. Acts on whatever answer the worker gives.
 delay                  `seconds` (default 1.0) more worker time for that request.
 =====================  ===========================================================
 """
@@ -60,6 +67,8 @@ class FaultMode(enum.StrEnum):
     IMAGE_URL_ERROR = "image_url_error"
     FILTER_OUTPUTS = "filter_outputs"
     DROP_CONNECTION = "drop_connection"
+    RESET_MID_RESPONSE = "reset_mid_response"
+    TRICKLE_BODY = "trickle_body"
     DELAY = "delay"
 
 
@@ -79,8 +88,13 @@ _PARAMS: dict[FaultMode, dict[str, tuple[type, object]]] = {
     FaultMode.IMAGE_URL_ERROR: {},
     FaultMode.FILTER_OUTPUTS: {"drop": (int, 1)},
     FaultMode.DROP_CONNECTION: {"charge": (bool, False)},
+    FaultMode.RESET_MID_RESPONSE: {},
+    FaultMode.TRICKLE_BODY: {"seconds": (float, 1.0), "chunk_bytes": (int, 16)},
     FaultMode.DELAY: {"seconds": (float, 1.0)},
 }
+
+# Parameters whose null means something: no Retry-After header; the default text body.
+_NULLABLE = frozenset({"retry_after", "body"})
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,12 @@ class Fault:
 
     mode: FaultMode
     params: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+    def optional_int_param(self, name: str) -> int | None:
+        """An integer parameter's value, or None when it was given as null."""
+        value = self.params[name]
+        assert value is None or isinstance(value, int)
+        return value
 
     def int_param(self, name: str) -> int:
         """An integer parameter's value."""
@@ -131,6 +151,8 @@ def make_fault(mode: str, params: Mapping[str, object]) -> Fault:
     values: dict[str, object] = {}
     for name, (kind, default) in spec.items():
         value = params.get(name, default)
+        if value is None and name not in _NULLABLE:
+            raise ValueError(f"{fault_mode} parameter {name} must be {kind.__name__}")
         if value is not None:
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
@@ -154,7 +176,10 @@ def make_fault(mode: str, params: Mapping[str, object]) -> Fault:
             raise ValueError(f"{fault_mode} parameter {name} must be >= 0")
     seconds = values.get("seconds")
     if isinstance(seconds, float) and not 0 <= seconds < float("inf"):
-        raise ValueError("delay parameter seconds must be >= 0")
+        raise ValueError(f"{fault_mode} parameter seconds must be >= 0")
+    chunk = values.get("chunk_bytes")
+    if isinstance(chunk, int) and chunk < 1:
+        raise ValueError(f"{fault_mode} parameter chunk_bytes must be >= 1")
     return Fault(fault_mode, MappingProxyType(values))
 
 

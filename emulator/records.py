@@ -33,7 +33,8 @@ class RecordedRequest:
     error: str | None = None
     # The fault injected into this request, if any.
     fault: str | None = None
-    # The emulator closed the connection without answering (drop fault or server panic).
+    # The emulator closed the connection without answering (drop fault or server panic), or
+    # reset it mid-answer (reset_mid_response: `status` is then the status it had sent).
     connection_dropped: bool = False
     # The client closed the connection before getting the answer (noticed within 50 ms while
     # the worker runs); the generation still completes and is charged, as on the real service.

@@ -285,6 +285,17 @@ class Emulator:
         """Generations that were charged and handed to the worker (refunded ones included)."""
         return self._state.generation_count
 
+    @property
+    def open_connections(self) -> int:
+        """HTTP connections open to the emulator now (idle keep-alive ones included)."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
+    @property
+    def running_generations(self) -> int:
+        """Generations whose worker is still running (they finish even if the client left)."""
+        return len(self._state.jobs)
+
     def add_account(self, token: str, credits: int | None = None) -> str:
         """Accept `token` with `credits` (default: `initial_credits`); returns its SHA-256.
         An existing account is reset to the new amount."""

@@ -52,6 +52,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 GATEWAY_DOMAIN = "stablecog-gateway"
 UPSTREAM_DOMAIN = "api.stablecog.com"
+# The words every error that may have cost credits ends its message with.
+MAY_HAVE_BEEN_CHARGED = "the generation may have been charged, so check before retrying"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 
 from gateway._gen.stablecog.v1 import generation_pb2
-from gateway.errors import UpstreamBadResponse
+from gateway.errors import MAY_HAVE_BEEN_CHARGED, UpstreamBadResponse
 
 # (name, has presence, is a float32) for every request field, from the contract.
 _REQUEST_FIELDS = tuple(
@@ -107,7 +107,10 @@ def settings_from_json(raw: Any) -> generation_pb2.Settings:
 
 
 def _bad(what: str) -> UpstreamBadResponse:
-    return UpstreamBadResponse(f"the upstream answered 200 with an unexpected body: {what}")
+    # A 200 is what Stablecog sends once it has charged (or something posing as it).
+    return UpstreamBadResponse(
+        f"the upstream answered 200 with an unexpected body ({what}); {MAY_HAVE_BEEN_CHARGED}"
+    )
 
 
 def _string(obj: dict[str, Any], key: str, prefix: str = "") -> str:

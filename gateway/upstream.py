@@ -20,6 +20,7 @@ from gateway import tracing
 from gateway.account import ApiKey
 from gateway.call import CallBudget
 from gateway.errors import (
+    MAY_HAVE_BEEN_CHARGED,
     CallerKeyRejected,
     CallTimedOut,
     ConfiguredKeyRejected,
@@ -188,8 +189,12 @@ _READ_ERRORS_KEPT = (
 
 
 def _timed_out(budget: CallBudget) -> CallTimedOut:
+    # The request may have been written: the upstream may be generating (and charging).
     if budget.caller_deadline:
-        return CallTimedOut("the call's deadline ran out before Stablecog answered")
+        return CallTimedOut(
+            f"the call's deadline ran out before Stablecog answered; {MAY_HAVE_BEEN_CHARGED}"
+        )
     return UpstreamTimedOut(
-        f"Stablecog did not answer within the gateway's upstream timeout ({budget.seconds:g} s)"
+        f"Stablecog did not answer within the gateway's upstream timeout ({budget.seconds:g} s); "
+        + MAY_HAVE_BEEN_CHARGED
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.errors import (
     GATEWAY_DOMAIN,
+    MAY_HAVE_BEEN_CHARGED,
     UPSTREAM_DOMAIN,
     CallerKeyRejected,
     ConfiguredKeyRejected,
@@ -237,10 +238,15 @@ def error_from_response(
             reason=_status_reason(status),
             metadata=meta,
         )
+    # Any other answer came after the request was sent: the upstream may have charged.
     if code in _UNKNOWN_ERRORS:
-        return UpstreamInternal(f"Stablecog failed with HTTP {status}", metadata=meta)
+        return UpstreamInternal(
+            f"Stablecog failed with HTTP {status}; {MAY_HAVE_BEEN_CHARGED}", metadata=meta
+        )
     return UpstreamInternal(
-        f"Stablecog failed with HTTP {status}" + (f" ({_safe(code)})" if code else ""),
+        f"Stablecog failed with HTTP {status}"
+        + (f" ({_safe(code)})" if code else "")
+        + f"; {MAY_HAVE_BEEN_CHARGED}",
         reason=upstream.reason or _status_reason(status),
         domain=upstream.domain,
         metadata=meta,

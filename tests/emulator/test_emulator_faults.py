@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import time
 
 import httpx
 import pytest
 
 from emulator import Emulator
-from tests.emulator.emulator_support import SMALL, TOKEN, Create
+from emulator.faults import make_fault
+from tests.emulator.emulator_support import SMALL, TOKEN, Create, auth, wait_until
+from tests.fixtures import CREATE
 
 
 async def test_worker_failure_charges_then_refunds(create: Create, emu: Emulator) -> None:
@@ -163,3 +168,109 @@ async def test_fault_is_used_up_even_when_the_request_fails_earlier(
     assert invalid.json()["error"] == "Width is too small, min is: 256"
     assert emu.requests[0].fault == "worker_failure"
     assert (await create(SMALL)).status_code == 200
+
+
+async def test_rate_limit_fault_without_retry_after(create: Create, emu: Emulator) -> None:
+    emu.faults.inject("rate_limit", retry_after=None)
+    response = await create(SMALL)
+    assert (response.status_code, response.content) == (429, b"Too Many Requests\n")
+    assert "Retry-After" not in response.headers
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert emu.balance(TOKEN) == 100
+    assert emu.faults.pending() == []
+
+
+async def _raw_create(emu: Emulator, body: dict[str, object]) -> tuple[bytes, BaseException | None]:
+    """POST over a bare socket: every byte the emulator sent, and how the stream ended
+    (None for a clean close)."""
+    host, _, port = emu.base_url.removeprefix("http://").rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    payload = json.dumps(body).encode()
+    writer.write(
+        b"POST /v1/image/generation/create HTTP/1.1\r\nHost: emulator\r\n"
+        + f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n".encode()
+        + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+        + payload
+    )
+    received, ended = b"", None
+    try:
+        while chunk := await reader.read(65536):
+            received += chunk
+    except ConnectionError as error:
+        ended = error
+    writer.close()
+    return received, ended
+
+
+async def test_reset_mid_response_sends_headers_and_half_a_charged_body(emu: Emulator) -> None:
+    emu.faults.inject("reset_mid_response")
+    received, ended = await _raw_create(emu, SMALL)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    length = int(re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE)[1])  # type: ignore[index]
+    assert body == body[:length] and 0 < len(body) == length // 2
+    assert isinstance(ended, ConnectionResetError)  # RST, not a clean FIN
+    assert emu.balance(TOKEN) == 99 and emu.generation_count == 1
+    record = emu.requests[0]
+    assert (record.fault, record.status, record.connection_dropped) == (
+        "reset_mid_response",
+        200,
+        True,
+    )
+
+
+async def test_reset_mid_response_is_an_error_to_an_http_client(
+    create: Create, emu: Emulator
+) -> None:
+    emu.faults.inject("reset_mid_response")
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        await create(SMALL)
+    assert emu.balance(TOKEN) == 99
+
+
+async def test_trickle_body_spreads_a_whole_answer_over_time(emu: Emulator) -> None:
+    emu.faults.inject("trickle_body", seconds=0.3, chunk_bytes=32)
+    async with httpx.AsyncClient(base_url=emu.base_url, timeout=5.0) as http:
+        started = time.monotonic()
+        async with http.stream("POST", CREATE, json=SMALL, headers=auth()) as response:
+            assert response.status_code == 200
+            pieces = [piece async for piece in response.aiter_raw()]
+        took = time.monotonic() - started
+    body = b"".join(pieces)
+    assert len(body) == int(response.headers["Content-Length"])
+    assert len(json.loads(body)["outputs"]) == 1
+    assert took >= 0.3  # the pauses between chunks add up to `seconds`
+    assert len(pieces) >= 2  # not one write: the body arrived in pieces
+    assert emu.balance(TOKEN) == 99
+    assert emu.requests[0].status == 200 and not emu.requests[0].client_disconnected
+
+
+async def test_trickle_body_stays_charged_when_the_client_leaves(emu: Emulator) -> None:
+    emu.faults.inject("trickle_body", seconds=5.0, chunk_bytes=8)
+    async with (
+        httpx.AsyncClient(base_url=emu.base_url, timeout=5.0) as http,
+        http.stream("POST", CREATE, json=SMALL, headers=auth()) as response,
+    ):
+        assert response.status_code == 200
+        await anext(response.aiter_raw())
+    await wait_until(lambda: emu.requests[0].completed_at is not None, timeout=8.0)
+    assert emu.requests[0].client_disconnected
+    assert emu.balance(TOKEN) == 99
+
+
+@pytest.mark.parametrize(
+    ("mode", "params", "message"),
+    [
+        ("trickle_body", {"chunk_bytes": 0}, "chunk_bytes must be >= 1"),
+        ("trickle_body", {"seconds": -1}, "trickle_body parameter seconds must be >= 0"),
+        ("trickle_body", {"seconds": None}, "seconds must be float"),
+        ("reset_mid_response", {"charge": True}, "takes no parameter charge"),
+        ("rate_limit", {"retry_after": -1}, "retry_after must be >= 0"),
+        ("drop_connection", {"charge": None}, "charge must be bool"),
+    ],
+)
+def test_bad_parameters_of_the_new_switches_are_refused(
+    mode: str, params: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_fault(mode, params)
