@@ -11,7 +11,7 @@ DEV := $(VENV)/.dev-installed
 # checkov (manifest and Dockerfile policy checks) pins an older `packaging`: own venv.
 CHECKOV := .tools/checkov/bin/checkov
 
-.PHONY: venv dev-venv run test proto proto-check lint bench services k8s-sync clean
+.PHONY: venv dev-venv run test proto proto-check lint bench soak services k8s-sync clean
 
 $(RUNTIME): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,11 @@ lint: dev-venv
 ## Benchmarks that print numbers (loopback only, bounded).
 bench: dev-venv
 	$(PY) -m bench
+
+## A bounded soak at a steady mixed load (SOAK_SECONDS, default 300, at most 600; uses
+## redis-server when installed): fails on an unexpected code or a double charge.
+soak: dev-venv
+	$(PY) -m bench.soak
 
 ## Remove the virtualenvs (their stamps with them), the editable install's metadata, caches.
 clean:
