@@ -21,13 +21,13 @@ API. Two accounts share the load (no key is configured: each call carries its ow
 
 Prints a summary table (and writes it as JSON with `--report PATH`); exits non-zero on an
 unexpected code, an invalid request upstream, a double charge or a gateway that died.
+The checks themselves are bench/soak_checks.py's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import hashlib
 import json
 import os
@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,19 @@ import httpx
 from google.rpc import error_details_pb2, status_pb2
 
 from bench.processes import GatewayProcess, line_in
+from bench.soak_checks import (
+    ACCOUNTS,
+    FAULTS,
+    KINDS,
+    PAID,
+    Outcome,
+    judge,
+    prompt_of,
+    slope_per_minute,
+    summary,
+)
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
 
-ACCOUNTS = {
-    "a": "sc-" + hashlib.sha256(b"soak account a").hexdigest(),
-    "b": "sc-" + hashlib.sha256(b"soak account b").hexdigest(),
-}
 INITIAL_CREDITS = 100_000_000
 DEFAULT_SECONDS = 300.0
 MAX_SECONDS = 600.0
@@ -61,66 +67,8 @@ LATENCY = 0.2  # the emulator's generation time
 RSS_EVERY = 2.0
 # The emulator keeps its most recent 10,000 request records; the run must fit in them.
 MAX_RECORDS = 10_000
-KINDS = {"unseeded": 25, "seeded": 35, "invalid": 15, "idempotent": 10, "faulted": 15}
 SEED_POOL = 16  # distinct seeds at a time; the pool moves on every 200 seeded calls
 IDEMPOTENT_REPEATS = 3  # calls per idempotency key
-PAID = frozenset({"miss", "bypass", "uncacheable"})
-# The faults queued (none charges without answering), and the codes a call whose last
-# upstream attempt took one may end with. `None`: no fault.
-FAULTS: dict[str, dict[str, Any]] = {
-    "worker_failure": {},  # refunded; retried
-    "rate_limit": {"retry_after": 0},  # retried
-    "queue_full": {},  # retried
-    "insufficient_credits": {},
-    "nsfw_prompt": {},
-    "internal_error": {},
-    "drop_connection": {},
-    "http_status": {"status": 502},
-    "filter_outputs": {"drop": 1},
-    "delay": {"seconds": 0.3},
-}
-CODES_AFTER: dict[str | None, frozenset[str]] = {
-    None: frozenset({"OK"}),
-    "filter_outputs": frozenset({"OK"}),
-    "delay": frozenset({"OK"}),
-    "worker_failure": frozenset({"UNAVAILABLE"}),
-    "rate_limit": frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"}),
-    "queue_full": frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"}),
-    "insufficient_credits": frozenset({"FAILED_PRECONDITION"}),
-    "nsfw_prompt": frozenset({"INVALID_ARGUMENT"}),
-    "internal_error": frozenset({"INTERNAL"}),
-    "drop_connection": frozenset({"INTERNAL"}),
-    "http_status": frozenset({"INTERNAL", "UNAVAILABLE"}),
-}
-# A call the circuit breaker refused sent nothing upstream; it is expected after a run of
-# upstream failures.
-CIRCUIT_OPEN = ("UNAVAILABLE", "UPSTREAM_CIRCUIT_OPEN")
-
-
-@dataclass
-class Outcome:
-    """One call: what was sent and how it ended."""
-
-    n: int
-    kind: str
-    account: str
-    tag: str  # the prompt's tag (a seeded call: shared by its seed)
-    code: str = ""
-    reason: str = ""
-    cache_result: str = ""
-    credits: int = 0  # num_outputs of a paid answer
-    seconds: float = 0.0
-    idempotency_key: str | None = None
-    expected: frozenset[str] = field(default_factory=frozenset)
-
-
-def prompt_of(tag: str) -> str:
-    return f"soak {tag} a lighthouse at dusk"
-
-
-def tag_of(prompt: str) -> str | None:
-    parts = prompt.split(" ")
-    return parts[1] if len(parts) > 2 and parts[0] == "soak" else None
 
 
 class Plan:
@@ -273,19 +221,6 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def slope_per_minute(samples: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of (seconds, MB) samples, in MB per minute."""
-    if len(samples) < 3:
-        return None
-    n = len(samples)
-    mean_t = sum(t for t, _ in samples) / n
-    mean_m = sum(m for _, m in samples) / n
-    spread = sum((t - mean_t) ** 2 for t, _ in samples)
-    if spread == 0:
-        return None
-    return 60 * sum((t - mean_t) * (m - mean_m) for t, m in samples) / spread
-
-
 async def drive(
     target: str, emulator_url: str, seconds: float, rate: float, pid: int
 ) -> tuple[list[Outcome], list[tuple[float, float]], int]:
@@ -358,74 +293,6 @@ async def ledger(emulator_url: str) -> tuple[list[dict[str, Any]], dict[str, int
     return records, charged
 
 
-def judge(
-    outcomes: list[Outcome],
-    records: list[dict[str, Any]],
-    charged: dict[str, int],
-    enforce_idempotency: bool,
-) -> tuple[list[str], dict[str, Any]]:
-    """The failures found, and the figures to report."""
-    failures: list[str] = []
-    by_tag: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for record in sorted(records, key=lambda r: r["received_at"]):
-        body = record["json"] or {}
-        tag = tag_of(str(body.get("prompt", "")))
-        if record["path"].endswith("/generation/create") and tag is not None:
-            by_tag[tag].append(record)
-    for outcome in outcomes:
-        attempts = by_tag.get(outcome.tag, [])
-        if outcome.kind == "invalid":
-            outcome.expected = frozenset({"INVALID_ARGUMENT"})
-            if attempts:
-                failures.append(f"call {outcome.n}: an invalid request reached the upstream")
-        elif outcome.kind == "seeded":
-            # Its answer is its flight's, whichever call of the seed led it.
-            outcome.expected = frozenset().union(
-                CODES_AFTER[None], *(CODES_AFTER[r["fault"]] for r in attempts if r["fault"])
-            )
-        elif outcome.kind == "idempotent":
-            outcome.expected = frozenset().union(
-                CODES_AFTER[None], *(CODES_AFTER[r["fault"]] for r in attempts if r["fault"])
-            )
-        else:
-            outcome.expected = CODES_AFTER[attempts[-1]["fault"] if attempts else None]
-        refused = (outcome.code, outcome.reason) == CIRCUIT_OPEN
-        if outcome.code not in outcome.expected and not refused:
-            failures.append(
-                f"call {outcome.n} ({outcome.kind}): {outcome.code} {outcome.reason}, "
-                f"expected {'/'.join(sorted(outcome.expected))}"
-            )
-    reported = collections.Counter()
-    for outcome in outcomes:
-        reported[outcome.account] += outcome.credits
-    for account in ACCOUNTS:
-        if charged[account] != reported[account]:
-            failures.append(
-                f"account {account}: the ledger charged {charged[account]} credits, the "
-                f"gateway reported {reported[account]} paid"
-            )
-    per_key = {
-        tag: sum(1 for r in attempts if r["status"] == 200)
-        for tag, attempts in by_tag.items()
-        if tag.startswith("soak-key-")
-    }
-    if enforce_idempotency:
-        for key, generations in sorted(per_key.items()):
-            if generations > 1:
-                failures.append(f"{key}: {generations} charged generations for one key")
-    figures = {
-        "charged": charged,
-        "reported_paid": {account: reported[account] for account in ACCOUNTS},
-        "upstream_records": len(records),
-        "faults_taken": dict(collections.Counter(r["fault"] for r in records if r["fault"])),
-        "idempotency_keys": len(per_key),
-        "most_generations_per_key": max(per_key.values(), default=0),
-        "idempotency_enforced": enforce_idempotency,
-        "circuit_refusals": sum(1 for o in outcomes if (o.code, o.reason) == CIRCUIT_OPEN),
-    }
-    return failures, figures
-
-
 def handles_idempotency() -> bool:
     """SOAK_IDEMPOTENCY=1/0 says; by default, whether the gateway has a module for it."""
     setting = os.environ.get("SOAK_IDEMPOTENCY", "auto")
@@ -433,21 +300,6 @@ def handles_idempotency() -> bool:
         return setting == "1"
     gateway_dir = Path(__file__).resolve().parent.parent / "gateway"
     return any("idempoten" in path.name for path in gateway_dir.glob("*.py"))
-
-
-def summary(outcomes: list[Outcome]) -> dict[str, Any]:
-    table: dict[str, Any] = {}
-    for kind in KINDS:
-        mine = [o for o in outcomes if o.kind == kind]
-        latencies = sorted(o.seconds for o in mine)
-        table[kind] = {
-            "calls": len(mine),
-            "codes": dict(collections.Counter(o.code for o in mine)),
-            "cache": dict(collections.Counter(o.cache_result for o in mine if o.cache_result)),
-            "p50_ms": round(1000 * latencies[len(latencies) // 2], 1) if latencies else None,
-            "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1) if latencies else None,
-        }
-    return table
 
 
 def soak_seconds() -> float:

@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 
-from bench.soak import KINDS, Outcome, judge, prompt_of, slope_per_minute
+from bench.soak_checks import (
+    CODES_AFTER,
+    FAULTS,
+    KINDS,
+    Outcome,
+    judge,
+    prompt_of,
+    slope_per_minute,
+)
+from emulator.faults import FaultMode, make_fault
 from tests.processes import ROOT
 
 
@@ -29,6 +38,12 @@ def record(tag: str, fault: str | None = None, status: int = 200) -> dict[str, A
 def paid(n: int, kind: str = "unseeded", credits: int = 2, **kw: Any) -> Outcome:
     kw.setdefault("tag", f"u{n}")
     return Outcome(n, kind, "a", code="OK", cache_result="uncacheable", credits=credits, **kw)
+
+
+def test_every_fault_queued_is_the_emulator_s_and_has_its_expected_codes() -> None:
+    for mode, params in FAULTS.items():
+        assert make_fault(mode, params).mode is FaultMode(mode)
+    assert set(CODES_AFTER) == set(FAULTS) | {None}
 
 
 def test_a_clean_ledger_passes() -> None:
