@@ -16,7 +16,7 @@ CHECKOV := .tools/checkov/bin/checkov
 # or a shallow CI checkout needs no tag.
 RELEASED_CONTRACT := protos/v0.1.0.binpb
 
-.PHONY: venv dev-venv run test proto proto-check clients client-tools lint bench services k8s-sync clean
+.PHONY: venv dev-venv run test proto proto-check clients client-tools lint bench soak services k8s-sync clean
 
 $(RUNTIME): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -88,6 +88,11 @@ lint: dev-venv client-tools
 ## Benchmarks that print numbers (loopback only, bounded).
 bench: dev-venv
 	$(PY) -m bench
+
+## A bounded soak at a steady mixed load (SOAK_SECONDS, default 300, at most 600; uses
+## redis-server when installed): fails on an unexpected code or a double charge.
+soak: dev-venv
+	$(PY) -m bench.soak
 
 ## Remove the virtualenvs (their stamps with them), the editable install's metadata, caches.
 clean:

@@ -27,6 +27,8 @@ from prometheus_client import CollectorRegistry
 from gateway.account import account_fingerprint
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
 from gateway.cache import CachingGenerator
+from gateway.cache_store import MemoryStore
+from gateway.cache_tier import LocalTier
 from gateway.call_runner import CallRunner
 from gateway.catalog import ModelCatalog
 from gateway.catalog_servicer import CatalogServicer
@@ -410,6 +412,7 @@ def _build_cache(
             FailOpenEntries(backend.entries, guard),
             ttl=settings.cache_ttl,
             upstream_timeout=settings.upstream_timeout,
+            local=_local_tier(settings, clock),
             coordinator=CrossReplicaCoordinator(
                 backend.shared,
                 backend.entries,
@@ -422,8 +425,6 @@ def _build_cache(
             tracing=tracing,
             min_generation_seconds=settings.min_generation_deadline,
         )
-    from gateway.cache_store import MemoryStore
-
     return CachingGenerator(
         upstream,
         MemoryStore(
@@ -436,4 +437,21 @@ def _build_cache(
         telemetry=telemetry,
         tracing=tracing,
         min_generation_seconds=settings.min_generation_deadline,
+    )
+
+
+def _local_tier(settings: Settings, clock: Clock) -> LocalTier | None:
+    """The in-process first tier in front of Redis, unless turned off."""
+    if settings.cache_local_entries == 0:
+        return None
+    store = MemoryStore(
+        max_entries=settings.cache_local_entries,
+        max_bytes=settings.cache_max_bytes,
+        clock=clock,
+    )
+    return LocalTier(
+        store,
+        ttl=min(settings.cache_local_ttl, settings.cache_ttl),
+        max_unsynced=settings.cache_local_entries,
+        clock=clock,
     )

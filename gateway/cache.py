@@ -9,9 +9,13 @@ the others, and it still fills the cache, so no credit is wasted on an abandoned
 Waiters share the outcome, errors included: an identical call is never sent twice while
 the first may still be charged.
 
-The backend is never allowed to fail a call (gateway.cache_backend): when it fails, a
-call nobody else is generating goes to the upstream as if uncached, and the call's
-cache result says `error`. Unreadable entries are ignored.
+With a shared backend, a bounded in-process first tier (gateway.cache_tier) is read
+first and written with it, so hits and local coalescing go on through a backend outage.
+The backend is never allowed to fail a call (gateway.cache_backend): when it fails a
+lookup, a call nobody else is generating goes to the upstream as if uncached. The call's
+cache result (response, `x-cache` trailer, access log and the cache-result metric alike)
+then says what happened to the call, `miss`; the backend's failure is counted apart
+(`CacheBackendFailed`). Unreadable entries are ignored.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from gateway.cache_backend import BackendFailure
 from gateway.cache_coordinator import PUBLISH_WITHIN_SECONDS, CrossReplicaCoordinator, Filled
 from gateway.cache_key import cache_key, is_cacheable
 from gateway.cache_store import EntryStore
+from gateway.cache_tier import LocalTier
 from gateway.call import CallBudget, cache_result_name
 from gateway.errors import CallTimedOut, DeadlineTooShort
-from gateway.events import NULL_TELEMETRY, CacheDecided, Telemetry
+from gateway.events import NULL_TELEMETRY, CacheBackendFailed, CacheDecided, Telemetry
 from gateway.generation import (
     MIN_GENERATION_SECONDS,
     Generated,
@@ -48,8 +53,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 CacheResult = generation_pb2.CacheResult
 _NAMES = {value: cache_result_name(value) for value in CacheResult.values()}
-# The metric's result for a call whose lookup the backend failed (served as a MISS).
-BACKEND_ERROR = "error"
 
 
 class CachingGenerator:
@@ -63,6 +66,7 @@ class CachingGenerator:
         ttl: float,
         upstream_timeout: float,
         coordinator: CrossReplicaCoordinator | None = None,
+        local: LocalTier | None = None,
         telemetry: Telemetry = NULL_TELEMETRY,
         tracing: Tracing | None = None,
         min_generation_seconds: float = MIN_GENERATION_SECONDS,
@@ -74,6 +78,8 @@ class CachingGenerator:
         self._ttl = ttl
         self._upstream_timeout = upstream_timeout
         self._coordinator = coordinator
+        self._local = local
+        self._write_back: asyncio.Task[int] | None = None
         self._telemetry = telemetry
         self._flights: dict[str, asyncio.Task[Filled]] = {}
         # The span of the call each flight was started for (waiters link to it).
@@ -105,6 +111,7 @@ class CachingGenerator:
             hit = await self._lookup(key, call.key.cache_scope)
         except BackendFailure:
             hit, backend_failed = None, True
+            self._telemetry.emit(CacheBackendFailed("lookup"))
         except BaseException:
             tracing.end(span, {})
             raise
@@ -127,21 +134,27 @@ class CachingGenerator:
         except DeadlineTooShort:
             tracing.end(span, {})
             raise
-        # One result per call: `error` when the backend failed the lookup, else `miss`.
-        result = BACKEND_ERROR if backend_failed else _NAMES[CacheResult.CACHE_RESULT_MISS]
-        self._telemetry.emit(CacheDecided(result))
-        tracing.end(span, {"stablecog.cache_result": result})
+        tracing.end(
+            span,
+            {"stablecog.cache_result": "miss", "stablecog.cache_backend_failed": backend_failed},
+        )
         flight = asyncio.create_task(self._fill(key, call), name=f"cache-fill {key[-12:]}")
         self._flights[key] = flight
         if call.trace is not None:
             self._flight_traces[key] = call.trace.context
         flight.add_done_callback(lambda done: self._landed(key, done))
-        filled = await self._wait(flight, call.budget)
-        if filled.from_other_replica:
-            tracing.annotate(call.trace, {"stablecog.generated_by": filled.generated_by})
-            tracing.link_to(call.trace, tracing.remote_context(filled.leader_trace))
-            return filled.generated.served_as(CacheResult.CACHE_RESULT_COALESCED)
-        return filled.generated.served_as(CacheResult.CACHE_RESULT_MISS)
+        # Counted once the flight tells: another gateway's generation makes it coalesced,
+        # as the response says; a miss otherwise (an error or a cut call included).
+        result = CacheResult.CACHE_RESULT_MISS
+        try:
+            filled = await self._wait(flight, call.budget)
+            if filled.from_other_replica:
+                result = CacheResult.CACHE_RESULT_COALESCED
+                tracing.annotate(call.trace, {"stablecog.generated_by": filled.generated_by})
+                tracing.link_to(call.trace, tracing.remote_context(filled.leader_trace))
+        finally:
+            self._telemetry.emit(CacheDecided(_NAMES[result]))
+        return filled.generated.served_as(result)
 
     def _decided(
         self, result: generation_pb2.CacheResult.ValueType, span: TraceParent | None = None
@@ -173,8 +186,13 @@ class CachingGenerator:
         return generated.served_as(result)
 
     async def _lookup(self, key: str, scope: str) -> Generated | None:
-        """The stored entry for `key` as a hit, or None; BackendFailure if the read failed."""
-        stored = await self._entries.get(key)
+        """The stored entry for `key` as a hit (the first tier's, else the backend's), or
+        None; BackendFailure if the backend's read failed."""
+        self._start_write_back()
+        stored = await self._local.get(key) if self._local is not None else None
+        from_backend = stored is None
+        if stored is None:
+            stored = await self._entries.get(key)
         if stored is None:
             return None
         try:
@@ -184,6 +202,8 @@ class CachingGenerator:
         if response is None or len(response.outputs) == 0:  # never stored by us: garbage
             _log.warning("ignoring an unreadable cache entry")
             return None
+        if from_backend and self._local is not None:
+            await self._local.keep(key, stored, self._ttl)
         balance = self._balances.get(scope)
         if self._coordinator is not None:
             shared = await self._coordinator.balance(scope)
@@ -242,19 +262,40 @@ class CachingGenerator:
         stored = False
         if key is not None and len(generated.response.outputs) > 0:
             value = generated.response.SerializeToString(deterministic=True)
+            if self._local is not None:
+                await self._local.keep(key, value, self._ttl)
             if for_waiters and self._coordinator is not None:
                 stored = await self._coordinator.put_entry(key, value, self._ttl)
             else:
                 with contextlib.suppress(BackendFailure):
                     await self._entries.put(key, value, self._ttl)
                     stored = True
+            if not stored:
+                self._telemetry.emit(CacheBackendFailed("store"))
+                if self._local is not None:
+                    self._local.not_stored(key, self._ttl)
         if generated.balance is not None:
             self._balances.offer(scope, generated.balance)
             if self._coordinator is not None:
                 await self._coordinator.offer_balance(scope, generated.balance)
         return stored
 
+    def _start_write_back(self) -> None:
+        """Write back, in a task of its own, what the backend failed to store (at most
+        one attempt a second, while the backend is down)."""
+        if self._local is None or not self._local.write_back_due:
+            return
+        if self._write_back is not None and not self._write_back.done():
+            return
+        self._write_back = asyncio.create_task(
+            self._local.write_back(self._entries.put), name="cache write-back"
+        )
+
     async def aclose(self) -> None:
+        if self._write_back is not None:
+            self._write_back.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._write_back
         flights = list(self._flights.values())
         for flight in flights:
             flight.cancel()

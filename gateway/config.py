@@ -53,6 +53,9 @@ class Settings:
     cache_ttl: float = 86400.0
     cache_max_entries: int = 10000
     cache_max_bytes: int = 64 * 1024 * 1024
+    # With --cache redis: the in-process first tier (gateway.cache_tier); 0 entries: none.
+    cache_local_entries: int = 500
+    cache_local_ttl: float = 300.0
     redis_timeout: float = 0.25
     idempotency_window: float = 86400.0
     idempotency_max_records: int = 100_000
@@ -334,6 +337,21 @@ OPTIONS: tuple[_Option, ...] = (
         _positive_int,
         "most bytes the in-memory cache holds",
         metavar="BYTES",
+    ),
+    _Option(
+        "--cache-local-entries",
+        "GATEWAY_CACHE_LOCAL_ENTRIES",
+        "cache_local_entries",
+        _non_negative_int,
+        "with --cache redis: most entries the in-process first tier holds (it serves hits "
+        "without Redis, through an outage too); 0 turns it off",
+    ),
+    _Option(
+        "--cache-local-ttl",
+        "GATEWAY_CACHE_LOCAL_TTL",
+        "cache_local_ttl",
+        _positive_float,
+        "with --cache redis: seconds the first tier keeps an entry (at most --cache-ttl)",
     ),
     _Option(
         "--redis-timeout",

@@ -102,9 +102,22 @@ class CreditsSaved(Event):
 
 @dataclass(frozen=True)
 class CacheDecided(Event):
-    """hit, miss, coalesced, bypass, uncacheable, or error (the cache backend failed)."""
+    """How a call was served: its `cache_result` (hit, miss, coalesced, bypass,
+    uncacheable), the value its response and its `x-cache` trailer carry."""
 
     result: str
+
+
+# What a call asks of the shared cache backend (Redis).
+CACHE_BACKEND_OPERATIONS = ("lookup", "store")
+
+
+@dataclass(frozen=True)
+class CacheBackendFailed(Event):
+    """The shared cache backend failed a call's lookup or store (one of
+    CACHE_BACKEND_OPERATIONS); the call was served without it."""
+
+    operation: str
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ from gateway.call import cache_result_name
 from gateway.errors import GRPC_CODES as ERROR_CLASSES
 from gateway.errors import CallTimedOut, UpstreamError
 from gateway.events import (
+    CACHE_BACKEND_OPERATIONS,
     BalanceObserved,
+    CacheBackendFailed,
     CacheDecided,
     CallHandled,
     CallStarted,
@@ -76,14 +78,11 @@ LATENCY_BUCKETS = (
     450.0,
     600.0,
 )
-# Every CacheResult of the contract, and `error` (the backend failed; served as a miss).
-CACHE_RESULTS = (
-    *(
-        cache_result_name(value)
-        for value in generation_pb2.CacheResult.values()
-        if value != generation_pb2.CacheResult.CACHE_RESULT_UNSPECIFIED
-    ),
-    "error",
+# Every CacheResult of the contract: what the call's response says.
+CACHE_RESULTS = tuple(
+    cache_result_name(value)
+    for value in generation_pb2.CacheResult.values()
+    if value != generation_pb2.CacheResult.CACHE_RESULT_UNSPECIFIED
 )
 UPSTREAM_ENDPOINTS = (CREATE_ENDPOINT, MODELS_ENDPOINT, DEFAULTS_ENDPOINT, CREDITS_ENDPOINT)
 # Every reason an upstream call can fail with, short of the upstream naming a new code:
@@ -212,7 +211,15 @@ class GatewayMetrics:
             ("caller",),
         )
         self.cache_requests = counter(
-            "stablecog_cache_requests_total", "Cache decisions, by result.", ("result",)
+            "stablecog_cache_requests_total",
+            "Calls by how the cache served them (the response's cache_result).",
+            ("result",),
+        )
+        self.cache_backend_errors = counter(
+            "stablecog_cache_backend_errors_total",
+            "Lookups and stores of calls that the shared cache backend (Redis) failed; "
+            "the calls were served without it.",
+            ("operation",),
         )
         self.idempotent_replays = counter(
             "stablecog_idempotent_replays_total",
@@ -247,6 +254,8 @@ class GatewayMetrics:
                 self.upstream_duration.labels(endpoint, status_class)
         for result in CACHE_RESULTS:
             self.cache_requests.labels(result)
+        for operation in CACHE_BACKEND_OPERATIONS:
+            self.cache_backend_errors.labels(operation)
         for reason in UPSTREAM_REASONS:
             self.upstream_errors.labels(reason)
             self.upstream_retries.labels(reason)
@@ -343,6 +352,10 @@ class GatewayMetrics:
         result = event.result if event.result in REPLAY_RESULTS else OTHER
         self.idempotent_replays.labels(self.caller_label(event.caller), result).inc()
 
+    def _cache_backend_failed(self, event: CacheBackendFailed) -> None:
+        operation = event.operation if event.operation in CACHE_BACKEND_OPERATIONS else OTHER
+        self.cache_backend_errors.labels(operation).inc()
+
     def _validation_failed(self, event: ValidationFailed) -> None:
         field = event.field if event.field in self._fields else OTHER
         self.validation_failures.labels(field).inc()
@@ -360,5 +373,6 @@ class GatewayMetrics:
         BalanceObserved: _balance_observed,
         CacheDecided: _cache_decided,
         IdempotentReplayed: _idempotent_replayed,
+        CacheBackendFailed: _cache_backend_failed,
         ValidationFailed: _validation_failed,
     }

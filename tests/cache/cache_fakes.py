@@ -105,6 +105,18 @@ class ManualGenerator:
         self._answers[index].set_exception(error)
 
 
+class AnsweringGenerator:
+    """An upstream generator that answers every call at once (balance falling by 2)."""
+
+    def __init__(self) -> None:
+        self.calls: list[GenerationCall] = []
+
+    async def generate(self, call: GenerationCall) -> Generated:
+        self.calls.append(call)
+        n = len(self.calls)
+        return answer(credits=100.0 - 2 * n, started_at=float(n))
+
+
 @dataclass
 class Recorder:
     """A Telemetry sink keeping every event."""
@@ -123,6 +135,7 @@ class FlakyEntries:
 
     def __init__(self) -> None:
         self.values: dict[str, bytes] = {}
+        self.ttls: dict[str, float] = {}
         self.down = False
         self.operations = 0
 
@@ -138,6 +151,7 @@ class FlakyEntries:
     async def put(self, key: str, value: bytes, ttl: float) -> None:
         self._check()
         self.values[key] = value
+        self.ttls[key] = ttl
 
     async def aclose(self) -> None:
         pass

@@ -236,7 +236,12 @@ async def test_redis_down_fails_open_and_comes_back(
 ) -> None:
     clock = JumpingClock()  # the backend's retry timer runs on it
     app = await make_gateway(
-        Seams(clock=clock), cache="redis", redis_url=redis_server.url, redis_timeout=0.2
+        Seams(clock=clock),
+        cache="redis",
+        redis_url=redis_server.url,
+        redis_timeout=0.2,
+        # Redis alone; with the first tier: tests/cache/test_cache_tier_redis.py.
+        cache_local_entries=0,
     )
     _, a = await call(app, request(seed=21))
     _, b = await call(app, request(seed=21))

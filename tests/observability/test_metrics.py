@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from gateway import events
 from gateway.balance import Balance
 from gateway.events import (
+    CacheBackendFailed,
     CacheDecided,
     CallHandled,
     CallStarted,
@@ -78,14 +79,15 @@ def test_every_event_type_has_a_handler(registry: CollectorRegistry) -> None:
     assert defined == set(GatewayMetrics._handlers)
 
 
-def test_cache_results_are_the_contract_s_and_error() -> None:
+def test_cache_results_are_the_contract_s() -> None:
     from gateway._gen.stablecog.v1 import generation_pb2
 
     names = {
         generation_pb2.CacheResult.Name(v).removeprefix("CACHE_RESULT_").lower()
         for v in generation_pb2.CacheResult.values()
     }
-    assert set(CACHE_RESULTS) == (names - {"unspecified"}) | {"error"}
+    # What a call's response says, nothing else (a backend failure is counted apart).
+    assert set(CACHE_RESULTS) == names - {"unspecified"}
 
 
 def test_known_label_sets_exist_from_the_start(registry: CollectorRegistry) -> None:
@@ -101,6 +103,8 @@ def test_known_label_sets_exist_from_the_start(registry: CollectorRegistry) -> N
     assert value(registry, "grpc_server_handling_seconds_count", **GRPC) == 0
     for result in CACHE_RESULTS:
         assert value(registry, "stablecog_cache_requests_total", result=result) == 0
+    for operation in ("lookup", "store"):
+        assert value(registry, "stablecog_cache_backend_errors_total", operation=operation) == 0
     for field in ("prompt", "num_outputs", "width", "height", "init_image_url"):
         assert value(registry, "stablecog_validation_failures_total", field=field) == 0
     assert value(registry, "stablecog_credits_saved_total", caller="svc") == 0
@@ -250,10 +254,14 @@ def test_unknown_validation_fields_and_cache_results_count_as_other(
     metrics.emit(ValidationFailed("no_such_field"))
     metrics.emit(CacheDecided("hit"))
     metrics.emit(CacheDecided("weird"))
+    metrics.emit(CacheBackendFailed("lookup"))
+    metrics.emit(CacheBackendFailed("weird"))
     assert value(registry, "stablecog_validation_failures_total", field="width") == 1
     assert value(registry, "stablecog_validation_failures_total", field=OTHER) == 1
     assert value(registry, "stablecog_cache_requests_total", result="hit") == 1
     assert value(registry, "stablecog_cache_requests_total", result=OTHER) == 1
+    assert value(registry, "stablecog_cache_backend_errors_total", operation="lookup") == 1
+    assert value(registry, "stablecog_cache_backend_errors_total", operation=OTHER) == 1
 
 
 def test_nothing_lands_on_the_global_registry() -> None:
