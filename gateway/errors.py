@@ -13,7 +13,6 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
     ├── GatewayOverloaded            RESOURCE_EXHAUSTED  too many calls at once; retry shortly
     ├── DeadlineTooShort             INVALID_ARGUMENT    no generation fits the deadline
     ├── CallTimedOut                 DEADLINE_EXCEEDED   the caller's deadline ran out
-    │   └── UpstreamTimedOut         DEADLINE_EXCEEDED   the gateway's upstream timeout ran out
     ├── IdempotencyKeyReused         FAILED_PRECONDITION the key was used for another request
     ├── IdempotencyStoreUnavailable  UNAVAILABLE         keys cannot be checked: nothing was sent
     ├── GatewayInternal              INTERNAL            a bug in the gateway (details only in logs)
@@ -30,6 +29,7 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
         ├── UpstreamReadFailed       UNAVAILABLE         a free read (models, credits) failed
         ├── UpstreamInternal         INTERNAL            502/503/504 (may have been charged),
         │                                                any other 5xx or unexpected status
+        │   ├── UpstreamTimedOut     INTERNAL            the gateway's upstream timeout ran out
         │   ├── UpstreamConnectionLost INTERNAL          sent, no answer: may have been charged
         │   └── GenerationAbandoned  INTERNAL            stopped mid-call: may have been charged
         └── UpstreamBadResponse      INTERNAL            a 200 that is not the documented shape
@@ -148,13 +148,6 @@ class CallTimedOut(GatewayError):
     may_have_been_charged = True
 
 
-class UpstreamTimedOut(CallTimedOut):
-    """The gateway's own upstream timeout ran out before the caller's deadline."""
-
-    default_reason = "UPSTREAM_TIMEOUT"
-    may_have_been_charged = True
-
-
 class IdempotencyKeyReused(GatewayError):
     """The call's idempotency key was used for another request of this account within the
     window; nothing was sent."""
@@ -262,6 +255,15 @@ class UpstreamInternal(UpstreamError):
     may_have_been_charged = True
 
 
+class UpstreamTimedOut(UpstreamInternal):
+    """The gateway's own upstream timeout ran out before the caller's deadline: the request
+    was sent, so the upstream may be generating and charging. INTERNAL, not
+    DEADLINE_EXCEEDED, which client libraries may retry on their own."""
+
+    default_reason = "UPSTREAM_TIMEOUT"
+    may_have_been_charged = True
+
+
 class UpstreamConnectionLost(UpstreamInternal):
     """The request was sent and no answer came: the upstream may have charged for it."""
 
@@ -293,7 +295,6 @@ GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
     GatewayOverloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineTooShort: grpc.StatusCode.INVALID_ARGUMENT,
     CallTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
-    UpstreamTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
     IdempotencyKeyReused: grpc.StatusCode.FAILED_PRECONDITION,
     IdempotencyStoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     GatewayInternal: grpc.StatusCode.INTERNAL,
@@ -308,6 +309,7 @@ GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
     CircuitOpen: grpc.StatusCode.UNAVAILABLE,
     UpstreamReadFailed: grpc.StatusCode.UNAVAILABLE,
     UpstreamInternal: grpc.StatusCode.INTERNAL,
+    UpstreamTimedOut: grpc.StatusCode.INTERNAL,
     UpstreamConnectionLost: grpc.StatusCode.INTERNAL,
     GenerationAbandoned: grpc.StatusCode.INTERNAL,
     UpstreamBadResponse: grpc.StatusCode.INTERNAL,

@@ -79,7 +79,7 @@ ROWS: tuple[Row, ...] = (
     Row(
         "latency spike past the upstream timeout",
         (Inject("delay", params={"seconds": 1.0}),),
-        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
         "UPSTREAM_TIMEOUT",
         may_have_been_charged=True,
         generations=1,
@@ -220,7 +220,7 @@ ROWS: tuple[Row, ...] = (
     Row(
         "trickling body past the upstream timeout",
         (Inject("trickle_body", params={"seconds": 1.0, "chunk_bytes": 16}),),
-        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
         "UPSTREAM_TIMEOUT",
         may_have_been_charged=True,
         generations=1,

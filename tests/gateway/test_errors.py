@@ -75,7 +75,7 @@ def test_codes_follow_the_contract() -> None:
         "WorkerFailed": "UNAVAILABLE",
         "UpstreamInternal": "INTERNAL",
         "UpstreamBadResponse": "INTERNAL",
-        "UpstreamTimedOut": "DEADLINE_EXCEEDED",
+        "UpstreamTimedOut": "INTERNAL",
         "UpstreamUnreachable": "UNAVAILABLE",
         "CircuitOpen": "UNAVAILABLE",
         "UpstreamReadFailed": "UNAVAILABLE",

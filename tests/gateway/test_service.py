@@ -325,7 +325,7 @@ async def test_callers_deadline_propagates_to_the_upstream_call(
     assert loop.time() - started < 2.5
 
 
-async def test_gateway_upstream_timeout_is_deadline_exceeded(
+async def test_gateway_upstream_timeout_is_internal_and_may_have_been_charged(
     make_gateway: GatewayFactory, emulator: Emulator
 ) -> None:
     emulator.set_latency(2.0)
@@ -334,8 +334,10 @@ async def test_gateway_upstream_timeout_is_deadline_exceeded(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await Stub(channel).CreateGeneration(request(), timeout=10)
     error = rich_error(caught.value)
-    assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    # The request was sent: INTERNAL (no client retries it by itself), never DEADLINE_EXCEEDED.
+    assert error.code is grpc.StatusCode.INTERNAL
     assert error.info is not None and error.info.reason == "UPSTREAM_TIMEOUT"
+    assert "may have been charged" in caught.value.details()
 
 
 async def test_longer_deadline_than_upstream_latency_succeeds(
