@@ -188,7 +188,7 @@ _READ_ERRORS_KEPT = (
 )
 
 
-def _timed_out(budget: CallBudget) -> CallTimedOut:
+def _timed_out(budget: CallBudget) -> CallTimedOut | UpstreamTimedOut:
     # The request may have been written: the upstream may be generating (and charging).
     if budget.caller_deadline:
         return CallTimedOut(
