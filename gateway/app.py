@@ -29,9 +29,10 @@ from gateway.cache import CachingGenerator
 from gateway.call_runner import CallRunner
 from gateway.circuit import CircuitBreaker
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.config import Settings, check_tls_files, named
+from gateway.config import ConfigError, Settings, check_tls_files, named
 from gateway.events import Telemetry
 from gateway.generation import Generator
+from gateway.identity import Identifier, IdentityPolicy, parse_tokens, resolved_x_caller
 from gateway.listen import cannot_listen, diagnose
 from gateway.metrics import GatewayMetrics
 from gateway.metrics_server import MetricsServer
@@ -51,6 +52,7 @@ from gateway.upstream import StablecogClient
 from gateway.upstream_generator import UpstreamGenerator
 from gateway.validation import RequestValidator
 from gateway.version import VERSION
+from gateway.watched_file import WatchedFile
 
 _log = logging.getLogger(__name__)
 
@@ -136,6 +138,7 @@ class GatewayApp:
         )
         # Set by a second stop signal: cut the drain short.
         self.force_stop = asyncio.Event()
+        self.identify = _build_identifier(settings, seams.clock)
         self.runner = CallRunner(
             telemetry=self.metrics,
             caller_label=self.metrics.caller_label,
@@ -143,6 +146,7 @@ class GatewayApp:
             log_prompts=settings.log_prompts,
             tracing=self.tracing,
             max_concurrent_calls=settings.max_concurrent_calls,
+            identify=self.identify,
         )
         self.servicer = GenerationServicer(
             runner=self.runner,
@@ -220,6 +224,8 @@ class GatewayApp:
                 "key_fingerprint": account_fingerprint(configured) if configured else None,
                 "tls": self.settings.tls_cert_file is not None,
                 "mtls": self.settings.tls_client_ca_file is not None,
+                "identity": self.settings.identity,
+                "x_caller": self.identify.policy.x_caller,
                 "upstream_reachable": reachable.get(UPSTREAM),
                 "redis_reachable": reachable.get(REDIS),
             },
@@ -313,6 +319,29 @@ class GatewayApp:
         await stop_requested.wait()
         _log.info("stop signal received")
         await self.stop()
+
+
+def _build_identifier(settings: Settings, clock: Clock) -> Identifier:
+    """How calls are identified (gateway.identity), its tokens file watched for changes."""
+    tokens = None
+    if settings.caller_tokens is not None:
+        try:
+            tokens_file = WatchedFile(
+                settings.caller_tokens, parse_tokens, what="caller tokens file", clock=clock
+            )
+        except ValueError as exc:
+            raise ConfigError(f"invalid {named('caller_tokens')}: {exc}") from None
+        tokens = tokens_file.current
+    policy = IdentityPolicy(
+        mode=settings.identity,
+        default_caller=settings.caller,
+        x_caller=resolved_x_caller(
+            settings.x_caller, settings.identity, settings.budgets is not None
+        ),
+        mtls_field=settings.mtls_identity,
+        unauthenticated=settings.unauthenticated,
+    )
+    return Identifier(policy, tokens if settings.identity == "token" else None)
 
 
 def _build_cache(
