@@ -25,6 +25,9 @@ from prometheus_client import CollectorRegistry
 
 from gateway.account import account_fingerprint
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
+from gateway.budget_metrics import BudgetMetrics
+from gateway.budget_policy import parse_policy
+from gateway.budgets import LEASE_MARGIN_SECONDS, BudgetedGenerator, Budgets
 from gateway.cache import CachingGenerator
 from gateway.call_runner import CallRunner
 from gateway.circuit import CircuitBreaker
@@ -123,6 +126,10 @@ class GatewayApp:
                 telemetry=self.metrics,
             ),
         )
+        self.budgets = _build_budgets(settings, seams.clock, self.registry)
+        if self.budgets is not None:
+            # Inside the cache: only calls that really go upstream pay.
+            upstream = BudgetedGenerator(upstream, self.budgets)
         probes: list[Probe] = [
             UpstreamProbe(
                 settings.upstream_url,
@@ -211,6 +218,8 @@ class GatewayApp:
         # Serving already: a dependency that does not answer yet may come up later.
         reachable = await self.reachability.check()
         self.reachability.watch()
+        if self.budgets is not None:
+            self.budgets.watch()
         configured = self.keys.configured_key()
         _log.info(
             "gateway serving",
@@ -278,6 +287,8 @@ class GatewayApp:
                 extra={"abandoned_calls": cut, "abandoned_cache_flights": flights},
             )
         await self.reachability.aclose()
+        if self.budgets is not None:
+            await self.budgets.aclose()
         await self.server.stop(grace=0.5)
         if self.cache is not None:
             await self.cache.aclose()
@@ -319,6 +330,41 @@ class GatewayApp:
         await stop_requested.wait()
         _log.info("stop signal received")
         await self.stop()
+
+
+def _build_budgets(settings: Settings, clock: Clock, registry: CollectorRegistry) -> Budgets | None:
+    """The credit budgets (gateway.budgets), when a policy file is configured: in Redis
+    (shared by every replica) with --budgets-redis or --cache redis, else per process."""
+    if settings.budgets is None:
+        return None
+    try:
+        policy = WatchedFile(settings.budgets, parse_policy, what="budget policy file", clock=clock)
+    except ValueError as exc:
+        raise ConfigError(f"invalid {named('budgets')}: {exc}") from None
+    metrics = BudgetMetrics(registry, policy, default_caller=settings.caller)
+    policy.on_validity = metrics.policy_validity
+    url = settings.budgets_redis or (settings.redis_url if settings.cache == "redis" else None)
+    ledger, guard = None, None
+    if url:
+        from gateway.budget_ledger_redis import RedisLedger
+        from gateway.cache_backend import BackendGuard
+
+        ledger = RedisLedger.from_url(url, timeout=settings.redis_timeout)
+        guard = BackendGuard(
+            timeout=settings.redis_timeout,
+            clock=clock,
+            name="budget store",
+            without=f"budgets fail {settings.budgets_redis_down} ({named('budgets_redis_down')})",
+        )
+    return Budgets(
+        policy,
+        ledger=ledger,
+        guard=guard,
+        redis_down=settings.budgets_redis_down,
+        lease_seconds=settings.upstream_timeout + LEASE_MARGIN_SECONDS,
+        clock=clock,
+        report=metrics,
+    )
 
 
 def _build_identifier(settings: Settings, clock: Clock) -> Identifier:

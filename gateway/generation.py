@@ -30,6 +30,7 @@ class GenerationCall:
     caller: str
     cache_control: CacheControl = field(default_factory=CacheControl)
     trace: TraceParent | None = None  # the span of the call this generation is made for
+    principal: str = ""  # the authenticated caller whose budget pays (gateway.identity)
 
     def with_budget(self, budget: CallBudget) -> GenerationCall:
         return replace(self, budget=budget)

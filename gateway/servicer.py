@@ -80,6 +80,7 @@ class GenerationServicer:
                     caller=call.caller,
                     cache_control=call.cache_control,
                     trace=call.trace,
+                    principal=call.principal,
                 )
             )
         except ConfiguredKeyRejected:

@@ -42,7 +42,7 @@ class WatchedFile(Generic[T]):
         self._parse = parse
         self._what = what
         self._clock = clock
-        self._on_validity = on_validity
+        self.on_validity = on_validity
         self._stamp: tuple[int, int, int, int] | None = None
         self._read_at = float("-inf")
         self._digest = ""
@@ -92,6 +92,6 @@ class WatchedFile(Generic[T]):
             _log.info(
                 f"{self._what} reloaded", extra={"path": str(self.path), "sha256": digest[:16]}
             )
-        if self._on_validity is not None:
-            self._on_validity(self.valid)
+        if self.on_validity is not None:
+            self.on_validity(self.valid)
         return self._value
