@@ -21,3 +21,7 @@ def policy_file(tmp_path: Path) -> Path:
     path = tmp_path / "budgets.yaml"
     path.write_text(POLICY)
     return path
+
+
+# Gateway child processes (tests/lifecycle's fixture, one copy).
+from tests.lifecycle.conftest import spawn  # noqa: E402, F401
