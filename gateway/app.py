@@ -162,6 +162,7 @@ class GatewayApp:
             generator=self.cache or upstream,
             telemetry=self.metrics,
             clock=seams.clock,
+            budgets=self.budgets,
         )
         self.health = health.aio.HealthServicer()
         # No maximum_concurrent_rpcs: admission is the call runner's (it spares health

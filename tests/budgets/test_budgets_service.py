@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from emulator.server import Emulator
+from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
 from gateway.app import GatewayApp, Seams
 from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS, FakeClock, GatewayFactory
 from tests.fixtures import call, eventually, request, upstream_calls
@@ -57,6 +58,8 @@ async def test_a_burst_spends_exactly_the_budget_and_nothing_more_reaches_the_up
     assert gauge(app, "stablecog_budget_remaining_credits", caller="search", window="day") == 0
     assert gauge(app, "stablecog_budget_rejections_total", caller="search", reason="day") == 24
     assert gauge(app, "stablecog_budget_reservations_in_flight") == 0
+    budget = await get_budget(app)
+    assert (budget.windows[0].spent, budget.shared) == (6, ledger == "redis")
 
 
 async def test_a_refusal_names_the_budget_and_when_it_resets(
@@ -187,3 +190,33 @@ async def test_redis_down_fails_closed_or_open_as_configured(
     assert await outcome(app) == expected
     assert gauge(app, "stablecog_budget_store_failures_total", decision=down) == 1
     assert upstream_calls(emulator) == (2 if down == "open" else 1)
+
+
+async def get_budget(app: GatewayApp, **kw: object) -> generation_pb2.GetBudgetResponse:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        return await stub.GetBudget(generation_pb2.GetBudgetRequest(), timeout=10, **kw)  # type: ignore[arg-type]
+
+
+async def test_get_budget_tells_a_caller_its_own_limits_use_and_reset(
+    make_gateway: GatewayFactory, emulator: Emulator, policy_file: Path
+) -> None:
+    clock = FakeClock(wall=1_700_000_000.0)
+    app = await make_gateway(Seams(clock=clock), caller="search", budgets=policy_file)
+    assert await outcome(app, num_outputs=4) == "OK"
+    # x-caller cannot ask about another caller's budget.
+    budget = await get_budget(app, metadata=(("x-caller", "batch"),))
+    assert (budget.caller, budget.permitted, budget.shared) == ("search", True, False)
+    assert not budget.HasField("max_in_flight")
+    [day] = budget.windows
+    assert (day.window, day.limit, day.spent, day.reserved, day.remaining) == ("day", 6, 4, 0, 2)
+    assert day.resets_at.ToSeconds() == 1_700_006_400  # midnight UTC
+    assert upstream_calls(emulator) == 1
+
+
+async def test_get_budget_without_a_budget(make_gateway: GatewayFactory, policy_file: Path) -> None:
+    refused = await make_gateway(caller="stranger", budgets=policy_file)
+    assert (await get_budget(refused)).permitted is False
+    unlimited = await make_gateway(caller="anyone")
+    budget = await get_budget(unlimited)
+    assert (budget.caller, budget.permitted, len(budget.windows)) == ("anyone", True, 0)

@@ -54,6 +54,14 @@ class GenerationServiceStub:
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    GetBudget: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GetBudgetRequest, _generation_pb2.GetBudgetResponse]
+    """--- Credit budgets (issue 12) ---
+
+    GetBudget tells the calling service its own credit budget: its limits, what is spent
+    and reserved in each window, and when each window resets. The caller is the one the
+    gateway identifies (sidecar name, client certificate or gateway token); a caller
+    cannot ask about another. It costs nothing and never reaches Stablecog.
+    """
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -69,6 +77,14 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     The message names are part of the published contract, hence the exceptions:
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    GetBudget: _aio.UnaryUnaryMultiCallable[_generation_pb2.GetBudgetRequest, _generation_pb2.GetBudgetResponse]  # type: ignore[assignment]
+    """--- Credit budgets (issue 12) ---
+
+    GetBudget tells the calling service its own credit budget: its limits, what is spent
+    and reserved in each window, and when each window resets. The caller is the one the
+    gateway identifies (sidecar name, client certificate or gateway token); a caller
+    cannot ask about another. It costs nothing and never reaches Stablecog.
     """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -88,6 +104,20 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         The message names are part of the published contract, hence the exceptions:
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def GetBudget(
+        self,
+        request: _generation_pb2.GetBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.GetBudgetResponse, _abc.Awaitable[_generation_pb2.GetBudgetResponse]]:
+        """--- Credit budgets (issue 12) ---
+
+        GetBudget tells the calling service its own credit budget: its limits, what is spent
+        and reserved in each window, and when each window resets. The caller is the one the
+        gateway identifies (sidecar name, client certificate or gateway token); a caller
+        cannot ask about another. It costs nothing and never reaches Stablecog.
         """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
