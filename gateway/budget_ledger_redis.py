@@ -3,7 +3,9 @@
 Each caller's state is three keys with one hash tag (so one script touches one hash slot,
 as Redis Cluster needs): `…{<caller digest>}:windows` (a hash of `s:<window>` spent and
 `r:<window>` reserved credits), `…:leases` (reservation -> expiry, a sorted set) and
-`…:held` (reservation -> "cost|window,window"). Every script runs atomically, so two
+`…:held` (reservation -> "cost|window,window"). The keys have no TTL, so a Redis evicting
+only keys with one (`volatile-lru`; every cache key has a TTL) never drops a budget; a
+window's fields are deleted once it is over. Every script runs atomically, so two
 gateways can never both admit the last credits. Errors are converted at the one Redis
 boundary (gateway.cache_redis.converted, its REDIS_ERRORS table).
 
@@ -20,9 +22,6 @@ import redis.asyncio as aioredis
 from gateway.budget_ledger import Reserved, WindowState
 from gateway.cache_key import KEY_PREFIX
 from gateway.cache_redis import converted
-
-# Idle callers' state expires after this (longer than the longest window, a month).
-STATE_TTL_MS = 40 * 86400 * 1000
 
 _PRELUDE = """
 local windows, leases, held = KEYS[1], KEYS[2], KEYS[3]
@@ -50,26 +49,26 @@ local function number(field)
 end
 """
 
-# ARGV: now_ms, reservation, cost, expires_ms, max_in_flight (-1: none), ttl_ms,
-# then window id and limit pairs. Returns {refused, in_flight, spent1, reserved1, ...}.
+# ARGV: now_ms, reservation, cost, expires_ms, max_in_flight (-1: none), then window id
+# and limit pairs. Returns {refused, in_flight, spent1, reserved1, ...}.
 _RESERVE = (
     _PRELUDE
     + """
 local now, rid, cost = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local expires, max_in_flight, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local expires, max_in_flight = tonumber(ARGV[4]), tonumber(ARGV[5])
 expire(now)
 local in_flight = redis.call('zcard', leases)
 local refused = 0
 if max_in_flight >= 0 and in_flight >= max_in_flight then refused = -1 end
 local result, ids, current = {}, {}, {}
-for i = 7, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local wid, limit = ARGV[i], tonumber(ARGV[i + 1])
   local spent, reserved = number('s:' .. wid), number('r:' .. wid)
   table.insert(result, spent)
   table.insert(result, reserved)
   table.insert(ids, wid)
   current[wid] = true
-  if refused == 0 and spent + reserved + cost > limit then refused = (i - 5) / 2 end
+  if refused == 0 and spent + reserved + cost > limit then refused = (i - 4) / 2 end
 end
 if refused == 0 then
   for _, wid in ipairs(ids) do redis.call('hincrby', windows, 'r:' .. wid, cost) end
@@ -81,7 +80,6 @@ for _, f in ipairs(redis.call('hkeys', windows)) do
   local wid = string.sub(f, 3)
   if not current[wid] and number('r:' .. wid) <= 0 then redis.call('hdel', windows, f) end
 end
-for _, key in ipairs(KEYS) do redis.call('pexpire', key, ttl) end
 table.insert(result, 1, in_flight)
 table.insert(result, 1, refused)
 return result
@@ -160,7 +158,6 @@ class RedisLedger:
             cost,
             _ms(expires_at),
             max_in_flight,
-            STATE_TTL_MS,
         ]
         for window, limit in windows:
             args += [window, limit]
