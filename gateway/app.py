@@ -288,11 +288,11 @@ class GatewayApp:
                 extra={"abandoned_calls": cut, "abandoned_cache_flights": flights},
             )
         await self.reachability.aclose()
-        if self.budgets is not None:
-            await self.budgets.aclose()
         await self.server.stop(grace=0.5)
         if self.cache is not None:
             await self.cache.aclose()
+        if self.budgets is not None:  # after the cache: its cut flights settle here
+            await self.budgets.aclose()
         await self.client.aclose()
         await self.tracing.shutdown()  # exports the spans still buffered
         await self.metrics_server.stop()
@@ -350,7 +350,9 @@ def _build_budgets(settings: Settings, clock: Clock, registry: CollectorRegistry
         from gateway.budget_ledger_redis import RedisLedger
         from gateway.cache_backend import BackendGuard
 
-        ledger = RedisLedger.from_url(url, timeout=settings.redis_timeout)
+        ledger = RedisLedger.from_url(
+            url, timeout=settings.redis_timeout, cluster=settings.redis_cluster
+        )
         guard = BackendGuard(
             timeout=settings.redis_timeout,
             clock=clock,
@@ -407,7 +409,9 @@ def _build_cache(
         from gateway.cache_coordinator import CrossReplicaCoordinator
         from gateway.cache_redis import RedisBackend
 
-        backend = RedisBackend(settings.redis_url, timeout=settings.redis_timeout)
+        backend = RedisBackend(
+            settings.redis_url, timeout=settings.redis_timeout, cluster=settings.redis_cluster
+        )
         probes.append(RedisProbe(settings.redis_url, backend.ping, timeout=settings.redis_timeout))
         guard = BackendGuard(timeout=settings.redis_timeout, clock=clock)
         return CachingGenerator(

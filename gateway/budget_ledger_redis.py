@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from gateway.budget_ledger import Reserved, WindowState
 from gateway.cache_key import KEY_PREFIX
 from gateway.cache_redis import converted
+from gateway.redis_client import connect
 
 _PRELUDE = """
 local windows, leases, held = KEYS[1], KEYS[2], KEYS[3]
@@ -130,16 +131,9 @@ class RedisLedger:
         self._usage = client.register_script(_USAGE)
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float) -> RedisLedger:
-        return cls(
-            aioredis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry_on_timeout=False,
-                health_check_interval=0,
-            )
-        )
+    def from_url(cls, url: str, *, timeout: float, cluster: bool = False) -> RedisLedger:
+        """A ledger on one server, a Sentinel master or a Redis Cluster (gateway.redis_client)."""
+        return cls(connect(url, timeout=timeout, cluster=cluster))
 
     async def reserve(
         self,

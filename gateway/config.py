@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from gateway.redis_url import sentinel_parts
 from gateway.tracing import EXPORTERS, SAMPLERS, TracingSettings
 from gateway.version import VERSION
 
@@ -70,6 +71,7 @@ class Settings:
     budgets: Path | None = None
     budgets_redis: str | None = None
     budgets_redis_down: str = "closed"
+    redis_cluster: bool = False
     # From the standard OTEL_* variables (gateway.tracing); off unless an exporter is set.
     tracing: TracingSettings = field(default_factory=TracingSettings)
 
@@ -118,8 +120,14 @@ def _http_url(value: str) -> str:
 
 def _redis_url(value: str) -> str:
     parts = urlsplit(value)
+    if parts.scheme == "redis+sentinel":
+        sentinel_parts(value)  # ValueError saying what is wrong
+        return value
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
-        raise ValueError("expected a redis://HOST:PORT/DB URL")
+        raise ValueError(
+            "expected a redis://HOST:PORT/DB URL (or rediss://, unix://, "
+            "redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB])"
+        )
     return value
 
 
@@ -460,6 +468,13 @@ OPTIONS += (
         _Choice(("closed", "open")),
         "when the budget Redis fails: closed refuses calls (UNAVAILABLE, nothing sent); "
         "open serves them against this process's approximate local budget",
+    ),
+    _Option(
+        "--redis-cluster",
+        "GATEWAY_REDIS_CLUSTER",
+        "redis_cluster",
+        _bool,
+        "the Redis URLs (--redis-url, --budgets-redis) name a node of a Redis Cluster",
     ),
 )
 

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 
 from emulator.server import Emulator
 from gateway._gen.stablecog.v1 import generation_pb2_grpc
 from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS
-from tests.fixtures import request, upstream_calls
+from tests.fixtures import call, request, upstream_calls
 from tests.processes import GatewayProcess
-from tests.services import RedisServer
+from tests.services import RedisClusterServers, RedisServer
 from tests.status import rich_error
 
 BUDGET = 6
@@ -33,13 +34,28 @@ async def one_call(target: str) -> str:
     return "OK"
 
 
+async def cached_call(target: str) -> str:
+    """A seeded (cacheable) call; its `x-cache`."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        _, cache = await call(stub, request(seed=5, num_outputs=1), timeout=20)
+    return cache
+
+
+@pytest.mark.parametrize("redis", ["one server", "3-node cluster"])
 async def test_a_burst_across_two_gateways_spends_exactly_the_budget(
-    spawn: Callable[..., GatewayProcess], emulator: Emulator, redis_server: RedisServer,
-    policy_file: Path,
+    spawn: Callable[..., GatewayProcess], emulator: Emulator, policy_file: Path, redis: str,
+    request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
+    if redis == "one server":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        shared = {"GATEWAY_REDIS_URL": server.url}
+    else:  # Debian's redis-server, three nodes on loopback
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        shared = {"GATEWAY_REDIS_URL": cluster.url, "GATEWAY_REDIS_CLUSTER": "true"}
     env = {
         "GATEWAY_CACHE": "redis",
-        "GATEWAY_REDIS_URL": redis_server.url,
+        **shared,
         "GATEWAY_REDIS_TIMEOUT": "2",
         "GATEWAY_BUDGETS": str(policy_file),
         "GATEWAY_CALLER": "search",
@@ -47,9 +63,13 @@ async def test_a_burst_across_two_gateways_spends_exactly_the_budget(
     }
     gateways = [spawn(**env), spawn(**env)]
     await asyncio.gather(*(g.start() for g in gateways))
+    # The cache shares the same Redis: a seeded call one gateway generated (1 credit) is a
+    # hit on the other, free.
+    assert await cached_call(gateways[0].target) == "miss"
+    assert await cached_call(gateways[1].target) == "hit"
     emulator.set_latency(0.2)  # generations overlap: reservations race across both
     outcomes = await asyncio.gather(*(one_call(gateways[i % 2].target) for i in range(5 * BUDGET)))
-    assert outcomes.count("OK") == BUDGET
-    assert outcomes.count("RESOURCE_EXHAUSTED BUDGET_EXHAUSTED") == 4 * BUDGET
+    assert outcomes.count("OK") == BUDGET - 1
+    assert outcomes.count("RESOURCE_EXHAUSTED BUDGET_EXHAUSTED") == 4 * BUDGET + 1
     assert INITIAL_CREDITS - emulator.balance(ACCOUNT_KEY) == BUDGET
-    assert upstream_calls(emulator) == BUDGET
+    assert upstream_calls(emulator) == BUDGET  # the seeded call and BUDGET - 1 others
