@@ -201,6 +201,7 @@ class Budgets:
         self._report = report or NullReport()
         self._background: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
+        self._outage_logged = False  # once per outage; every failure is counted
 
     @property
     def policy(self) -> BudgetPolicy:
@@ -241,7 +242,7 @@ class Budgets:
             shared = self._shared
             try:
                 reserved = await self._guard.run(lambda: reserve_in(shared))
-                ledger = shared
+                ledger, self._outage_logged = shared, False
             except BackendFailure as exc:
                 self._shared_failed(exc, caller)
                 reserved = await reserve_in(self._local)
@@ -294,21 +295,24 @@ class Budgets:
     def _shared_failed(self, exc: BackendFailure, caller: str) -> None:
         """The shared ledger failed: refuse (closed) or go on with the local one (open)."""
         self._report.ledger_failed(self._redis_down)
+        logged, self._outage_logged = self._outage_logged, True
         if self._redis_down == "closed":
-            _log.error(
-                "budget store unreachable; refusing calls (--budgets-redis-down closed)",
-                extra={"caller": caller, "error": str(exc)},
-            )
+            if not logged:
+                _log.error(
+                    "budget store unreachable; refusing calls (--budgets-redis-down closed)",
+                    extra={"caller": caller, "error": str(exc)},
+                )
             raise BudgetUnavailable(
                 "the budget store is unreachable, so the call's budget cannot be checked; "
                 "nothing was sent, retry shortly",
                 retry_after=1.0,
             ) from exc
-        _log.warning(
-            "budget store unreachable; serving against this gateway's local budget "
-            "(--budgets-redis-down open)",
-            extra={"caller": caller, "error": str(exc)},
-        )
+        if not logged:
+            _log.warning(
+                "budget store unreachable; serving against this gateway's local budget "
+                "(--budgets-redis-down open)",
+                extra={"caller": caller, "error": str(exc)},
+            )
 
     async def settle(self, reservation: Reservation, actual: int) -> None:
         """Spend `actual` credits of `reservation` (0 releases it). A shared ledger that
