@@ -26,6 +26,9 @@ from prometheus_client import CollectorRegistry
 
 from gateway.account import account_fingerprint
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
+from gateway.budget_metrics import BudgetMetrics
+from gateway.budget_policy import parse_policy
+from gateway.budgets import LEASE_MARGIN_SECONDS, BudgetedGenerator, Budgets
 from gateway.cache import CachingGenerator
 from gateway.cache_store import MemoryStore
 from gateway.cache_tier import LocalTier
@@ -34,10 +37,11 @@ from gateway.catalog import ModelCatalog
 from gateway.catalog_servicer import CatalogServicer
 from gateway.circuit import CircuitBreaker
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.config import Settings, check_tls_files, named
+from gateway.config import ConfigError, Settings, check_tls_files, named
 from gateway.events import Telemetry
 from gateway.generation import Generator
 from gateway.idempotency import IdempotentGenerator, MemoryIdempotencyStore
+from gateway.identity import Identifier, IdentityPolicy, parse_tokens, resolved_x_caller
 from gateway.listen import cannot_listen, diagnose
 from gateway.metrics import GatewayMetrics
 from gateway.metrics_server import MetricsServer
@@ -57,6 +61,7 @@ from gateway.upstream import StablecogClient
 from gateway.upstream_generator import UpstreamGenerator
 from gateway.validation import RequestValidator
 from gateway.version import VERSION
+from gateway.watched_file import WatchedFile
 
 if TYPE_CHECKING:
     from gateway.cache_backend import BackendGuard
@@ -131,6 +136,10 @@ class GatewayApp:
                 telemetry=self.metrics,
             ),
         )
+        self.budgets = _build_budgets(settings, seams.clock, self.registry)
+        if self.budgets is not None:
+            # Inside the cache: only calls that really go upstream pay.
+            upstream = BudgetedGenerator(upstream, self.budgets)
         probes: list[Probe] = [
             UpstreamProbe(
                 settings.upstream_url,
@@ -150,6 +159,7 @@ class GatewayApp:
         )
         # Set by a second stop signal: cut the drain short.
         self.force_stop = asyncio.Event()
+        self.identify = _build_identifier(settings, seams.clock)
         self.runner = CallRunner(
             telemetry=self.metrics,
             caller_label=self.metrics.caller_label,
@@ -157,6 +167,7 @@ class GatewayApp:
             log_prompts=settings.log_prompts,
             tracing=self.tracing,
             max_concurrent_calls=settings.max_concurrent_calls,
+            identify=self.identify,
         )
         self.servicer = GenerationServicer(
             runner=self.runner,
@@ -165,6 +176,7 @@ class GatewayApp:
             generator=self.idempotency,
             telemetry=self.metrics,
             clock=seams.clock,
+            budgets=self.budgets,
         )
         self.catalog = ModelCatalog(self.client, clock=seams.clock)
         self.catalog_servicer = CatalogServicer(
@@ -232,6 +244,8 @@ class GatewayApp:
         # Serving already: a dependency that does not answer yet may come up later.
         reachable = await self.reachability.check()
         self.reachability.watch()
+        if self.budgets is not None:
+            self.budgets.watch()
         configured = self.keys.configured_key()
         _log.info(
             "gateway serving",
@@ -245,6 +259,8 @@ class GatewayApp:
                 "key_fingerprint": account_fingerprint(configured) if configured else None,
                 "tls": self.settings.tls_cert_file is not None,
                 "mtls": self.settings.tls_client_ca_file is not None,
+                "identity": self.settings.identity,
+                "x_caller": self.identify.policy.x_caller,
                 "upstream_reachable": reachable.get(UPSTREAM),
                 "redis_reachable": reachable.get(REDIS),
             },
@@ -301,6 +317,8 @@ class GatewayApp:
         await self.idempotency.aclose()
         if self.cache is not None:
             await self.cache.aclose()
+        if self.budgets is not None:  # after the cache: its cut flights settle here
+            await self.budgets.aclose()
         await self.client.aclose()
         await self.tracing.shutdown()  # exports the spans still buffered
         await self.metrics_server.stop()
@@ -359,7 +377,9 @@ def _connect_redis(settings: Settings, clock: Clock, probes: list[Probe]) -> _Re
     from gateway.cache_backend import BackendGuard
     from gateway.cache_redis import RedisBackend
 
-    backend = RedisBackend(settings.redis_url, timeout=settings.redis_timeout)
+    backend = RedisBackend(
+        settings.redis_url, timeout=settings.redis_timeout, cluster=settings.redis_cluster
+    )
     probes.append(RedisProbe(settings.redis_url, backend.ping, timeout=settings.redis_timeout))
     return _Redis(backend, BackendGuard(timeout=settings.redis_timeout, clock=clock))
 
@@ -390,6 +410,66 @@ def _build_idempotency(
         telemetry=telemetry,
         min_generation_seconds=settings.min_generation_deadline,
     )
+
+
+def _build_budgets(settings: Settings, clock: Clock, registry: CollectorRegistry) -> Budgets | None:
+    """The credit budgets (gateway.budgets), when a policy file is configured: in Redis
+    (shared by every replica) with --budgets-redis or --cache redis, else per process."""
+    if settings.budgets is None:
+        return None
+    try:
+        policy = WatchedFile(settings.budgets, parse_policy, what="budget policy file", clock=clock)
+    except ValueError as exc:
+        raise ConfigError(f"invalid {named('budgets')}: {exc}") from None
+    metrics = BudgetMetrics(registry, policy, default_caller=settings.caller)
+    policy.on_validity = metrics.policy_validity
+    url = settings.budgets_redis or (settings.redis_url if settings.cache == "redis" else None)
+    ledger, guard = None, None
+    if url:
+        from gateway.budget_ledger_redis import RedisLedger
+        from gateway.cache_backend import BackendGuard
+
+        ledger = RedisLedger.from_url(
+            url, timeout=settings.redis_timeout, cluster=settings.redis_cluster
+        )
+        guard = BackendGuard(
+            timeout=settings.redis_timeout,
+            clock=clock,
+            name="budget store",
+            without=f"budgets fail {settings.budgets_redis_down} ({named('budgets_redis_down')})",
+        )
+    return Budgets(
+        policy,
+        ledger=ledger,
+        guard=guard,
+        redis_down=settings.budgets_redis_down,
+        lease_seconds=settings.upstream_timeout + LEASE_MARGIN_SECONDS,
+        clock=clock,
+        report=metrics,
+    )
+
+
+def _build_identifier(settings: Settings, clock: Clock) -> Identifier:
+    """How calls are identified (gateway.identity), its tokens file watched for changes."""
+    tokens = None
+    if settings.caller_tokens is not None:
+        try:
+            tokens_file = WatchedFile(
+                settings.caller_tokens, parse_tokens, what="caller tokens file", clock=clock
+            )
+        except ValueError as exc:
+            raise ConfigError(f"invalid {named('caller_tokens')}: {exc}") from None
+        tokens = tokens_file.current
+    policy = IdentityPolicy(
+        mode=settings.identity,
+        default_caller=settings.caller,
+        x_caller=resolved_x_caller(
+            settings.x_caller, settings.identity, settings.budgets is not None
+        ),
+        mtls_field=settings.mtls_identity,
+        unauthenticated=settings.unauthenticated,
+    )
+    return Identifier(policy, tokens if settings.identity == "token" else None)
 
 
 def _build_cache(

@@ -42,8 +42,17 @@ class BackendGuard:
     """Runs backend operations under a timeout and an outage circuit shared by all of them."""
 
     def __init__(
-        self, *, timeout: float, clock: Clock, retry_after: float = RETRY_BACKEND_AFTER
+        self,
+        *,
+        timeout: float,
+        clock: Clock,
+        retry_after: float = RETRY_BACKEND_AFTER,
+        name: str = "cache backend",
+        without: str = "serving from the upstream without it",
     ) -> None:
+        # How logs name the backend and what the gateway does while it is down (the
+        # budgets' Redis shares this boundary: gateway.budgets).
+        self._name, self._without = name, without
         self._timeout = timeout
         self._clock = clock
         self._retry_after = retry_after
@@ -58,22 +67,22 @@ class BackendGuard:
         """`operation()`'s result; raise BackendFailure when the backend fails it or is
         known to be down (`force` tries anyway: for writes other gateways wait on)."""
         if self.down and not force:
-            raise BackendUnavailable("the cache backend is down")
+            raise BackendUnavailable(f"the {self._name} is down")
         try:
             async with asyncio.timeout(self._timeout):
                 result = await operation()
         except TimeoutError:
             self._outage("TimeoutError")
-            raise BackendUnavailable("the cache backend did not answer in time") from None
+            raise BackendUnavailable(f"the {self._name} did not answer in time") from None
         except BackendUnavailable as exc:
             self._outage(str(exc))
             raise
         except BackendMisbehaved as exc:
-            _log.warning("cache backend error", extra={"error": str(exc)})
+            _log.warning(f"{self._name} error", extra={"error": str(exc)})
             raise
         if self._down_since is not None:
             _log.info(
-                "cache backend is back",
+                f"{self._name} is back",
                 extra={"outage_seconds": round(self._clock.monotonic() - self._down_since, 3)},
             )
             self._down_since = None
@@ -95,10 +104,7 @@ class BackendGuard:
     def _outage(self, error: str) -> None:
         if self._down_since is None:
             self._down_since = self._clock.monotonic()
-            _log.warning(
-                "cache backend unavailable; serving from the upstream without it",
-                extra={"error": error},
-            )
+            _log.warning(f"{self._name} unavailable; {self._without}", extra={"error": error})
         self._retry_at = self._clock.monotonic() + self._retry_after
 
 

@@ -19,6 +19,7 @@ from redis.sentinel import MasterNotFoundError, SlaveNotFoundError
 from gateway.balance import Balance
 from gateway.cache_backend import BackendFailure, BackendMisbehaved, BackendUnavailable
 from gateway.cache_key import KEY_PREFIX
+from gateway.redis_client import connect
 
 # Unavailable: the server cannot be reached or cannot serve right now (opens the circuit).
 # Misbehaved: it answered this one operation with an error.
@@ -127,14 +128,9 @@ class RedisBackend:
     """One Redis connection pool, seen as an entry store (`entries`, which closes it) and
     as the state gateways share to coordinate (`shared`)."""
 
-    def __init__(self, url: str, *, timeout: float) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
+    def __init__(self, url: str, *, timeout: float, cluster: bool = False) -> None:
+        # One server, a Sentinel master or a Redis Cluster: every script here takes one key.
+        self._redis: aioredis.Redis = connect(url, timeout=timeout, cluster=cluster)
         self.entries = RedisEntries(self._redis)
         self.shared = RedisShared(self._redis)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway._gen.stablecog.v1 import generation_pb2
-from gateway.errors import FieldViolation, InvalidRequest
+from gateway.errors import FieldViolation, GatewayError, InvalidRequest
 from gateway.logs import redact
 from gateway.tracing import TraceParent
 
@@ -130,6 +130,10 @@ class Call:
     caller_raw: str | None = None
     # The call's span when tracing is on; its children are made under it.
     trace: TraceParent | None = None
+    # The authenticated caller budgets use (gateway.identity), and the error the call
+    # fails with when it proved no identity.
+    principal: str = ""
+    refused: GatewayError | None = None
 
 
 @dataclass

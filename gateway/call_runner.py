@@ -48,6 +48,7 @@ from gateway.errors import (
     to_status,
 )
 from gateway.events import CallHandled, CallStarted, Telemetry
+from gateway.identity import Identifier, IdentityPolicy
 from gateway.labels import sanitize_label
 from gateway.logs import REDACTED
 from gateway.tracing import Tracing
@@ -123,7 +124,9 @@ class CallRunner:
         log_prompts: bool = False,
         tracing: Tracing | None = None,
         max_concurrent_calls: int | None = None,
+        identify: Identifier | None = None,
     ) -> None:
+        self._identify = identify or Identifier(IdentityPolicy())
         # Admission is ours, not grpc's maximum_concurrent_rpcs: that one counts health
         # checks too (a saturated sidecar would fail its probes and be restarted), and its
         # rejections carry no details and are counted nowhere.
@@ -239,6 +242,8 @@ class CallRunner:
                     "(--max-concurrent-calls); nothing was sent, retry shortly",
                     retry_after=1.0,
                 )
+            if call.refused is not None:
+                raise call.refused
             request = self._decoded(raw, decode)
             prompt = getattr(request, "prompt", None)
             if isinstance(prompt, str) and prompt:
@@ -270,7 +275,8 @@ class CallRunner:
 
     def _start(self, service: str, method: str, context: Context) -> Call:
         metadata = parse_metadata(context.invocation_metadata())
-        raw_caller = metadata.get("x-caller")
+        identified = self._identify(metadata, context.auth_context())
+        raw_caller = identified.name
         caller = self._caller_label(raw_caller)
         # Counted as `other` (past --max-callers): the log still says who it was.
         caller_raw = sanitize_label(raw_caller) if raw_caller is not None else None
@@ -296,6 +302,8 @@ class CallRunner:
             budget=CallBudget.of(self._upstream_timeout, context.time_remaining()),
             cache_control=CacheControl.from_header(metadata.get("cache-control")),
             trace=trace,
+            principal=identified.principal,
+            refused=identified.refused,
         )
 
 

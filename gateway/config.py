@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from gateway.redis_url import sentinel_parts
 from gateway.tracing import EXPORTERS, SAMPLERS, TracingSettings
 from gateway.version import VERSION
 
@@ -66,6 +67,16 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
+    # Caller identity and credit budgets (gateway.identity, gateway.budgets).
+    identity: str = "sidecar"
+    x_caller: str = "auto"
+    mtls_identity: str = "uri"
+    unauthenticated: str = "reject"
+    caller_tokens: Path | None = None
+    budgets: Path | None = None
+    budgets_redis: str | None = None
+    budgets_redis_down: str = "closed"
+    redis_cluster: bool = False
     # From the standard OTEL_* variables (gateway.tracing); off unless an exporter is set.
     tracing: TracingSettings = field(default_factory=TracingSettings)
 
@@ -114,8 +125,14 @@ def _http_url(value: str) -> str:
 
 def _redis_url(value: str) -> str:
     parts = urlsplit(value)
+    if parts.scheme == "redis+sentinel":
+        sentinel_parts(value)  # ValueError saying what is wrong
+        return value
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
-        raise ValueError("expected a redis://HOST:PORT/DB URL")
+        raise ValueError(
+            "expected a redis://HOST:PORT/DB URL (or rediss://, unix://, "
+            "redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB])"
+        )
     return value
 
 
@@ -421,6 +438,82 @@ OPTIONS: tuple[_Option, ...] = (
     ),
 )
 
+# Caller identity and credit budgets: one block (gateway.identity, gateway.budgets).
+OPTIONS += (
+    _Option(
+        "--identity",
+        "GATEWAY_IDENTITY",
+        "identity",
+        _Choice(("sidecar", "mtls", "token")),
+        "how a call's caller is known: sidecar (--caller names the pod served), mtls (the "
+        "client certificate, --mtls-identity), token (per-caller gateway tokens, "
+        "--caller-tokens)",
+    ),
+    _Option(
+        "--x-caller",
+        "GATEWAY_X_CALLER",
+        "x_caller",
+        _Choice(("auto", "name", "refine", "ignore")),
+        "what x-caller metadata may do: name the caller (unauthenticated), refine the "
+        "authenticated name in metrics and logs, or nothing; auto: name for a sidecar "
+        "without budgets, else ignore",
+    ),
+    _Option(
+        "--mtls-identity",
+        "GATEWAY_MTLS_IDENTITY",
+        "mtls_identity",
+        _Choice(("uri", "dns", "cn")),
+        "the client certificate field naming the caller: a URI SAN (SPIFFE), a DNS SAN or "
+        "the subject CN",
+    ),
+    _Option(
+        "--unauthenticated",
+        "GATEWAY_UNAUTHENTICATED",
+        "unauthenticated",
+        _Choice(("reject", "default")),
+        "a call proving no identity (mtls, token) is refused UNAUTHENTICATED, or served "
+        "as --caller with its budget",
+    ),
+    _Option(
+        "--caller-tokens",
+        "GATEWAY_CALLER_TOKENS",
+        "caller_tokens",
+        _file,
+        "YAML file of `caller: sha256-of-token` (or a list of digests) for --identity "
+        "token; re-read when it changes",
+    ),
+    _Option(
+        "--budgets",
+        "GATEWAY_BUDGETS",
+        "budgets",
+        _file,
+        "YAML credit budget policy per caller (README: Budgets); re-read when it changes",
+    ),
+    _Option(
+        "--budgets-redis",
+        "GATEWAY_BUDGETS_REDIS",
+        "budgets_redis",
+        _redis_url,
+        "Redis URL holding budgets shared by every replica (default: --redis-url with "
+        "--cache redis; else budgets are this process's own)",
+    ),
+    _Option(
+        "--budgets-redis-down",
+        "GATEWAY_BUDGETS_REDIS_DOWN",
+        "budgets_redis_down",
+        _Choice(("closed", "open")),
+        "when the budget Redis fails: closed refuses calls (UNAVAILABLE, nothing sent); "
+        "open serves them against this process's approximate local budget",
+    ),
+    _Option(
+        "--redis-cluster",
+        "GATEWAY_REDIS_CLUSTER",
+        "redis_cluster",
+        _bool,
+        "the Redis URLs (--redis-url, --budgets-redis) name a node of a Redis Cluster",
+    ),
+)
+
 # Read from the environment only: the key never belongs on a command line.
 API_KEY_ENV = "STABLECOG_API_KEY"
 
@@ -596,10 +689,35 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(
             f"set both {named('tls_cert_file')} and {named('tls_key_file')}, or neither"
         )
+    _check_identity(settings)
     if settings.tls_client_ca_file and not settings.tls_cert_file:
         raise ConfigError(
             f"{named('tls_client_ca_file')} needs TLS: set {named('tls_cert_file')} "
             f"and {named('tls_key_file')} too"
+        )
+
+
+def _check_identity(settings: Settings) -> None:
+    if settings.identity == "mtls" and not settings.tls_client_ca_file:
+        raise ConfigError(
+            f"{named('identity')} is mtls, which needs client certificates: set "
+            f"{named('tls_client_ca_file')} (and the TLS certificate and key)"
+        )
+    if settings.identity == "token":
+        if not settings.caller_tokens:
+            raise ConfigError(f"{named('identity')} is token, which needs {named('caller_tokens')}")
+        if not (settings.api_key or settings.api_key_file):
+            raise ConfigError(
+                f"{named('identity')} is token: callers' `authorization` carries their "
+                f"gateway token, so the Stablecog key must be the gateway's ({API_KEY_ENV} "
+                f"or {named('api_key_file')})"
+            )
+    if settings.x_caller == "name" and (settings.identity != "sidecar" or settings.budgets):
+        raise ConfigError(
+            f"{named('x_caller')} name lets a caller pick its own name, which "
+            f"{named('identity')} {settings.identity}"
+            + (f" with {named('budgets')}" if settings.budgets else "")
+            + " must not allow: use refine or ignore"
         )
 
 

@@ -9,6 +9,10 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
     ├── InvalidRequest               INVALID_ARGUMENT    a documented constraint is broken
     ├── MissingCredentials           UNAUTHENTICATED     no configured key, no caller key
     ├── MalformedCredentials         UNAUTHENTICATED     the caller's key cannot be a key
+    ├── CallerUnauthenticated        UNAUTHENTICATED     no certificate name / gateway token
+    ├── CallerNotPermitted           PERMISSION_DENIED   the budget policy has no place for it
+    ├── BudgetExhausted              RESOURCE_EXHAUSTED  a credit budget is spent (QuotaFailure)
+    ├── BudgetUnavailable            UNAVAILABLE         budgets cannot be checked: nothing sent
     ├── GatewayDraining              UNAVAILABLE         shutting down; call another replica
     ├── GatewayOverloaded            RESOURCE_EXHAUSTED  too many calls at once; retry shortly
     ├── DeadlineTooShort             INVALID_ARGUMENT    no generation fits the deadline
@@ -48,6 +52,7 @@ from typing import Any, ClassVar
 
 import grpc
 from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 GATEWAY_DOMAIN = "stablecog-gateway"
@@ -98,6 +103,10 @@ class GatewayError(Exception):
         self.metadata = dict(metadata or {})
         self.violations = tuple(violations)
 
+    def extra_details(self) -> list[Message]:
+        """Typed details of this error beyond ErrorInfo, BadRequest and RetryInfo."""
+        return []
+
 
 class InvalidRequest(GatewayError):
     """The request breaks one or more documented constraints; nothing was sent upstream."""
@@ -117,6 +126,51 @@ class MalformedCredentials(GatewayError):
     """The caller's `authorization` metadata cannot hold a key (control bytes, spaces...)."""
 
     default_reason = "MALFORMED_API_KEY"
+    may_have_been_charged = False
+
+
+class CallerUnauthenticated(GatewayError):
+    """The call proves no caller identity (gateway.identity); nothing was sent."""
+
+    default_reason = "CALLER_UNAUTHENTICATED"
+    may_have_been_charged = False
+
+
+class CallerNotPermitted(GatewayError):
+    """The budget policy lists no budget for this caller and has no default; nothing sent."""
+
+    default_reason = "CALLER_NOT_PERMITTED"
+    may_have_been_charged = False
+
+
+class BudgetExhausted(GatewayError):
+    """The call's cost does not fit one of its caller's budgets (gateway.budgets); nothing
+    was sent. `metadata` names the caller, window and limit; `retry_after` is the time
+    until that window resets. Its status also carries a google.rpc.QuotaFailure."""
+
+    default_reason = "BUDGET_EXHAUSTED"
+    may_have_been_charged = False
+
+    def extra_details(self) -> list[Message]:
+        caller, window = self.metadata.get("caller", ""), self.metadata.get("window", "")
+        if not window:  # not raised by the budgets (which always name the window)
+            return []
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=f"caller:{caller}",
+            description=self.message,
+            quota_metric="stablecog-gateway/credits",
+            quota_id=f"credits-per-{window}" if window != "in_flight" else "generations-in-flight",
+            quota_dimensions={"caller": caller, "window": window},
+        )
+        if self.metadata.get("limit", "").isdigit():
+            violation.quota_value = int(self.metadata["limit"])
+        return [error_details_pb2.QuotaFailure(violations=[violation])]
+
+
+class BudgetUnavailable(GatewayError):
+    """The budget store (Redis) cannot be reached and budgets fail closed; nothing sent."""
+
+    default_reason = "BUDGET_STORE_UNAVAILABLE"
     may_have_been_charged = False
 
 
@@ -291,6 +345,10 @@ GRPC_CODES: dict[type[GatewayError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     MissingCredentials: grpc.StatusCode.UNAUTHENTICATED,
     MalformedCredentials: grpc.StatusCode.UNAUTHENTICATED,
+    CallerUnauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    CallerNotPermitted: grpc.StatusCode.PERMISSION_DENIED,
+    BudgetExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    BudgetUnavailable: grpc.StatusCode.UNAVAILABLE,
     GatewayDraining: grpc.StatusCode.UNAVAILABLE,
     GatewayOverloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineTooShort: grpc.StatusCode.INVALID_ARGUMENT,
@@ -339,9 +397,12 @@ def to_status(error: GatewayError) -> status_pb2.Status:
             ]
         )
         status.details.add().Pack(bad_request)
+    for detail in error.extra_details():
+        status.details.add().Pack(detail)
     if error.retry_after is not None:
         delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(min(max(error.retry_after, 0.0), 86400.0) * 1e9))
+        # At most 32 days: a monthly budget resets within that.
+        delay.FromNanoseconds(int(min(max(error.retry_after, 0.0), 32 * 86400.0) * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return status
 

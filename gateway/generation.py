@@ -32,6 +32,7 @@ class GenerationCall:
     trace: TraceParent | None = None  # the span of the call this generation is made for
     # The caller's `idempotency-key` (gateway.idempotency); never shown, stored as a digest.
     idempotency_key: str | None = field(default=None, repr=False)
+    principal: str = ""  # the authenticated caller whose budget pays (gateway.identity)
 
     def with_budget(self, budget: CallBudget) -> GenerationCall:
         return replace(self, budget=budget)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from gateway.clock import Clock
+from gateway.redis_url import SENTINEL_SCHEME
 from gateway.transport import AiohttpTransport
 from gateway.version import USER_AGENT
 
@@ -115,6 +116,8 @@ def redis_address(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return f"unix://{parts.path}"
+    if parts.scheme == SENTINEL_SCHEME:  # several host:port, no single port
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
     host = parts.hostname or "localhost"
     host = f"[{host}]" if ":" in host else host
     port = f":{parts.port}" if parts.port else ""

@@ -7,6 +7,7 @@ GatewayError.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import grpc
@@ -14,6 +15,8 @@ import grpc
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.account import account_fingerprint
 from gateway.auth import KeyResolver
+from gateway.budget_service import get_budget
+from gateway.budgets import Budgets
 from gateway.call import (
     SAVED_RESULTS,
     Call,
@@ -48,7 +51,9 @@ class GenerationServicer:
         generator: Generator,
         telemetry: Telemetry = NULL_TELEMETRY,
         clock: Clock = SYSTEM_CLOCK,
+        budgets: Budgets | None = None,
     ) -> None:
+        self._budgets = budgets
         self._runner = runner
         self._telemetry = telemetry
         self._validator = validator
@@ -68,6 +73,13 @@ class GenerationServicer:
                     generation_pb2.GenerationRequest,
                     generation_pb2.GenerationResponse,
                     self._create_generation,
+                ),
+                "GetBudget": self._runner.unary(
+                    SERVICE_NAME,
+                    "GetBudget",
+                    generation_pb2.GetBudgetRequest,
+                    generation_pb2.GetBudgetResponse,
+                    functools.partial(get_budget, self._budgets),
                 ),
             },
         )
@@ -90,6 +102,7 @@ class GenerationServicer:
                     cache_control=call.cache_control,
                     trace=call.trace,
                     idempotency_key=idempotency_key,
+                    principal=call.principal,
                 )
             )
         except ConfiguredKeyRejected:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -91,3 +93,24 @@ def all_subclasses(cls: type) -> set[type]:
     for sub in cls.__subclasses__():
         found |= {sub} | all_subclasses(sub)
     return found
+
+
+def make_pki(directory: Path, clients: dict[str, str]) -> Path:
+    """A throwaway CA (`ca.crt`), a server certificate for 127.0.0.1/localhost
+    (`server.crt`/`.key`) and one client certificate per entry of `clients` (file stem ->
+    its `subjectAltName` value, e.g. "URI:spiffe://test/search"; CN is the stem), by openssl."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    ca = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca"]
+    openssl(*ca, "-keyout", "ca.key", "-out", "ca.crt")
+    certificates = {"server": "IP:127.0.0.1,DNS:localhost", **clients}
+    for name, san in certificates.items():
+        (directory / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        key = ["-keyout", f"{name}.key", "-out", f"{name}.csr"]
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", *key)
+        sign = ["-CAcreateserial", "-days", "1", "-CA", "ca.crt", "-CAkey", "ca.key"]
+        extfile = ["-extfile", f"{name}.ext", "-out", f"{name}.crt"]
+        openssl("x509", "-req", *sign, "-in", f"{name}.csr", *extfile)
+    return directory

@@ -15,6 +15,7 @@ class RichError:
     info: error_details_pb2.ErrorInfo | None = None
     violations: list[tuple[str, str]] = field(default_factory=list)
     retry_delay: float | None = None
+    quota: list[error_details_pb2.QuotaFailure.Violation] = field(default_factory=list)
 
 
 def rich_error(error: grpc.aio.AioRpcError) -> RichError:
@@ -33,6 +34,10 @@ def rich_error(error: grpc.aio.AioRpcError) -> RichError:
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 found.violations = [(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+                quota = error_details_pb2.QuotaFailure()
+                detail.Unpack(quota)
+                found.quota = list(quota.violations)
             elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                 retry = error_details_pb2.RetryInfo()
                 detail.Unpack(retry)

@@ -74,6 +74,7 @@ DIRECTORIES = (
     Variant("standalone", "overlays/standalone"),
     Variant("standalone-tls", "overlays/standalone-tls"),
     Variant("standalone-mtls", "overlays/standalone-mtls"),
+    Variant("standalone-budgets", "overlays/standalone-budgets"),
 )
 MONITORING = Variant("monitoring", "monitoring")
 EXAMPLES = doc_examples()

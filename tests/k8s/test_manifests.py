@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 import kubernetes_validate
 import pytest
 
-from gateway.config import ConfigError, environment_variables, load_settings
+from gateway.config import OPTIONS, ConfigError, environment_variables, load_settings
 from tests.k8s.manifests import (
     HEALTH_SERVICE,
     MONITORING_VARIANTS,
@@ -40,6 +40,10 @@ DEFAULT_METRICS_LISTEN = "0.0.0.0:9464"
 variants = pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
 # Values that exist only in the running pod (from Secrets), as the gateway would see them.
 RUNTIME_SAMPLES = {"GATEWAY_REDIS_URL": "redis://from-a-secret:6379/0"}
+# The settings that name a file (the *_FILE ones, the budget policy, the caller tokens).
+FILE_SETTINGS = frozenset(o.env for o in OPTIONS if o.metavar is None and o.shown_value == "FILE")
+# Files that hold no secret and may come from a ConfigMap.
+CONFIG_MAP_FILES = frozenset({"GATEWAY_BUDGETS"})
 
 
 def gateway_envs(variant: Variant) -> list[tuple[str, Doc, Doc, dict[str, str | None]]]:
@@ -103,7 +107,7 @@ def test_settings_parse_with_the_gateways_own_loader(variant: Variant, tmp_path:
         environ = {k: v for k, v in environ.items() if v is not None}
         # Files exist only in the pod: point the *_FILE settings at a local stand-in.
         for name in environ:
-            if name.endswith("_FILE"):
+            if name in FILE_SETTINGS:
                 stand_in = tmp_path / name
                 stand_in.write_text("stand-in\n")
                 environ[name] = str(stand_in)
@@ -134,18 +138,21 @@ def test_files_are_secret_keys_mounted_as_directories(variant: Variant) -> None:
                 "never updates such a mount, so a rotated key or certificate would not arrive"
             )
         for name, value in env.items():
-            if not name.endswith("_FILE") or value is None:
+            if name not in FILE_SETTINGS or value is None:
                 continue
             path = PurePosixPath(value)
             mount = next((m for m in mounts if path.parent == PurePosixPath(m["mountPath"])), None)
             assert mount is not None, f"{where}: {name}={value} is in no mounted directory"
             volume = volumes.get(mount["name"])
-            assert volume and "secret" in volume, f"{where}: {name} must come from a Secret"
-            secret = volume["secret"]
-            items = {i["path"]: i["key"] for i in secret.get("items") or ()}
+            kinds = ("secret", "configMap") if name in CONFIG_MAP_FILES else ("secret",)
+            assert volume and any(k in volume for k in kinds), (
+                f"{where}: {name} must come from a {' or '.join(kinds)}"
+            )
+            source = volume.get("secret") or volume["configMap"]
+            items = {i["path"]: i["key"] for i in source.get("items") or ()}
             assert not items or path.name in items, (
-                f"{where}: {name} names {path.name!r}, but Secret {secret['secretName']!r} "
-                f"projects only {sorted(items)}"
+                f"{where}: {name} names {path.name!r}, but "
+                f"{source.get('secretName') or source.get('name')!r} projects only {sorted(items)}"
             )
             assert mount.get("readOnly") is True, f"{where}: mount {mount['name']!r} read-only"
 
@@ -368,3 +375,11 @@ def test_checkov_kubernetes_checks_pass() -> None:
         }
     )
     assert not unexpected, "checkov:\n" + "\n".join(unexpected)
+
+
+def test_the_budget_policy_in_k8s_is_one_the_gateway_accepts() -> None:
+    from gateway.budget_policy import parse_policy
+    from tests.k8s.manifests import K8S
+
+    policy = parse_policy((K8S / "components" / "budgets" / "budgets.yaml").read_text())
+    assert policy.default is not None and policy.callers

@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gateway.budget_metrics import BudgetMetrics
+from gateway.budget_policy import BudgetPolicy
+from gateway.budgets import StaticPolicy
 from gateway.metrics import GatewayMetrics
 from tests.observability import promql
 
@@ -15,6 +18,7 @@ PROMETHEUS_SERIES = frozenset({"up"})
 
 def exported() -> dict[str, set[str]]:
     metrics = GatewayMetrics(CollectorRegistry(), default_caller="unknown", max_callers=5)
+    BudgetMetrics(metrics.registry, StaticPolicy(BudgetPolicy()), default_caller="unknown")
     return promql.exported_names(metrics.registry)
 
 

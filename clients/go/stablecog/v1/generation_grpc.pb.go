@@ -36,6 +36,11 @@ type GenerationServiceClient interface {
 	// gateway's configured key, else the caller's own `authorization`), and each credit
 	// grant (from `GET /v1/credits`). Free.
 	GetCredits(ctx context.Context, in *GetCreditsRequest, opts ...grpc.CallOption) (*GetCreditsResponse, error)
+	// GetBudget tells the calling service its own credit budget: its limits, what is spent
+	// and reserved in each window, and when each window resets. The caller is the one the
+	// gateway identifies (sidecar name, client certificate or gateway token); a caller
+	// cannot ask about another. It costs nothing and never reaches Stablecog.
+	GetBudget(ctx context.Context, in *GetBudgetRequest, opts ...grpc.CallOption) (*GetBudgetResponse, error)
 }
 
 type generationServiceClient struct {
@@ -73,6 +78,15 @@ func (c *generationServiceClient) GetCredits(ctx context.Context, in *GetCredits
 	return out, nil
 }
 
+func (c *generationServiceClient) GetBudget(ctx context.Context, in *GetBudgetRequest, opts ...grpc.CallOption) (*GetBudgetResponse, error) {
+	out := new(GetBudgetResponse)
+	err := c.cc.Invoke(ctx, "/stablecog.v1.GenerationService/GetBudget", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GenerationServiceServer is the server API for GenerationService service.
 // All implementations must embed UnimplementedGenerationServiceServer
 // for forward compatibility
@@ -96,6 +110,11 @@ type GenerationServiceServer interface {
 	// gateway's configured key, else the caller's own `authorization`), and each credit
 	// grant (from `GET /v1/credits`). Free.
 	GetCredits(context.Context, *GetCreditsRequest) (*GetCreditsResponse, error)
+	// GetBudget tells the calling service its own credit budget: its limits, what is spent
+	// and reserved in each window, and when each window resets. The caller is the one the
+	// gateway identifies (sidecar name, client certificate or gateway token); a caller
+	// cannot ask about another. It costs nothing and never reaches Stablecog.
+	GetBudget(context.Context, *GetBudgetRequest) (*GetBudgetResponse, error)
 	mustEmbedUnimplementedGenerationServiceServer()
 }
 
@@ -111,6 +130,9 @@ func (UnimplementedGenerationServiceServer) ListModels(context.Context, *ListMod
 }
 func (UnimplementedGenerationServiceServer) GetCredits(context.Context, *GetCreditsRequest) (*GetCreditsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetCredits not implemented")
+}
+func (UnimplementedGenerationServiceServer) GetBudget(context.Context, *GetBudgetRequest) (*GetBudgetResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetBudget not implemented")
 }
 func (UnimplementedGenerationServiceServer) mustEmbedUnimplementedGenerationServiceServer() {}
 
@@ -179,6 +201,24 @@ func _GenerationService_GetCredits_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GenerationService_GetBudget_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBudgetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GenerationServiceServer).GetBudget(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/stablecog.v1.GenerationService/GetBudget",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GenerationServiceServer).GetBudget(ctx, req.(*GetBudgetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _GenerationService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "stablecog.v1.GenerationService",
 	HandlerType: (*GenerationServiceServer)(nil),
@@ -194,6 +234,10 @@ var _GenerationService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCredits",
 			Handler:    _GenerationService_GetCredits_Handler,
+		},
+		{
+			MethodName: "GetBudget",
+			Handler:    _GenerationService_GetBudget_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -638,3 +638,121 @@ class CreditType(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreditType: _TypeAlias = CreditType  # noqa: Y015
+
+@_typing.final
+class GetBudgetRequest(_message.Message):
+    """--- Credit budgets ---
+
+    GetBudgetRequest asks for the calling service's own budget; it has no fields (the
+    caller is known from the call itself).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBudgetRequest: _TypeAlias = GetBudgetRequest  # noqa: Y015
+
+@_typing.final
+class GetBudgetResponse(_message.Message):
+    """GetBudgetResponse is the calling service's budget as the gateway keeps it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_FIELD_NUMBER: _builtins.int
+    PERMITTED_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
+    caller: _builtins.str
+    """The caller's name, as the gateway identified it."""
+    permitted: _builtins.bool
+    """False when the budget policy has no budget for this caller (its calls are refused
+    with PERMISSION_DENIED); the other fields are then empty.
+    """
+    max_in_flight: _builtins.int
+    """The most generations the caller may have in flight at once; unset when not limited."""
+    in_flight: _builtins.int
+    """The caller's reserved generations in flight now."""
+    shared: _builtins.bool
+    """True when these figures come from the budget store every replica shares (Redis);
+    false when they are this gateway's own (budgets without Redis, or Redis unreachable
+    with `--budgets-redis-down open`).
+    """
+    @_builtins.property
+    def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___BudgetWindow]:
+        """Each credit window that applies (minute, hour, day, month; UTC calendar windows).
+        No windows: the caller's credits are not limited.
+        """
+
+    def __init__(
+        self,
+        *,
+        caller: _builtins.str = ...,
+        permitted: _builtins.bool = ...,
+        windows: _abc.Iterable[Global___BudgetWindow] | None = ...,
+        max_in_flight: _builtins.int | None = ...,
+        in_flight: _builtins.int = ...,
+        shared: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_in_flight", b"_max_in_flight", "max_in_flight", b"max_in_flight"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_in_flight", b"_max_in_flight", "caller", b"caller", "in_flight", b"in_flight", "max_in_flight", b"max_in_flight", "permitted", b"permitted", "shared", b"shared", "windows", b"windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_in_flight: _TypeAlias = _typing.Literal["max_in_flight"]  # noqa: Y015
+    _WhichOneofArgType__max_in_flight: _TypeAlias = _typing.Literal["_max_in_flight", b"_max_in_flight"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_in_flight) -> _WhichOneofReturnType__max_in_flight | None: ...
+
+Global___GetBudgetResponse: _TypeAlias = GetBudgetResponse  # noqa: Y015
+
+@_typing.final
+class BudgetWindow(_message.Message):
+    """BudgetWindow is one credit window of a caller's budget."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    SPENT_FIELD_NUMBER: _builtins.int
+    RESERVED_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    RESETS_AT_FIELD_NUMBER: _builtins.int
+    window: _builtins.str
+    """The window: "minute", "hour", "day" or "month"."""
+    limit: _builtins.int
+    """The credits the caller may spend in the window."""
+    spent: _builtins.int
+    """The credits spent in the current window."""
+    reserved: _builtins.int
+    """The credits reserved by generations in flight in the current window."""
+    remaining: _builtins.int
+    """The credits still available: limit - spent - reserved, at least 0."""
+    @_builtins.property
+    def resets_at(self) -> _timestamp_pb2.Timestamp:
+        """When the current window ends and its credits are available again."""
+
+    def __init__(
+        self,
+        *,
+        window: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        spent: _builtins.int = ...,
+        reserved: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        resets_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resets_at", b"resets_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "remaining", b"remaining", "reserved", b"reserved", "resets_at", b"resets_at", "spent", b"spent", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetWindow: _TypeAlias = BudgetWindow  # noqa: Y015

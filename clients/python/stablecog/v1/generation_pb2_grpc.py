@@ -50,6 +50,11 @@ class GenerationServiceStub:
                 request_serializer=stablecog_dot_v1_dot_generation__pb2.GetCreditsRequest.SerializeToString,
                 response_deserializer=stablecog_dot_v1_dot_generation__pb2.GetCreditsResponse.FromString,
                 _registered_method=True)
+        self.GetBudget = channel.unary_unary(
+                '/stablecog.v1.GenerationService/GetBudget',
+                request_serializer=stablecog_dot_v1_dot_generation__pb2.GetBudgetRequest.SerializeToString,
+                response_deserializer=stablecog_dot_v1_dot_generation__pb2.GetBudgetResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -90,6 +95,16 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBudget(self, request, context):
+        """GetBudget tells the calling service its own credit budget: its limits, what is spent
+        and reserved in each window, and when each window resets. The caller is the one the
+        gateway identifies (sidecar name, client certificate or gateway token); a caller
+        cannot ask about another. It costs nothing and never reaches Stablecog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +122,11 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.GetCredits,
                     request_deserializer=stablecog_dot_v1_dot_generation__pb2.GetCreditsRequest.FromString,
                     response_serializer=stablecog_dot_v1_dot_generation__pb2.GetCreditsResponse.SerializeToString,
+            ),
+            'GetBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBudget,
+                    request_deserializer=stablecog_dot_v1_dot_generation__pb2.GetBudgetRequest.FromString,
+                    response_serializer=stablecog_dot_v1_dot_generation__pb2.GetBudgetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -191,6 +211,33 @@ class GenerationService:
             '/stablecog.v1.GenerationService/GetCredits',
             stablecog_dot_v1_dot_generation__pb2.GetCreditsRequest.SerializeToString,
             stablecog_dot_v1_dot_generation__pb2.GetCreditsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stablecog.v1.GenerationService/GetBudget',
+            stablecog_dot_v1_dot_generation__pb2.GetBudgetRequest.SerializeToString,
+            stablecog_dot_v1_dot_generation__pb2.GetBudgetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,12 @@ class GenerationServiceStub:
     gateway's configured key, else the caller's own `authorization`), and each credit
     grant (from `GET /v1/credits`). Free.
     """
+    GetBudget: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GetBudgetRequest, _generation_pb2.GetBudgetResponse]
+    """GetBudget tells the calling service its own credit budget: its limits, what is spent
+    and reserved in each window, and when each window resets. The caller is the one the
+    gateway identifies (sidecar name, client certificate or gateway token); a caller
+    cannot ask about another. It costs nothing and never reaches Stablecog.
+    """
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -93,6 +99,12 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     """GetCredits returns the credit balance of the account the call would use (the
     gateway's configured key, else the caller's own `authorization`), and each credit
     grant (from `GET /v1/credits`). Free.
+    """
+    GetBudget: _aio.UnaryUnaryMultiCallable[_generation_pb2.GetBudgetRequest, _generation_pb2.GetBudgetResponse]  # type: ignore[assignment]
+    """GetBudget tells the calling service its own credit budget: its limits, what is spent
+    and reserved in each window, and when each window resets. The caller is the one the
+    gateway identifies (sidecar name, client certificate or gateway token); a caller
+    cannot ask about another. It costs nothing and never reaches Stablecog.
     """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -136,6 +148,18 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetCredits returns the credit balance of the account the call would use (the
         gateway's configured key, else the caller's own `authorization`), and each credit
         grant (from `GET /v1/credits`). Free.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBudget(
+        self,
+        request: _generation_pb2.GetBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.GetBudgetResponse, _abc.Awaitable[_generation_pb2.GetBudgetResponse]]:
+        """GetBudget tells the calling service its own credit budget: its limits, what is spent
+        and reserved in each window, and when each window resets. The caller is the one the
+        gateway identifies (sidecar name, client certificate or gateway token); a caller
+        cannot ask about another. It costs nothing and never reaches Stablecog.
         """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

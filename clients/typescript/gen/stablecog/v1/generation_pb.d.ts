@@ -621,6 +621,135 @@ export declare type CreditType = Message<"stablecog.v1.CreditType"> & {
 export declare const CreditTypeSchema: GenMessage<CreditType>;
 
 /**
+ * GetBudgetRequest asks for the calling service's own budget; it has no fields (the
+ * caller is known from the call itself).
+ *
+ * @generated from message stablecog.v1.GetBudgetRequest
+ */
+export declare type GetBudgetRequest = Message<"stablecog.v1.GetBudgetRequest"> & {
+};
+
+/**
+ * Describes the message stablecog.v1.GetBudgetRequest.
+ * Use `create(GetBudgetRequestSchema)` to create a new message.
+ */
+export declare const GetBudgetRequestSchema: GenMessage<GetBudgetRequest>;
+
+/**
+ * GetBudgetResponse is the calling service's budget as the gateway keeps it.
+ *
+ * @generated from message stablecog.v1.GetBudgetResponse
+ */
+export declare type GetBudgetResponse = Message<"stablecog.v1.GetBudgetResponse"> & {
+  /**
+   * The caller's name, as the gateway identified it.
+   *
+   * @generated from field: string caller = 1;
+   */
+  caller: string;
+
+  /**
+   * False when the budget policy has no budget for this caller (its calls are refused
+   * with PERMISSION_DENIED); the other fields are then empty.
+   *
+   * @generated from field: bool permitted = 2;
+   */
+  permitted: boolean;
+
+  /**
+   * Each credit window that applies (minute, hour, day, month; UTC calendar windows).
+   * No windows: the caller's credits are not limited.
+   *
+   * @generated from field: repeated stablecog.v1.BudgetWindow windows = 3;
+   */
+  windows: BudgetWindow[];
+
+  /**
+   * The most generations the caller may have in flight at once; unset when not limited.
+   *
+   * @generated from field: optional uint32 max_in_flight = 4;
+   */
+  maxInFlight?: number | undefined;
+
+  /**
+   * The caller's reserved generations in flight now.
+   *
+   * @generated from field: uint32 in_flight = 5;
+   */
+  inFlight: number;
+
+  /**
+   * True when these figures come from the budget store every replica shares (Redis);
+   * false when they are this gateway's own (budgets without Redis, or Redis unreachable
+   * with `--budgets-redis-down open`).
+   *
+   * @generated from field: bool shared = 6;
+   */
+  shared: boolean;
+};
+
+/**
+ * Describes the message stablecog.v1.GetBudgetResponse.
+ * Use `create(GetBudgetResponseSchema)` to create a new message.
+ */
+export declare const GetBudgetResponseSchema: GenMessage<GetBudgetResponse>;
+
+/**
+ * BudgetWindow is one credit window of a caller's budget.
+ *
+ * @generated from message stablecog.v1.BudgetWindow
+ */
+export declare type BudgetWindow = Message<"stablecog.v1.BudgetWindow"> & {
+  /**
+   * The window: "minute", "hour", "day" or "month".
+   *
+   * @generated from field: string window = 1;
+   */
+  window: string;
+
+  /**
+   * The credits the caller may spend in the window.
+   *
+   * @generated from field: uint64 limit = 2;
+   */
+  limit: bigint;
+
+  /**
+   * The credits spent in the current window.
+   *
+   * @generated from field: uint64 spent = 3;
+   */
+  spent: bigint;
+
+  /**
+   * The credits reserved by generations in flight in the current window.
+   *
+   * @generated from field: uint64 reserved = 4;
+   */
+  reserved: bigint;
+
+  /**
+   * The credits still available: limit - spent - reserved, at least 0.
+   *
+   * @generated from field: uint64 remaining = 5;
+   */
+  remaining: bigint;
+
+  /**
+   * When the current window ends and its credits are available again.
+   *
+   * @generated from field: google.protobuf.Timestamp resets_at = 6;
+   */
+  resetsAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message stablecog.v1.BudgetWindow.
+ * Use `create(BudgetWindowSchema)` to create a new message.
+ */
+export declare const BudgetWindowSchema: GenMessage<BudgetWindow>;
+
+/**
  * CacheResult says how the gateway served a call.
  *
  * @generated from enum stablecog.v1.CacheResult
@@ -730,6 +859,19 @@ export declare const GenerationService: GenService<{
     methodKind: "unary";
     input: typeof GetCreditsRequestSchema;
     output: typeof GetCreditsResponseSchema;
+  },
+  /**
+   * GetBudget tells the calling service its own credit budget: its limits, what is spent
+   * and reserved in each window, and when each window resets. The caller is the one the
+   * gateway identifies (sidecar name, client certificate or gateway token); a caller
+   * cannot ask about another. It costs nothing and never reaches Stablecog.
+   *
+   * @generated from rpc stablecog.v1.GenerationService.GetBudget
+   */
+  getBudget: {
+    methodKind: "unary";
+    input: typeof GetBudgetRequestSchema;
+    output: typeof GetBudgetResponseSchema;
   },
 }>;
 
