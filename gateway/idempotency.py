@@ -18,7 +18,9 @@ A repeat while the first call is in flight waits for it within its own deadline:
 process on the first call's task (a repeat's cancellation never cuts it), in another
 gateway sharing Redis by polling the record. The holder of a record keeps a short lease
 on it; a record still "running" whose lease is gone lost its gateway mid-call, and is
-answered as GENERATION_ABANDONED (it may have been charged), never run again.
+answered as GENERATION_ABANDONED (it may have been charged), never run again. A record
+that vanishes while a repeat polls it was lost by the store, not released (a release
+says so): the repeat waits for the holder to put it back rather than pay again.
 
 The same key with another request (another fingerprint) is refused with
 IDEMPOTENCY_KEY_REUSED and nothing is sent. Keys are stored only as digests: the record
@@ -75,6 +77,9 @@ _RECORD_KEY = b"stablecog-gateway idempotency record v1"
 # How long a holder's claim lives without a refresh (refreshed every quarter of it).
 LEASE_SECONDS = 30.0
 POLL_SECONDS = 0.1
+# How long a record held elsewhere may be missing from the store (lost, not released)
+# before its holder is taken to be gone too: two of its lease refreshes.
+MISSING_SECONDS = LEASE_SECONDS / 2
 # ErrorInfo metadata of a replayed error.
 REPLAY_METADATA = "idempotent_replay"
 REPLAY_TRAILER = "x-idempotent-replay"
@@ -103,6 +108,9 @@ class Record:
     fingerprint: str
     outcome: bytes | None = None
     orphaned: bool = False
+    # Released by its holder (nothing charged): a repeat may claim it. A store may instead
+    # forget a released record (read: None).
+    released: bool = False
 
 
 class IdempotencyStore(Protocol):
@@ -127,7 +135,8 @@ class IdempotencyStore(Protocol):
         """Store the outcome for the window, unless another holder took the record over."""
 
     async def release(self, record: str, token: str) -> None:
-        """Delete our running record: nothing was charged, a repeat may run again."""
+        """Give up our running record: nothing was charged, a repeat may run again (read
+        then says `released`, or None)."""
 
 
 class MemoryIdempotencyStore:
@@ -238,6 +247,7 @@ class IdempotentGenerator:
         self._telemetry = telemetry
         self._min_generation_seconds = min_generation_seconds
         self._flights: dict[str, _Flight] = {}
+        self.waiting = 0  # repeats polling a record another gateway holds
 
     @property
     def flights(self) -> int:
@@ -360,6 +370,16 @@ class IdempotentGenerator:
         self, record: str, fingerprint: str, budget: CallBudget, deadline: float
     ) -> _Settled | None:
         """Poll a record another gateway holds until it ends (None: it was released)."""
+        self.waiting += 1
+        try:
+            return await self._poll(record, fingerprint, budget, deadline)
+        finally:
+            self.waiting -= 1
+
+    async def _poll(
+        self, record: str, fingerprint: str, budget: CallBudget, deadline: float
+    ) -> _Settled | None:
+        missing_since: float | None = None
         while self._clock.monotonic() < deadline:
             await self._clock.sleep(POLL_SECONDS)
             try:
@@ -367,6 +387,17 @@ class IdempotentGenerator:
             except BackendFailure:
                 continue  # keep waiting through an outage: the holder is still generating
             if found is None:
+                # Gone without a release: the store lost it (a restart, a flush). A holder
+                # still at work puts it back at its next lease refresh (or with its
+                # outcome); claiming it now could pay a second time.
+                now = self._clock.monotonic()
+                if missing_since is None:
+                    missing_since = now
+                elif now - missing_since >= MISSING_SECONDS:
+                    return _Settled(_abandoned())
+                continue
+            missing_since = None
+            if found.released:
                 return None
             standing = self._standing(found, fingerprint)
             if isinstance(standing, _Settled):

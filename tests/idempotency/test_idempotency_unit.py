@@ -26,6 +26,7 @@ from gateway.events import IdempotentReplayed
 from gateway.generation import GenerationCall
 from gateway.idempotency import (
     LEASE_SECONDS,
+    MISSING_SECONDS,
     IdempotentGenerator,
     MemoryIdempotencyStore,
     Record,
@@ -203,7 +204,8 @@ async def test_redis_records_claim_once_and_finish_by_their_holder_only(
     assert await redis_store.read("r1") == Record("fp", b'{"a": 1}')
     assert await redis_store.claim("r2", "fp", "mine", lease=5, window=WINDOW) is None
     await redis_store.release("r2", "mine")
-    assert await redis_store.read("r2") is None
+    assert await redis_store.read("r2") == Record("", released=True)
+    assert await redis_store.claim("r2", "fp2", "next", lease=5, window=WINDOW) is None
 
 
 async def test_a_record_whose_holder_vanished_is_answered_abandoned(
@@ -259,3 +261,26 @@ def test_every_replayed_error_keeps_its_class() -> None:
     again = _copy(error, {"idempotent_replay": "true"})
     assert type(again) is UpstreamConnectionLost
     assert again.metadata == {"a": "b", "idempotent_replay": "true"}
+
+
+async def test_a_record_lost_by_the_store_and_never_put_back_is_answered_abandoned(
+    redis_store: RedisIdempotencyStore, redis_client: aioredis.Redis
+) -> None:
+    call = keyed("lost")
+    record = record_id(KEY.cache_scope, "lost")
+    fingerprint = request_fingerprint(call.request)
+    assert await redis_store.claim(record, fingerprint, "other", lease=60, window=WINDOW) is None
+    clock, inner = FakeClock(), ManualGenerator()
+    gen, _ = generator(inner, clock, redis_store)
+    repeat = asyncio.ensure_future(gen.generate(call))
+    await until(lambda: gen.waiting == 1 and clock.sleepers == 1)
+    await redis_client.flushall()  # lost, not released; its holder never puts it back
+    for _ in range(100):  # 50 s of the fake clock at most
+        if repeat.done():
+            break
+        clock.advance(0.5)
+        await asyncio.sleep(0.01)
+    assert inner.calls == []  # never claimed and sent again
+    with pytest.raises(GenerationAbandoned):
+        await repeat
+    assert clock.monotonic() >= MISSING_SECONDS
