@@ -136,7 +136,8 @@ class IdempotencyStore(Protocol):
 
     async def release(self, record: str, token: str) -> None:
         """Give up our running record: nothing was charged, a repeat may run again (read
-        then says `released`, or None)."""
+        then says `released`, or None). When the record is not ours, a claim of `token`
+        still on its way (it timed out) must not take it later."""
 
 
 class MemoryIdempotencyStore:
@@ -248,6 +249,7 @@ class IdempotentGenerator:
         self._min_generation_seconds = min_generation_seconds
         self._flights: dict[str, _Flight] = {}
         self.waiting = 0  # repeats polling a record another gateway holds
+        self._voids: set[asyncio.Task[None]] = set()  # voiding claims that timed out
 
     @property
     def flights(self) -> int:
@@ -311,6 +313,7 @@ class IdempotentGenerator:
     ) -> _Settled | _Elsewhere:
         """Claim the record and make the call, or say how the record already stands."""
         token = secrets.token_hex(16)
+        may_send = self._guard is None or not self._guard.down  # down: refused unsent
         try:
             existing = await self._run(
                 lambda: self._store.claim(
@@ -318,6 +321,11 @@ class IdempotentGenerator:
                 )
             )
         except BackendFailure:
+            if may_send:
+                # A claim that timed out may still land (a slow Redis runs it later): it
+                # would hold the key with nobody generating, and its repeats would be
+                # told GENERATION_ABANDONED. Void it, in the background.
+                self._void_claim(record, token)
             raise IdempotencyStoreUnavailable(
                 "the call carries an idempotency key and the store of keys (Redis) cannot be "
                 "reached, so at most once cannot be promised; nothing was sent, retry shortly",
@@ -459,17 +467,34 @@ class IdempotentGenerator:
                 extra={"record": record[:12]},
             )
 
+    def _void_claim(self, record: str, token: str) -> None:
+        async def void() -> None:
+            if not await self._must(
+                lambda: self._store.release(record, token), within=LEASE_SECONDS
+            ):
+                _log.warning(
+                    "a timed-out idempotency claim could not be voided; if it landed, "
+                    "repeats are answered GENERATION_ABANDONED",
+                    extra={"record": record[:12]},
+                )
+
+        task = asyncio.create_task(void(), name=f"idempotent void {record[:12]}")
+        self._voids.add(task)
+        task.add_done_callback(self._voids.discard)
+
     async def _run(self, operation: Callable[[], Awaitable[T]], *, force: bool = False) -> T:
         if self._guard is None:
             return await operation()
         return await self._guard.run(operation, force=force)
 
-    async def _must(self, operation: Callable[[], Awaitable[object]]) -> bool:
+    async def _must(
+        self, operation: Callable[[], Awaitable[object]], *, within: float = PUBLISH_WITHIN_SECONDS
+    ) -> bool:
         """A write others wait on, retried past a short outage; True once done."""
         if self._guard is None:
             await operation()
             return True
-        return await self._guard.must(operation, within=PUBLISH_WITHIN_SECONDS)
+        return await self._guard.must(operation, within=within)
 
     async def wait_idle(self) -> None:
         """Return when no first call is running (each ends by its own upstream timeout)."""
@@ -477,6 +502,8 @@ class IdempotentGenerator:
             await asyncio.wait([f.task for f in self._flights.values()])
 
     async def aclose(self) -> None:
+        for void in list(self._voids):
+            void.cancel()
         tasks = [f.task for f in self._flights.values()]
         for task in tasks:
             task.cancel()

@@ -32,11 +32,14 @@ local function decoded(raw)
   return {}
 end
 """
-# KEYS: record, lease. ARGV: running record, token, lease ms, running record ms.
-# Returns {1} when claimed (over nothing, or over a release), else {0, record, lease exists}.
+# KEYS: record, lease, the token's void mark. ARGV: running record, token, lease ms,
+# running record ms. Returns {1} when claimed (over nothing, or over a release), {2} when
+# the claim was voided (it arrived after its caller gave up on it), else
+# {0, record, lease exists}.
 _CLAIM = (
     _DECODED
     + """
+if redis.call('exists', KEYS[3]) == 1 then return {2} end
 local current = redis.call('get', KEYS[1])
 if not current or decoded(current)['released'] == true then
   redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[4])
@@ -90,7 +93,8 @@ redis.call('del', KEYS[2])
 return 1
 """
 )
-# ARGV: token, lease ms.
+# KEYS: record, lease, the token's void mark. ARGV: token, lease ms. When the record is
+# not ours (our claim may still be on its way: it timed out), void that claim.
 _RELEASE = (
     _HOLDER
     + """
@@ -100,6 +104,7 @@ if current and holder(current) == ARGV[1] then
   redis.call('del', KEYS[2])
   return 1
 end
+redis.call('set', KEYS[3], '1', 'PX', ARGV[2])
 return 0
 """
 )
@@ -108,6 +113,10 @@ return 0
 def _keys(record: str) -> tuple[str, str]:
     base = f"{KEY_PREFIX}idem:{{{record}}}"
     return base, f"{base}:lease"
+
+
+def _void(record: str, token: str) -> str:
+    return f"{_keys(record)[0]}:void:{token}"
 
 
 def _ms(seconds: float) -> int:
@@ -151,11 +160,13 @@ class RedisIdempotencyStore:
     ) -> Record | None:
         with converted():
             reply = await self._redis.eval(
-                _CLAIM, 2, *_keys(record), _running(fingerprint, token), token, _ms(lease),
-                _ms(max(window, lease)),
+                _CLAIM, 3, *_keys(record), _void(record, token), _running(fingerprint, token),
+                token, _ms(lease), _ms(max(window, lease)),
             )  # fmt: skip
         if isinstance(reply, list) and reply[:1] == [1]:
             return None
+        if isinstance(reply, list) and reply[:1] == [2]:
+            raise BackendMisbehaved("a voided idempotency claim")
         return _record(reply)
 
     async def read(self, record: str) -> Record | None:
@@ -181,4 +192,6 @@ class RedisIdempotencyStore:
 
     async def release(self, record: str, token: str) -> None:
         with converted():
-            await self._redis.eval(_RELEASE, 2, *_keys(record), token, _ms(RELEASED_SECONDS))
+            await self._redis.eval(
+                _RELEASE, 3, *_keys(record), _void(record, token), token, _ms(RELEASED_SECONDS)
+            )

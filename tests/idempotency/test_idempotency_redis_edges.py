@@ -5,6 +5,11 @@ Redis, the emulator counting generations and keeping the ledger."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -19,6 +24,7 @@ from gateway.idempotency_redis import _keys as redis_keys
 from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS, GatewayFactory
 from tests.fixtures import CREATE, call_trailers, eventually, request_with, upstream_calls
 from tests.services import RedisServer
+from tests.status import rich_error
 
 request = request_with(num_outputs=2)
 
@@ -105,3 +111,60 @@ async def test_a_window_shorter_than_the_call_does_not_free_the_key_mid_call(
     await made
     assert upstream_calls(emulator) == 1
     assert repeat_trailers["x-idempotent-replay"] == "true"
+
+
+@contextlib.contextmanager
+def frozen(server: RedisServer) -> Iterator[Callable[[], None]]:
+    """Stop the redis-server process (SIGSTOP): what was sent to it waits in its socket
+    and runs when it is thawed (the returned function; also on exit)."""
+    assert server.process is not None
+    pid = server.process.pid
+    thawed = False
+
+    def thaw() -> None:
+        nonlocal thawed
+        if not thawed:
+            os.kill(pid, signal.SIGCONT)
+            thawed = True
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield thaw
+    finally:
+        thaw()
+
+
+async def test_a_claim_that_timed_out_but_landed_does_not_poison_the_key(
+    make_gateway: GatewayFactory,
+    emulator: Emulator,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    app = await make_gateway(cache="redis", redis_url=redis_server.url, redis_timeout=0.2)
+    with frozen(redis_server) as thaw:
+        first = asyncio.ensure_future(
+            call_trailers(app, request(), metadata=keyed("late"), timeout=10)
+        )
+        # The claim was sent and timed out; Redis runs it once thawed.
+        await eventually(
+            lambda: any("cache backend unavailable" in r.getMessage() for r in caplog.records)
+        )
+        thaw()
+        outcome = await asyncio.gather(first, return_exceptions=True)
+    async with asyncio.timeout(10):
+        while isinstance(outcome[0], grpc.aio.AioRpcError):
+            # Told nothing was sent and to retry shortly: a retry must be able to run.
+            error = rich_error(outcome[0])
+            assert error.info is not None, (error.code, error.message)
+            assert error.info.reason == "IDEMPOTENCY_STORE_UNAVAILABLE", error.message
+            await asyncio.sleep(0.1)
+            outcome = await asyncio.gather(
+                call_trailers(app, request(), metadata=keyed("late"), timeout=3),
+                return_exceptions=True,
+            )
+    assert not isinstance(outcome[0], BaseException), outcome[0]
+    answer, trailers = outcome[0]
+    assert "x-idempotent-replay" not in trailers and len(answer.outputs) == 2
+    assert upstream_calls(emulator) == 1
+    assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS - 2

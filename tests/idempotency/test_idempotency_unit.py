@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway._gen.stablecog.v1 import generation_pb2
-from gateway.cache_backend import BackendGuard, BackendUnavailable
+from gateway.cache_backend import BackendGuard, BackendMisbehaved, BackendUnavailable
 from gateway.cache_coordinator import encode_outcome
 from gateway.errors import (
     GatewayError,
@@ -37,6 +37,7 @@ from gateway.idempotency_redis import RedisIdempotencyStore
 from gateway.idempotency_redis import _keys as redis_keys
 from tests.cache.cache_fakes import KEY, ManualGenerator, Recorder, answer, generation_call, until
 from tests.conftest import FakeClock
+from tests.fixtures import eventually
 from tests.services import RedisServer
 
 REPLAYED = generation_pb2.CacheResult.CACHE_RESULT_REPLAYED
@@ -241,9 +242,9 @@ async def test_a_repeat_polls_a_record_held_elsewhere_until_it_is_finished(
     clock, inner = FakeClock(), ManualGenerator()
     gen, _ = generator(inner, clock, redis_store)
     repeat = asyncio.ensure_future(gen.generate(call))
-    await until(lambda: clock.sleepers == 1)
+    await eventually(lambda: clock.sleepers == 1)
     clock.advance(1.0)  # still running elsewhere: it keeps polling
-    await until(lambda: clock.sleepers == 1)
+    await eventually(lambda: clock.sleepers == 1)
     outcome = answer().response
     await redis_store.finish(record, fingerprint, "other", encode_outcome(outcome), window=WINDOW)
     while not repeat.done():
@@ -273,7 +274,7 @@ async def test_a_record_lost_by_the_store_and_never_put_back_is_answered_abandon
     clock, inner = FakeClock(), ManualGenerator()
     gen, _ = generator(inner, clock, redis_store)
     repeat = asyncio.ensure_future(gen.generate(call))
-    await until(lambda: gen.waiting == 1 and clock.sleepers == 1)
+    await eventually(lambda: gen.waiting == 1 and clock.sleepers == 1)
     await redis_client.flushall()  # lost, not released; its holder never puts it back
     for _ in range(100):  # 50 s of the fake clock at most
         if repeat.done():
@@ -284,3 +285,14 @@ async def test_a_record_lost_by_the_store_and_never_put_back_is_answered_abandon
     with pytest.raises(GenerationAbandoned):
         await repeat
     assert clock.monotonic() >= MISSING_SECONDS
+
+
+async def test_a_claim_released_before_it_lands_never_takes_the_record(
+    redis_store: RedisIdempotencyStore,
+) -> None:
+    # The caller gave up on a claim that timed out, and voided it; the claim lands after.
+    await redis_store.release("r3", "late")
+    with pytest.raises(BackendMisbehaved):
+        await redis_store.claim("r3", "fp", "late", lease=5, window=WINDOW)
+    assert await redis_store.read("r3") is None
+    assert await redis_store.claim("r3", "fp", "next", lease=5, window=WINDOW) is None
