@@ -140,24 +140,50 @@ class IdempotencyStore(Protocol):
         still on its way (it timed out) must not take it later."""
 
 
-class MemoryIdempotencyStore:
-    """Records in this process: at most `max_records`, each for its window. A full store
-    forgets the oldest finished record first; running ones are never forgotten (there
-    are at most as many as calls in flight)."""
+# The memory store's default bound in bytes: any caller can send a new key per call, and
+# --idempotency-max-records (100,000) full-size outcomes would not fit a gateway pod's
+# memory limit (k8s/); 32 MiB holds about 20,000 answers of 4 outputs.
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+# What a record costs beside its strings (measured with tracemalloc: tuple, dict slot).
+RECORD_OVERHEAD_BYTES = 400
 
-    def __init__(self, *, max_records: int, clock: Clock) -> None:
+
+class MemoryIdempotencyStore:
+    """Records in this process: at most `max_records` and about `max_bytes`, each for its
+    window. A full store forgets the oldest finished record first; running ones are
+    never forgotten (there are at most as many as calls in flight)."""
+
+    def __init__(
+        self, *, max_records: int, clock: Clock, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         # id -> (expires at, fingerprint, holder token or None once finished, outcome)
         self._records: OrderedDict[str, tuple[float, str, str | None, bytes | None]] = OrderedDict()
         self._max_records = max_records
+        self._max_bytes = max_bytes
+        self.bytes = 0  # what the records hold, roughly
         self._clock = clock
 
     def __len__(self) -> int:
         return len(self._records)
 
+    @staticmethod
+    def _size(record: str, value: tuple[float, str, str | None, bytes | None]) -> int:
+        return len(record) + len(value[1]) + len(value[3] or b"") + RECORD_OVERHEAD_BYTES
+
+    def _set(self, record: str, value: tuple[float, str, str | None, bytes | None]) -> None:
+        self._drop(record)
+        self._records[record] = value
+        self.bytes += self._size(record, value)
+
+    def _drop(self, record: str) -> None:
+        found = self._records.pop(record, None)
+        if found is not None:
+            self.bytes -= self._size(record, found)
+
     def _get(self, record: str) -> tuple[float, str, str | None, bytes | None] | None:
         found = self._records.get(record)
         if found is not None and found[0] <= self._clock.monotonic():
-            del self._records[record]
+            self._drop(record)
             return None
         return found
 
@@ -167,7 +193,7 @@ class MemoryIdempotencyStore:
         found = self._get(record)
         if found is not None:
             return Record(found[1], found[3])
-        self._records[record] = (self._clock.monotonic() + window, fingerprint, token, None)
+        self._set(record, (self._clock.monotonic() + window, fingerprint, token, None))
         self._bound()
         return None
 
@@ -185,21 +211,20 @@ class MemoryIdempotencyStore:
     ) -> None:
         found = self._get(record)
         if found is None or found[2] == token:  # ours (or lost: we have its answer)
-            self._records[record] = (self._clock.monotonic() + window, fingerprint, None, outcome)
-            self._records.move_to_end(record)
+            self._set(record, (self._clock.monotonic() + window, fingerprint, None, outcome))
             self._bound()
 
     async def release(self, record: str, token: str) -> None:
         found = self._get(record)
         if found is not None and found[2] == token:
-            del self._records[record]
+            self._drop(record)
 
     def _bound(self) -> None:
-        while len(self._records) > self._max_records:
+        while len(self._records) > self._max_records or self.bytes > self._max_bytes:
             oldest = next((k for k, v in self._records.items() if v[2] is None), None)
             if oldest is None:
                 return
-            del self._records[oldest]
+            self._drop(oldest)
 
 
 @dataclass(frozen=True)

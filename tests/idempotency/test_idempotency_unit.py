@@ -296,3 +296,19 @@ async def test_a_claim_released_before_it_lands_never_takes_the_record(
         await redis_store.claim("r3", "fp", "late", lease=5, window=WINDOW)
     assert await redis_store.read("r3") is None
     assert await redis_store.claim("r3", "fp", "next", lease=5, window=WINDOW) is None
+
+
+async def test_the_memory_store_is_bounded_in_bytes_too() -> None:
+    # Any caller can send a new key per call; 100,000 records of a 4-output response
+    # (about 1.2 kB encoded each) would not fit a gateway pod's memory limit.
+    clock = FakeClock()
+    store = MemoryIdempotencyStore(max_records=1000, max_bytes=10_000, clock=clock)
+    assert await store.claim("running", "fp", "t0", lease=1, window=WINDOW) is None
+    for n in range(50):
+        name = f"done-{n}"
+        assert await store.claim(name, "fp", "t", lease=1, window=WINDOW) is None
+        await store.finish(name, "fp", "t", b"x" * 1000, window=WINDOW)
+    assert store.bytes <= 10_000
+    assert await store.read("running") == Record("fp")  # never forgotten while running
+    assert await store.read("done-49") == Record("fp", b"x" * 1000)  # the newest kept
+    assert await store.read("done-0") is None
