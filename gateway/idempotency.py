@@ -18,7 +18,9 @@ A repeat while the first call is in flight waits for it within its own deadline:
 process on the first call's task (a repeat's cancellation never cuts it), in another
 gateway sharing Redis by polling the record. The holder of a record keeps a short lease
 on it; a record still "running" whose lease is gone lost its gateway mid-call, and is
-answered as GENERATION_ABANDONED (it may have been charged), never run again.
+answered as GENERATION_ABANDONED (it may have been charged), never run again. A record
+that vanishes while a repeat polls it was lost by the store, not released (a release
+says so): the repeat waits for the holder to put it back rather than pay again.
 
 The same key with another request (another fingerprint) is refused with
 IDEMPOTENCY_KEY_REUSED and nothing is sent. Keys are stored only as digests: the record
@@ -75,6 +77,9 @@ _RECORD_KEY = b"stablecog-gateway idempotency record v1"
 # How long a holder's claim lives without a refresh (refreshed every quarter of it).
 LEASE_SECONDS = 30.0
 POLL_SECONDS = 0.1
+# How long a record held elsewhere may be missing from the store (lost, not released)
+# before its holder is taken to be gone too: two of its lease refreshes.
+MISSING_SECONDS = LEASE_SECONDS / 2
 # ErrorInfo metadata of a replayed error.
 REPLAY_METADATA = "idempotent_replay"
 REPLAY_TRAILER = "x-idempotent-replay"
@@ -103,6 +108,9 @@ class Record:
     fingerprint: str
     outcome: bytes | None = None
     orphaned: bool = False
+    # Released by its holder (nothing charged): a repeat may claim it. A store may instead
+    # forget a released record (read: None).
+    released: bool = False
 
 
 class IdempotencyStore(Protocol):
@@ -127,27 +135,55 @@ class IdempotencyStore(Protocol):
         """Store the outcome for the window, unless another holder took the record over."""
 
     async def release(self, record: str, token: str) -> None:
-        """Delete our running record: nothing was charged, a repeat may run again."""
+        """Give up our running record: nothing was charged, a repeat may run again (read
+        then says `released`, or None). When the record is not ours, a claim of `token`
+        still on its way (it timed out) must not take it later."""
+
+
+# The memory store's default bound in bytes: any caller can send a new key per call, and
+# --idempotency-max-records (100,000) full-size outcomes would not fit a gateway pod's
+# memory limit (k8s/); 32 MiB holds about 20,000 answers of 4 outputs.
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+# What a record costs beside its strings (measured with tracemalloc: tuple, dict slot).
+RECORD_OVERHEAD_BYTES = 400
 
 
 class MemoryIdempotencyStore:
-    """Records in this process: at most `max_records`, each for its window. A full store
-    forgets the oldest finished record first; running ones are never forgotten (there
-    are at most as many as calls in flight)."""
+    """Records in this process: at most `max_records` and about `max_bytes`, each for its
+    window. A full store forgets the oldest finished record first; running ones are
+    never forgotten (there are at most as many as calls in flight)."""
 
-    def __init__(self, *, max_records: int, clock: Clock) -> None:
+    def __init__(
+        self, *, max_records: int, clock: Clock, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         # id -> (expires at, fingerprint, holder token or None once finished, outcome)
         self._records: OrderedDict[str, tuple[float, str, str | None, bytes | None]] = OrderedDict()
         self._max_records = max_records
+        self._max_bytes = max_bytes
+        self.bytes = 0  # what the records hold, roughly
         self._clock = clock
 
     def __len__(self) -> int:
         return len(self._records)
 
+    @staticmethod
+    def _size(record: str, value: tuple[float, str, str | None, bytes | None]) -> int:
+        return len(record) + len(value[1]) + len(value[3] or b"") + RECORD_OVERHEAD_BYTES
+
+    def _set(self, record: str, value: tuple[float, str, str | None, bytes | None]) -> None:
+        self._drop(record)
+        self._records[record] = value
+        self.bytes += self._size(record, value)
+
+    def _drop(self, record: str) -> None:
+        found = self._records.pop(record, None)
+        if found is not None:
+            self.bytes -= self._size(record, found)
+
     def _get(self, record: str) -> tuple[float, str, str | None, bytes | None] | None:
         found = self._records.get(record)
         if found is not None and found[0] <= self._clock.monotonic():
-            del self._records[record]
+            self._drop(record)
             return None
         return found
 
@@ -157,7 +193,7 @@ class MemoryIdempotencyStore:
         found = self._get(record)
         if found is not None:
             return Record(found[1], found[3])
-        self._records[record] = (self._clock.monotonic() + window, fingerprint, token, None)
+        self._set(record, (self._clock.monotonic() + window, fingerprint, token, None))
         self._bound()
         return None
 
@@ -175,21 +211,20 @@ class MemoryIdempotencyStore:
     ) -> None:
         found = self._get(record)
         if found is None or found[2] == token:  # ours (or lost: we have its answer)
-            self._records[record] = (self._clock.monotonic() + window, fingerprint, None, outcome)
-            self._records.move_to_end(record)
+            self._set(record, (self._clock.monotonic() + window, fingerprint, None, outcome))
             self._bound()
 
     async def release(self, record: str, token: str) -> None:
         found = self._get(record)
         if found is not None and found[2] == token:
-            del self._records[record]
+            self._drop(record)
 
     def _bound(self) -> None:
-        while len(self._records) > self._max_records:
+        while len(self._records) > self._max_records or self.bytes > self._max_bytes:
             oldest = next((k for k, v in self._records.items() if v[2] is None), None)
             if oldest is None:
                 return
-            del self._records[oldest]
+            self._drop(oldest)
 
 
 @dataclass(frozen=True)
@@ -238,6 +273,8 @@ class IdempotentGenerator:
         self._telemetry = telemetry
         self._min_generation_seconds = min_generation_seconds
         self._flights: dict[str, _Flight] = {}
+        self.waiting = 0  # repeats polling a record another gateway holds
+        self._voids: set[asyncio.Task[None]] = set()  # voiding claims that timed out
 
     @property
     def flights(self) -> int:
@@ -301,6 +338,7 @@ class IdempotentGenerator:
     ) -> _Settled | _Elsewhere:
         """Claim the record and make the call, or say how the record already stands."""
         token = secrets.token_hex(16)
+        may_send = self._guard is None or not self._guard.down  # down: refused unsent
         try:
             existing = await self._run(
                 lambda: self._store.claim(
@@ -308,6 +346,11 @@ class IdempotentGenerator:
                 )
             )
         except BackendFailure:
+            if may_send:
+                # A claim that timed out may still land (a slow Redis runs it later): it
+                # would hold the key with nobody generating, and its repeats would be
+                # told GENERATION_ABANDONED. Void it, in the background.
+                self._void_claim(record, token)
             raise IdempotencyStoreUnavailable(
                 "the call carries an idempotency key and the store of keys (Redis) cannot be "
                 "reached, so at most once cannot be promised; nothing was sent, retry shortly",
@@ -360,6 +403,16 @@ class IdempotentGenerator:
         self, record: str, fingerprint: str, budget: CallBudget, deadline: float
     ) -> _Settled | None:
         """Poll a record another gateway holds until it ends (None: it was released)."""
+        self.waiting += 1
+        try:
+            return await self._poll(record, fingerprint, budget, deadline)
+        finally:
+            self.waiting -= 1
+
+    async def _poll(
+        self, record: str, fingerprint: str, budget: CallBudget, deadline: float
+    ) -> _Settled | None:
+        missing_since: float | None = None
         while self._clock.monotonic() < deadline:
             await self._clock.sleep(POLL_SECONDS)
             try:
@@ -367,6 +420,17 @@ class IdempotentGenerator:
             except BackendFailure:
                 continue  # keep waiting through an outage: the holder is still generating
             if found is None:
+                # Gone without a release: the store lost it (a restart, a flush). A holder
+                # still at work puts it back at its next lease refresh (or with its
+                # outcome); claiming it now could pay a second time.
+                now = self._clock.monotonic()
+                if missing_since is None:
+                    missing_since = now
+                elif now - missing_since >= MISSING_SECONDS:
+                    return _Settled(_abandoned())
+                continue
+            missing_since = None
+            if found.released:
                 return None
             standing = self._standing(found, fingerprint)
             if isinstance(standing, _Settled):
@@ -428,17 +492,34 @@ class IdempotentGenerator:
                 extra={"record": record[:12]},
             )
 
+    def _void_claim(self, record: str, token: str) -> None:
+        async def void() -> None:
+            if not await self._must(
+                lambda: self._store.release(record, token), within=LEASE_SECONDS
+            ):
+                _log.warning(
+                    "a timed-out idempotency claim could not be voided; if it landed, "
+                    "repeats are answered GENERATION_ABANDONED",
+                    extra={"record": record[:12]},
+                )
+
+        task = asyncio.create_task(void(), name=f"idempotent void {record[:12]}")
+        self._voids.add(task)
+        task.add_done_callback(self._voids.discard)
+
     async def _run(self, operation: Callable[[], Awaitable[T]], *, force: bool = False) -> T:
         if self._guard is None:
             return await operation()
         return await self._guard.run(operation, force=force)
 
-    async def _must(self, operation: Callable[[], Awaitable[object]]) -> bool:
+    async def _must(
+        self, operation: Callable[[], Awaitable[object]], *, within: float = PUBLISH_WITHIN_SECONDS
+    ) -> bool:
         """A write others wait on, retried past a short outage; True once done."""
         if self._guard is None:
             await operation()
             return True
-        return await self._guard.must(operation, within=PUBLISH_WITHIN_SECONDS)
+        return await self._guard.must(operation, within=within)
 
     async def wait_idle(self) -> None:
         """Return when no first call is running (each ends by its own upstream timeout)."""
@@ -446,6 +527,8 @@ class IdempotentGenerator:
             await asyncio.wait([f.task for f in self._flights.values()])
 
     async def aclose(self) -> None:
+        for void in list(self._voids):
+            void.cancel()
         tasks = [f.task for f in self._flights.values()]
         for task in tasks:
             task.cancel()

@@ -31,6 +31,9 @@ PURE = (
     "gateway.version",
 )
 IO_LIBRARIES = ("httpx", "aiohttp", "redis", "prometheus_client")
+# Not pure (they run tasks and wait on clocks), but their I/O is an injected store: they
+# load no I/O library either (the Redis stores live in modules of their own).
+STORE_INJECTED = ("gateway.idempotency",)
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -41,7 +44,7 @@ def loaded_after(statement: str) -> set[str]:
     return set(done.stdout.split())
 
 
-@pytest.mark.parametrize("module", PURE)
+@pytest.mark.parametrize("module", PURE + STORE_INJECTED)
 def test_pure_modules_load_no_io_library(module: str) -> None:
     loaded = loaded_after(f"import {module}")
     assert not {m for m in loaded if m.split(".")[0] in IO_LIBRARIES}
@@ -55,7 +58,8 @@ def test_the_defaults_load_neither_redis_nor_opentelemetry() -> None:
         "api_key='sc-' + '0' * 64))"
     )
     loaded = loaded_after(statement)
-    assert "gateway.cache" in loaded
+    assert "gateway.cache" in loaded and "gateway.idempotency" in loaded
     assert not {m for m in loaded if m.split(".")[0] == "redis"}
+    assert "gateway.idempotency_redis" not in loaded
     # Tracing is off by default: the OpenTelemetry packages are not even imported.
     assert not {m for m in loaded if m.split(".")[0] == "opentelemetry"}

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway._gen.stablecog.v1 import generation_pb2
-from gateway.cache_backend import BackendGuard, BackendUnavailable
+from gateway.cache_backend import BackendGuard, BackendMisbehaved, BackendUnavailable
 from gateway.cache_coordinator import encode_outcome
 from gateway.errors import (
     GatewayError,
@@ -26,6 +26,7 @@ from gateway.events import IdempotentReplayed
 from gateway.generation import GenerationCall
 from gateway.idempotency import (
     LEASE_SECONDS,
+    MISSING_SECONDS,
     IdempotentGenerator,
     MemoryIdempotencyStore,
     Record,
@@ -36,6 +37,7 @@ from gateway.idempotency_redis import RedisIdempotencyStore
 from gateway.idempotency_redis import _keys as redis_keys
 from tests.cache.cache_fakes import KEY, ManualGenerator, Recorder, answer, generation_call, until
 from tests.conftest import FakeClock
+from tests.fixtures import eventually
 from tests.services import RedisServer
 
 REPLAYED = generation_pb2.CacheResult.CACHE_RESULT_REPLAYED
@@ -203,7 +205,8 @@ async def test_redis_records_claim_once_and_finish_by_their_holder_only(
     assert await redis_store.read("r1") == Record("fp", b'{"a": 1}')
     assert await redis_store.claim("r2", "fp", "mine", lease=5, window=WINDOW) is None
     await redis_store.release("r2", "mine")
-    assert await redis_store.read("r2") is None
+    assert await redis_store.read("r2") == Record("", released=True)
+    assert await redis_store.claim("r2", "fp2", "next", lease=5, window=WINDOW) is None
 
 
 async def test_a_record_whose_holder_vanished_is_answered_abandoned(
@@ -239,9 +242,9 @@ async def test_a_repeat_polls_a_record_held_elsewhere_until_it_is_finished(
     clock, inner = FakeClock(), ManualGenerator()
     gen, _ = generator(inner, clock, redis_store)
     repeat = asyncio.ensure_future(gen.generate(call))
-    await until(lambda: clock.sleepers == 1)
+    await eventually(lambda: clock.sleepers == 1)
     clock.advance(1.0)  # still running elsewhere: it keeps polling
-    await until(lambda: clock.sleepers == 1)
+    await eventually(lambda: clock.sleepers == 1)
     outcome = answer().response
     await redis_store.finish(record, fingerprint, "other", encode_outcome(outcome), window=WINDOW)
     while not repeat.done():
@@ -259,3 +262,53 @@ def test_every_replayed_error_keeps_its_class() -> None:
     again = _copy(error, {"idempotent_replay": "true"})
     assert type(again) is UpstreamConnectionLost
     assert again.metadata == {"a": "b", "idempotent_replay": "true"}
+
+
+async def test_a_record_lost_by_the_store_and_never_put_back_is_answered_abandoned(
+    redis_store: RedisIdempotencyStore, redis_client: aioredis.Redis
+) -> None:
+    call = keyed("lost")
+    record = record_id(KEY.cache_scope, "lost")
+    fingerprint = request_fingerprint(call.request)
+    assert await redis_store.claim(record, fingerprint, "other", lease=60, window=WINDOW) is None
+    clock, inner = FakeClock(), ManualGenerator()
+    gen, _ = generator(inner, clock, redis_store)
+    repeat = asyncio.ensure_future(gen.generate(call))
+    await eventually(lambda: gen.waiting == 1 and clock.sleepers == 1)
+    await redis_client.flushall()  # lost, not released; its holder never puts it back
+    for _ in range(100):  # 50 s of the fake clock at most
+        if repeat.done():
+            break
+        clock.advance(0.5)
+        await asyncio.sleep(0.01)
+    assert inner.calls == []  # never claimed and sent again
+    with pytest.raises(GenerationAbandoned):
+        await repeat
+    assert clock.monotonic() >= MISSING_SECONDS
+
+
+async def test_a_claim_released_before_it_lands_never_takes_the_record(
+    redis_store: RedisIdempotencyStore,
+) -> None:
+    # The caller gave up on a claim that timed out, and voided it; the claim lands after.
+    await redis_store.release("r3", "late")
+    with pytest.raises(BackendMisbehaved):
+        await redis_store.claim("r3", "fp", "late", lease=5, window=WINDOW)
+    assert await redis_store.read("r3") is None
+    assert await redis_store.claim("r3", "fp", "next", lease=5, window=WINDOW) is None
+
+
+async def test_the_memory_store_is_bounded_in_bytes_too() -> None:
+    # Any caller can send a new key per call; 100,000 records of a 4-output response
+    # (about 1.2 kB encoded each) would not fit a gateway pod's memory limit.
+    clock = FakeClock()
+    store = MemoryIdempotencyStore(max_records=1000, max_bytes=10_000, clock=clock)
+    assert await store.claim("running", "fp", "t0", lease=1, window=WINDOW) is None
+    for n in range(50):
+        name = f"done-{n}"
+        assert await store.claim(name, "fp", "t", lease=1, window=WINDOW) is None
+        await store.finish(name, "fp", "t", b"x" * 1000, window=WINDOW)
+    assert store.bytes <= 10_000
+    assert await store.read("running") == Record("fp")  # never forgotten while running
+    assert await store.read("done-49") == Record("fp", b"x" * 1000)  # the newest kept
+    assert await store.read("done-0") is None
