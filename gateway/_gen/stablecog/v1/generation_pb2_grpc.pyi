@@ -66,6 +66,19 @@ class GenerationServiceStub:
     gateway's configured key, else the caller's own `authorization`), and each credit
     grant (from `GET /v1/credits`). Free.
     """
+    UploadImage: _grpc.UnaryUnaryMultiCallable[_generation_pb2.UploadImageRequest, _generation_pb2.UploadImageResponse]
+    """UploadImage stores a JPEG, PNG or WebP image (at most 10 MB) with Stablecog and
+    returns its `s3://` URL, to pass as a GenerationRequest's `init_image_url` (from
+    `POST /v1/image/upload`). The gateway checks the size and sniffs the type from the
+    bytes before anything is sent. Free, though the upstream refuses an account with
+    no credits left. The only method whose request may exceed 4 MiB.
+    """
+    CreateUpscale: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CreateUpscaleRequest, _generation_pb2.CreateUpscaleResponse]
+    """CreateUpscale upscales one image synchronously: a generation's output (by its ID) or
+    an image URL (from `POST /v1/image/upscale/create`). Costs one credit; a call can take
+    minutes (the upstream's worker timeout is 240 s). The same output upscaled again with
+    the same model is served from the gateway's cache for free.
+    """
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -93,6 +106,19 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     """GetCredits returns the credit balance of the account the call would use (the
     gateway's configured key, else the caller's own `authorization`), and each credit
     grant (from `GET /v1/credits`). Free.
+    """
+    UploadImage: _aio.UnaryUnaryMultiCallable[_generation_pb2.UploadImageRequest, _generation_pb2.UploadImageResponse]  # type: ignore[assignment]
+    """UploadImage stores a JPEG, PNG or WebP image (at most 10 MB) with Stablecog and
+    returns its `s3://` URL, to pass as a GenerationRequest's `init_image_url` (from
+    `POST /v1/image/upload`). The gateway checks the size and sniffs the type from the
+    bytes before anything is sent. Free, though the upstream refuses an account with
+    no credits left. The only method whose request may exceed 4 MiB.
+    """
+    CreateUpscale: _aio.UnaryUnaryMultiCallable[_generation_pb2.CreateUpscaleRequest, _generation_pb2.CreateUpscaleResponse]  # type: ignore[assignment]
+    """CreateUpscale upscales one image synchronously: a generation's output (by its ID) or
+    an image URL (from `POST /v1/image/upscale/create`). Costs one credit; a call can take
+    minutes (the upstream's worker timeout is 240 s). The same output upscaled again with
+    the same model is served from the gateway's cache for free.
     """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -136,6 +162,31 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetCredits returns the credit balance of the account the call would use (the
         gateway's configured key, else the caller's own `authorization`), and each credit
         grant (from `GET /v1/credits`). Free.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadImage(
+        self,
+        request: _generation_pb2.UploadImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.UploadImageResponse, _abc.Awaitable[_generation_pb2.UploadImageResponse]]:
+        """UploadImage stores a JPEG, PNG or WebP image (at most 10 MB) with Stablecog and
+        returns its `s3://` URL, to pass as a GenerationRequest's `init_image_url` (from
+        `POST /v1/image/upload`). The gateway checks the size and sniffs the type from the
+        bytes before anything is sent. Free, though the upstream refuses an account with
+        no credits left. The only method whose request may exceed 4 MiB.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateUpscale(
+        self,
+        request: _generation_pb2.CreateUpscaleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.CreateUpscaleResponse, _abc.Awaitable[_generation_pb2.CreateUpscaleResponse]]:
+        """CreateUpscale upscales one image synchronously: a generation's output (by its ID) or
+        an image URL (from `POST /v1/image/upscale/create`). Costs one credit; a call can take
+        minutes (the upstream's worker timeout is 240 s). The same output upscaled again with
+        the same model is served from the gateway's cache for free.
         """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
