@@ -314,7 +314,9 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
             if not await _http_image_ok(state, url):
                 return fail(400, IMAGE_URL_ERROR)
             continue
-        problem = validation.image_url_error(url, account.owner_prefix, mask=is_mask)
+        problem = validation.image_url_error(
+            url, account.owner_prefix, mask=is_mask, uploaded=state.uploads
+        )
         if problem:
             return fail(*problem)
 
