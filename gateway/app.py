@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from gateway.account import account_fingerprint
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
 from gateway.cache import CachingGenerator
+from gateway.cache_store import EntryStore
 from gateway.call_runner import CallRunner
 from gateway.catalog import ModelCatalog
 from gateway.catalog_servicer import CatalogServicer
@@ -35,6 +36,7 @@ from gateway.config import Settings, check_tls_files, named
 from gateway.events import Telemetry
 from gateway.generation import Generator
 from gateway.listen import cannot_listen, diagnose
+from gateway.media_servicer import MediaServicer
 from gateway.metrics import GatewayMetrics
 from gateway.metrics_server import MetricsServer
 from gateway.reachability import (
@@ -108,20 +110,23 @@ class GatewayApp:
             telemetry=self.metrics,
             tracing=self.tracing,
         )
+        retries = RetryPolicy(
+            attempts=settings.upstream_retries, retry_refunded=settings.retry_refunded
+        )
+        # One breaker for every charged call (generations, upscales): one upstream.
+        circuit = CircuitBreaker(
+            failures=settings.circuit_failures,
+            cool_down=settings.circuit_cool_down,
+            clock=seams.clock,
+            telemetry=self.metrics,
+        )
         upstream: Generator = UpstreamGenerator(
             self.client,
             telemetry=self.metrics,
             clock=seams.clock,
             min_generation_seconds=settings.min_generation_deadline,
-            retries=RetryPolicy(
-                attempts=settings.upstream_retries, retry_refunded=settings.retry_refunded
-            ),
-            circuit=CircuitBreaker(
-                failures=settings.circuit_failures,
-                cool_down=settings.circuit_cool_down,
-                clock=seams.clock,
-                telemetry=self.metrics,
-            ),
+            retries=retries,
+            circuit=circuit,
         )
         probes: list[Probe] = [
             UpstreamProbe(
@@ -146,9 +151,10 @@ class GatewayApp:
             tracing=self.tracing,
             max_concurrent_calls=settings.max_concurrent_calls,
         )
+        validator = RequestValidator(max_prompt_chars=settings.max_prompt_chars)
         self.servicer = GenerationServicer(
             runner=self.runner,
-            validator=RequestValidator(max_prompt_chars=settings.max_prompt_chars),
+            validator=validator,
             keys=self.keys,
             generator=self.cache or upstream,
             telemetry=self.metrics,
@@ -163,12 +169,29 @@ class GatewayApp:
             telemetry=self.metrics,
             clock=seams.clock,
         )
+        self.media_servicer = MediaServicer(
+            runner=self.runner,
+            validator=validator,
+            keys=self.keys,
+            client=self.client,
+            upscales=_upscale_store(settings, seams.clock),
+            cache_ttl=settings.cache_ttl,
+            retries=retries,
+            circuit=circuit,
+            min_upscale_seconds=settings.min_generation_deadline,
+            telemetry=self.metrics,
+            clock=seams.clock,
+        )
         self.health = health.aio.HealthServicer()
         # No maximum_concurrent_rpcs: admission is the call runner's (it spares health
         # checks and answers with details).
         self.server = grpc.aio.server(options=_SERVER_OPTIONS)
         self.server.add_generic_rpc_handlers(
-            (self.servicer.rpc_handler(), self.catalog_servicer.rpc_handler())
+            (
+                self.servicer.rpc_handler(),
+                self.catalog_servicer.rpc_handler(),
+                self.media_servicer.rpc_handler(),
+            )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -326,6 +349,18 @@ class GatewayApp:
         await stop_requested.wait()
         _log.info("stop signal received")
         await self.stop()
+
+
+def _upscale_store(settings: Settings, clock: Clock) -> EntryStore | None:
+    """Upscales of generation outputs, cached in memory in each replica (with any --cache
+    but off): an upscale is one credit, and a miss is only one more upscale."""
+    if settings.cache == "off":
+        return None
+    from gateway.cache_store import MemoryStore
+
+    return MemoryStore(
+        max_entries=settings.cache_max_entries, max_bytes=settings.cache_max_bytes, clock=clock
+    )
 
 
 def _build_cache(

@@ -42,6 +42,8 @@ from gateway.upstream_defaults import (
     DEFAULTS_ENDPOINT,
     KNOWN_MODEL_IDS,
     MODELS_ENDPOINT,
+    UPLOAD_ENDPOINT,
+    UPSCALE_ENDPOINT,
 )
 from gateway.upstream_errors import STATIC_REASONS
 
@@ -84,7 +86,14 @@ CACHE_RESULTS = (
     ),
     "error",
 )
-UPSTREAM_ENDPOINTS = (CREATE_ENDPOINT, MODELS_ENDPOINT, DEFAULTS_ENDPOINT, CREDITS_ENDPOINT)
+UPSTREAM_ENDPOINTS = (
+    CREATE_ENDPOINT,
+    MODELS_ENDPOINT,
+    DEFAULTS_ENDPOINT,
+    CREDITS_ENDPOINT,
+    UPLOAD_ENDPOINT,
+    UPSCALE_ENDPOINT,
+)
 # Every reason an upstream call can fail with, short of the upstream naming a new code:
 # the upstream errors' and the timeouts' defaults, and the fixed reasons of their mapping.
 UPSTREAM_REASONS = tuple(
@@ -104,7 +113,18 @@ SERVICE_METHODS = tuple(
     (generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name, method.name)
     for method in generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].methods
 )
-VALIDATION_FIELDS = tuple(generation_pb2.GenerationRequest.DESCRIPTOR.fields_by_name)
+# The fields of every request the gateway validates.
+VALIDATION_FIELDS = tuple(
+    dict.fromkeys(
+        field
+        for request in (
+            generation_pb2.GenerationRequest,
+            generation_pb2.UploadImageRequest,
+            generation_pb2.CreateUpscaleRequest,
+        )
+        for field in request.DESCRIPTOR.fields_by_name
+    )
+)
 
 
 class GatewayMetrics:

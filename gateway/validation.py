@@ -9,8 +9,8 @@ their rule id starts with the field they are about (`inference_steps.pixel_steps
 from __future__ import annotations
 
 import protovalidate
+from google.protobuf.message import Message
 
-from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.errors import FieldViolation, InvalidRequest
 
 MAX_PROMPT_CHARS = 10_000
@@ -20,13 +20,14 @@ _RULE_DESCRIPTIONS = {
 
 
 class RequestValidator:
-    """Checks a GenerationRequest against its declared rules. Build once; reuse."""
+    """Checks a request of any of the contract's messages against its declared rules.
+    Build once; reuse."""
 
     def __init__(self, *, max_prompt_chars: int = MAX_PROMPT_CHARS) -> None:
         self._validator = protovalidate.Validator()
         self._max_prompt_chars = max_prompt_chars
 
-    def violations(self, request: generation_pb2.GenerationRequest) -> list[FieldViolation]:
+    def violations(self, request: Message) -> list[FieldViolation]:
         """Every broken rule, one FieldViolation each; empty when the request is valid."""
         found = []
         for violation in self._validator.collect_violations(request):
@@ -43,6 +44,8 @@ class RequestValidator:
         # The gateway's own bound (configurable, so not in the .proto): the upstream reads
         # only the first 500 bytes of a prompt, so a megabyte of text is a mistake.
         for field in ("prompt", "negative_prompt"):
+            if field not in request.DESCRIPTOR.fields_by_name:
+                continue
             length = len(getattr(request, field))
             if length > self._max_prompt_chars:
                 found.append(
@@ -55,7 +58,7 @@ class RequestValidator:
                 )
         return found
 
-    def check(self, request: generation_pb2.GenerationRequest) -> None:
+    def check(self, request: Message) -> None:
         """Raise InvalidRequest listing every violation, or return if the request is valid."""
         found = self.violations(request)
         if found:
