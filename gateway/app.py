@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -26,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from gateway.account import account_fingerprint
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
 from gateway.cache import CachingGenerator
+from gateway.cache_key import CatalogDefaults
 from gateway.cache_store import EntryStore
 from gateway.call_runner import CallRunner
 from gateway.catalog import ModelCatalog
@@ -128,6 +130,7 @@ class GatewayApp:
             retries=retries,
             circuit=circuit,
         )
+        self.catalog = ModelCatalog(self.client, clock=seams.clock)
         probes: list[Probe] = [
             UpstreamProbe(
                 settings.upstream_url,
@@ -136,7 +139,7 @@ class GatewayApp:
             )
         ]
         self.cache = _build_cache(
-            settings, upstream, seams.clock, self.metrics, self.tracing, probes
+            settings, upstream, seams.clock, self.metrics, self.tracing, probes, self._defaults
         )
         self.reachability = Reachability(
             probes, report=self.metrics.set_reachable, clock=seams.clock
@@ -151,7 +154,11 @@ class GatewayApp:
             tracing=self.tracing,
             max_concurrent_calls=settings.max_concurrent_calls,
         )
-        validator = RequestValidator(max_prompt_chars=settings.max_prompt_chars)
+        validator = RequestValidator(
+            max_prompt_chars=settings.max_prompt_chars,
+            catalog=self.catalog.snapshot,
+            telemetry=self.metrics,
+        )
         self.servicer = GenerationServicer(
             runner=self.runner,
             validator=validator,
@@ -160,7 +167,6 @@ class GatewayApp:
             telemetry=self.metrics,
             clock=seams.clock,
         )
-        self.catalog = ModelCatalog(self.client, clock=seams.clock)
         self.catalog_servicer = CatalogServicer(
             runner=self.runner,
             catalog=self.catalog,
@@ -241,7 +247,12 @@ class GatewayApp:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         # Serving already: a dependency that does not answer yet may come up later.
-        reachable = await self.reachability.check()
+        # The catalog, for the catalog-aware checks (skipped until it comes), fetched while
+        # the reachability check runs, within the same bound.
+        reachable, _ = await asyncio.gather(
+            self.reachability.check(),
+            self.catalog.warm(min(self.settings.upstream_connect_timeout, MAX_CHECK_SECONDS)),
+        )
         self.reachability.watch()
         configured = self.keys.configured_key()
         _log.info(
@@ -277,6 +288,11 @@ class GatewayApp:
                 extra={"key_fingerprint": account_fingerprint(configured)},
             )
 
+    def _defaults(self) -> CatalogDefaults | None:
+        """The catalog's defaults for the cache key, when the catalog is known."""
+        snapshot = self.catalog.snapshot()
+        return CatalogDefaults.of(snapshot) if snapshot is not None else None
+
     def _key_rotated(self, old_key: str, new_key: str) -> None:
         # The old key's balance series would stay frozen (and could keep a low-credits
         # alert firing) until restart.
@@ -308,6 +324,7 @@ class GatewayApp:
                 extra={"abandoned_calls": cut, "abandoned_cache_flights": flights},
             )
         await self.reachability.aclose()
+        await self.catalog.aclose()
         await self.server.stop(grace=0.5)
         if self.cache is not None:
             await self.cache.aclose()
@@ -370,6 +387,7 @@ def _build_cache(
     telemetry: Telemetry,
     tracing: Tracing,
     probes: list[Probe],
+    catalog_defaults: Callable[[], CatalogDefaults | None],
 ) -> CachingGenerator | None:
     if settings.cache == "off":
         return None
@@ -398,6 +416,7 @@ def _build_cache(
             telemetry=telemetry,
             tracing=tracing,
             min_generation_seconds=settings.min_generation_deadline,
+            catalog_defaults=catalog_defaults,
         )
     from gateway.cache_store import MemoryStore
 
@@ -413,4 +432,5 @@ def _build_cache(
         telemetry=telemetry,
         tracing=tracing,
         min_generation_seconds=settings.min_generation_deadline,
+        catalog_defaults=catalog_defaults,
     )

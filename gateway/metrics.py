@@ -26,6 +26,7 @@ from gateway.events import (
     CacheDecided,
     CallHandled,
     CallStarted,
+    CatalogChecksSkipped,
     CircuitChanged,
     CreditsSaved,
     CreditsSpent,
@@ -230,6 +231,11 @@ class GatewayMetrics:
         self.cache_requests = counter(
             "stablecog_cache_requests_total", "Cache decisions, by result.", ("result",)
         )
+        self.catalog_checks_skipped = counter(
+            "stablecog_catalog_checks_skipped_total",
+            "Generations validated without the catalog-aware checks (unknown model, default "
+            "size, scheduler compatibility): the model catalog could not be fetched.",
+        )
         self.validation_failures = counter(
             "stablecog_validation_failures_total",
             "Requests rejected for breaking a documented constraint, by request field.",
@@ -347,6 +353,9 @@ class GatewayMetrics:
         result = event.result if event.result in CACHE_RESULTS else OTHER
         self.cache_requests.labels(result).inc()
 
+    def _catalog_checks_skipped(self, event: CatalogChecksSkipped) -> None:
+        self.catalog_checks_skipped.inc()
+
     def _validation_failed(self, event: ValidationFailed) -> None:
         field = event.field if event.field in self._fields else OTHER
         self.validation_failures.labels(field).inc()
@@ -364,4 +373,5 @@ class GatewayMetrics:
         BalanceObserved: _balance_observed,
         CacheDecided: _cache_decided,
         ValidationFailed: _validation_failed,
+        CatalogChecksSkipped: _catalog_checks_skipped,
     }

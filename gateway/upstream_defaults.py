@@ -27,6 +27,8 @@ UPSCALE_CREDITS = 1
 DEFAULT_GUIDANCE_SCALE = 7.0
 DEFAULT_NUM_OUTPUTS = 2
 DEFAULT_INFERENCE_STEPS = 30
+# width * height * inference_steps may be at most this.
+MAX_PIXEL_STEPS = 1024 * 1024 * 30
 DEFAULT_PROMPT_STRENGTH = 0.5
 # The upstream keeps the first 500 bytes of a prompt longer than 500 runes.
 MAX_PROMPT_RUNES = 500

@@ -108,7 +108,8 @@ type GenerationRequest struct {
 	// Text that describes the image. Required and not blank. The upstream collapses
 	// whitespace and keeps the first 500 bytes of a longer prompt.
 	Prompt string `protobuf:"bytes,1,opt,name=prompt,proto3" json:"prompt,omitempty"`
-	// Model to generate with, as a UUID (see `GET /v1/image/generation/models`).
+	// Model to generate with, as a UUID (see ListModels). An unknown or inactive model is
+	// refused before anything is sent while the gateway knows the catalog.
 	// Default: the upstream's default model.
 	ModelId *string `protobuf:"bytes,2,opt,name=model_id,json=modelId,proto3,oneof" json:"model_id,omitempty"`
 	// Image width in pixels: 256..1024, a multiple of 8. Default: the model's default width.
@@ -124,8 +125,10 @@ type GenerationRequest struct {
 	// Number of denoising steps: 10..50. Default: 30 for validation; the upstream then
 	// runs the model's own default number of steps whatever is sent.
 	InferenceSteps *int32 `protobuf:"varint,8,opt,name=inference_steps,json=inferenceSteps,proto3,oneof" json:"inference_steps,omitempty"`
-	// Scheduler (sampler) as a UUID. An incompatible scheduler is replaced by the
-	// model's default upstream. Default: the model's default scheduler.
+	// Scheduler (sampler) as a UUID. A scheduler the model is not compatible with (see
+	// ListModels) is refused before anything is sent while the gateway knows the catalog;
+	// without it, the upstream replaces it with the model's default. Default: the model's
+	// default scheduler.
 	SchedulerId *string `protobuf:"bytes,9,opt,name=scheduler_id,json=schedulerId,proto3,oneof" json:"scheduler_id,omitempty"`
 	// Seed for the random generator: the same seed and settings give the same image.
 	// Unset (or negative): the upstream draws a random seed. `0` is a real seed.

@@ -90,7 +90,8 @@ class GenerationRequest(_message.Message):
     whitespace and keeps the first 500 bytes of a longer prompt.
     """
     model_id: _builtins.str
-    """Model to generate with, as a UUID (see `GET /v1/image/generation/models`).
+    """Model to generate with, as a UUID (see ListModels). An unknown or inactive model is
+    refused before anything is sent while the gateway knows the catalog.
     Default: the upstream's default model.
     """
     width: _builtins.int
@@ -108,8 +109,10 @@ class GenerationRequest(_message.Message):
     runs the model's own default number of steps whatever is sent.
     """
     scheduler_id: _builtins.str
-    """Scheduler (sampler) as a UUID. An incompatible scheduler is replaced by the
-    model's default upstream. Default: the model's default scheduler.
+    """Scheduler (sampler) as a UUID. A scheduler the model is not compatible with (see
+    ListModels) is refused before anything is sent while the gateway knows the catalog;
+    without it, the upstream replaces it with the model's default. Default: the model's
+    default scheduler.
     """
     seed: _builtins.int
     """Seed for the random generator: the same seed and settings give the same image.

@@ -38,7 +38,8 @@ export declare type GenerationRequest = Message<"stablecog.v1.GenerationRequest"
   prompt: string;
 
   /**
-   * Model to generate with, as a UUID (see `GET /v1/image/generation/models`).
+   * Model to generate with, as a UUID (see ListModels). An unknown or inactive model is
+   * refused before anything is sent while the gateway knows the catalog.
    * Default: the upstream's default model.
    *
    * @generated from field: optional string model_id = 2;
@@ -89,8 +90,10 @@ export declare type GenerationRequest = Message<"stablecog.v1.GenerationRequest"
   inferenceSteps?: number | undefined;
 
   /**
-   * Scheduler (sampler) as a UUID. An incompatible scheduler is replaced by the
-   * model's default upstream. Default: the model's default scheduler.
+   * Scheduler (sampler) as a UUID. A scheduler the model is not compatible with (see
+   * ListModels) is refused before anything is sent while the gateway knows the catalog;
+   * without it, the upstream replaces it with the model's default. Default: the model's
+   * default scheduler.
    *
    * @generated from field: optional string scheduler_id = 9;
    */
