@@ -236,3 +236,18 @@ async def test_only_the_upload_limit_is_raised(stub: Stub, emulator: Emulator) -
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert details(caught.value)[0] == "REQUEST_TOO_LARGE"
     assert sent(emulator, UPLOAD) == 0
+
+
+async def test_the_access_log_shows_an_upscale_spent_then_saved(
+    stub: Stub, caplog: pytest.LogCaptureFixture
+) -> None:
+    output_id = await _output_id(stub)
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    for _ in range(2):
+        await stub.CreateUpscale(generation_pb2.CreateUpscaleRequest(input=output_id))
+    lines = [r for r in caplog.records if getattr(r, "method", None) == "CreateUpscale"]
+    assert [(r.cache_result, r.num_outputs, r.credits_spent, r.credits_saved) for r in lines] == [
+        ("miss", 1, 1, 0),
+        ("hit", 1, 0, 1),
+    ]
+    assert all(r.model_id == AURA_SR and r.account for r in lines)
