@@ -30,13 +30,13 @@ from emulator.accounts import Account, InsufficientCredits
 from emulator.api import (
     CREATE_RATE_SCALE,
     IMAGE_URL_ERROR,
-    _http_image_ok,
-    _limited,
-    _too_many_requests,
     client_ip,
     drop_connection,
     go_json,
     go_text,
+    http_image_ok,
+    limited,
+    too_many_requests,
 )
 from emulator.faults import Fault, FaultMode
 from emulator.images import RenderParams
@@ -68,7 +68,7 @@ def _early_fault(
     if fault.mode is FaultMode.RATE_LIMIT:
         limit = state.config.rate_limit_per_second or 10
         shown = RateDecision(False, limit, 0, int(time.time()) + 1)
-        return fault, _too_many_requests(shown, fault.int_param("retry_after"))
+        return fault, too_many_requests(shown, fault.int_param("retry_after"))
     return fault, None
 
 
@@ -81,7 +81,7 @@ def _upload_limited(
     limit = max(1, rate * UPLOAD_RATE_NUMERATOR // UPLOAD_RATE_DENOMINATOR)
     decision = state.limiter.check("api:" + client_ip(request), limit)
     if not decision.allowed:
-        return _too_many_requests(decision, 1), {}
+        return too_many_requests(decision, 1), {}
     return None, decision.headers()
 
 
@@ -219,7 +219,7 @@ async def create_upscale(request: web.Request) -> web.StreamResponse:
     fault, early = _early_fault(request, state)
     if early is not None:
         return early
-    refusal, headers = _limited(request, state, CREATE_RATE_SCALE)
+    refusal, headers = limited(request, state, CREATE_RATE_SCALE)
     if refusal is not None:
         return refusal
     mode = fault.mode if fault else None
@@ -239,7 +239,7 @@ async def create_upscale(request: web.Request) -> web.StreamResponse:
         return go_json(403, {"error": "user_banned"}, headers)
     text = str(body.get("input", ""))
     source, problem = _upscale_source(state, text)
-    if problem is None and source is None and not await _http_image_ok(state, text):
+    if problem is None and source is None and not await http_image_ok(state, text):
         problem = IMAGE_URL_ERROR
     model = catalog.get_upscale_model(model_id) if model_id else catalog.default_upscale_model()
     if problem is None and model is None:

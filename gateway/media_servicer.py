@@ -228,17 +228,20 @@ class MediaServicer:
             started_at = self._clock.wall()
             return await self._client.create_upscale(body, key, budget, call.trace)
 
-        answer = await with_retries(
-            attempt,
-            call.budget,
-            policy=self._retries,
-            clock=self._clock,
-            rng=self._rng,
-            min_seconds=self._min_upscale_seconds,
-            telemetry=self._telemetry,
-            circuit=self._circuit,
-            what="upscale",
-        )
+        try:
+            answer = await with_retries(
+                attempt,
+                call.budget,
+                policy=self._retries,
+                clock=self._clock,
+                rng=self._rng,
+                min_seconds=self._min_upscale_seconds,
+                telemetry=self._telemetry,
+                circuit=self._circuit,
+                what="upscale",
+            )
+        except GatewayError as error:
+            raise _about_the_upscale(error) from None
         try:
             response = upscale_from_body(answer.body)
         except GatewayError as error:  # a 200: charged, even if unreadable
@@ -311,4 +314,19 @@ def _upload_failed(error: GatewayError) -> UpstreamReadFailed:
         "retrying is safe",
         reason=UPLOAD_FAILED,
         metadata={**error.metadata, "cause": error.reason},
+    )
+
+
+def _about_the_upscale(error: GatewayError) -> GatewayError:
+    """The same error, its message saying "upscale" where the generation's table says
+    "generation" (the money words stay exact: "may have been charged", "nothing was sent")."""
+    if "generation" not in error.message:
+        return error
+    return type(error)(
+        error.message.replace("generations", "upscales").replace("generation", "upscale"),
+        reason=error.reason,
+        domain=error.domain,
+        retry_after=error.retry_after,
+        metadata=error.metadata,
+        violations=error.violations,
     )

@@ -223,7 +223,7 @@ async def test_an_upscale_lost_after_charging_may_have_been_charged(
         await stub.CreateUpscale(generation_pb2.CreateUpscaleRequest(input=output_id))
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert details(caught.value)[0] == "UPSTREAM_CONNECTION_LOST"
-    assert "may have been charged" in (caught.value.details() or "")
+    assert "the upscale may have been charged" in (caught.value.details() or "")
     assert emulator.balance(ACCOUNT_KEY) == before - 1
 
 
