@@ -94,7 +94,7 @@ def client_ip(request: web.Request) -> str:
     return forwarded or request.remote or ""
 
 
-def _too_many_requests(decision: RateDecision, retry_after: int | None) -> web.Response:
+def too_many_requests(decision: RateDecision, retry_after: int | None) -> web.Response:
     headers = decision.headers()
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
@@ -110,13 +110,13 @@ def _rate_limit(request: web.Request, state: EmulatorState, scale: int) -> RateD
     return state.limiter.check("api:" + client_ip(request), limit)
 
 
-def _limited(
+def limited(
     request: web.Request, state: EmulatorState, scale: int
 ) -> tuple[web.Response | None, dict[str, str]]:
     """(429 response or None, the X-RateLimit-* headers for the answer)."""
     decision = _rate_limit(request, state, scale)
     if decision and not decision.allowed:
-        return _too_many_requests(decision, 1), {}
+        return too_many_requests(decision, 1), {}
     return None, decision.headers() if decision else {}
 
 
@@ -142,7 +142,7 @@ def _own_image_known(state: EmulatorState, url: str) -> bool | None:
     return image_id is not None and state.store.params(image_id) is not None
 
 
-async def _http_image_ok(state: EmulatorState, url: str) -> bool:
+async def http_image_ok(state: EmulatorState, url: str) -> bool:
     """sc-go `GetImageWidthHeightFromUrl` passes, as far as the emulator may find out.
 
     Hosts listed in `image_url_hosts` pass without a fetch. Loopback hosts are really fetched.
@@ -285,8 +285,8 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
     if fault and mode is FaultMode.RATE_LIMIT:  # refused requests are not counted
         limit = state.config.rate_limit_per_second or 10  # show the real limit when off
         shown = RateDecision(False, limit, 0, int(time.time()) + 1)
-        return _too_many_requests(shown, fault.optional_int_param("retry_after"))
-    refusal, headers = _limited(request, state, CREATE_RATE_SCALE)
+        return too_many_requests(shown, fault.optional_int_param("retry_after"))
+    refusal, headers = limited(request, state, CREATE_RATE_SCALE)
     if refusal is not None:
         return refusal
 
@@ -316,10 +316,12 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
         return fail(400, IMAGE_URL_ERROR)
     for url, is_mask in ((plan.init_image_url, False), (plan.mask_image_url, True)):
         if url and validation.is_valid_http_url(url):
-            if not await _http_image_ok(state, url):
+            if not await http_image_ok(state, url):
                 return fail(400, IMAGE_URL_ERROR)
             continue
-        problem = validation.image_url_error(url, account.owner_prefix, mask=is_mask)
+        problem = validation.image_url_error(
+            url, account.owner_prefix, mask=is_mask, uploaded=state.uploads
+        )
         if problem:
             return fail(*problem)
 
@@ -431,7 +433,7 @@ def _authenticated_or_limited(
     account = state.authenticate(request.headers.get("Authorization"))
     if account is None:
         return None, go_json(401, {"error": "Unauthorized"}), {}
-    refusal, headers = _limited(request, state, OTHER_RATE_SCALE)
+    refusal, headers = limited(request, state, OTHER_RATE_SCALE)
     return account, refusal, headers
 
 
@@ -459,7 +461,7 @@ async def get_credits(request: web.Request) -> web.StreamResponse:
 async def get_models(request: web.Request) -> web.StreamResponse:
     """GET /v1/image/generation/models: active models with their schedulers (no auth; rate
     limited on the shared counter)."""
-    refusal, headers = _limited(request, request.app[STATE_KEY], OTHER_RATE_SCALE)
+    refusal, headers = limited(request, request.app[STATE_KEY], OTHER_RATE_SCALE)
     if refusal is not None:
         return refusal
     models = []
@@ -482,7 +484,7 @@ async def get_defaults(request: web.Request) -> web.StreamResponse:
     """GET /v1/image/generation/defaults: note the global scheduler and fixed 30 steps,
     which can differ from what create uses (docs/upstream-api.md#defaults-endpoint). No auth;
     rate limited on the shared counter."""
-    refusal, headers = _limited(request, request.app[STATE_KEY], OTHER_RATE_SCALE)
+    refusal, headers = limited(request, request.app[STATE_KEY], OTHER_RATE_SCALE)
     if refusal is not None:
         return refusal
     model = catalog.default_model()

@@ -184,3 +184,31 @@ def is_valid_model_id(model_id: UUID) -> bool:
 def active_models() -> tuple[GenerationModel, ...]:
     """Models listed by GET /v1/image/generation/models."""
     return tuple(m for m in MODELS if m.active)
+
+
+@dataclass(frozen=True)
+class UpscaleModel:
+    """A row of sc-go's `upscale_models` table."""
+
+    id: UUID
+    name: str
+    is_default: bool = False
+
+
+# The docs sample's SwinIR and the web's default since 2024-08-29; its name is ASSUMED
+# (AuraSR, which the worker switched to the same day).
+UPSCALE_MODELS: tuple[UpscaleModel, ...] = (
+    UpscaleModel(UUID("e94a23f3-d9a4-45e9-bb08-9c7e6bce7b72"), "AuraSR", is_default=True),
+    UpscaleModel(UUID("14c9c5a4-33a8-4aed-a648-ee8510ae65b2"), "SwinIR"),
+)
+_UPSCALE_MODELS_BY_ID = {m.id: m for m in UPSCALE_MODELS}
+
+
+def get_upscale_model(model_id: UUID) -> UpscaleModel | None:
+    """The upscale model with this ID."""
+    return _UPSCALE_MODELS_BY_ID.get(model_id)
+
+
+def default_upscale_model() -> UpscaleModel:
+    """The upscale model used when a request names none."""
+    return next(m for m in UPSCALE_MODELS if m.is_default)

@@ -7,6 +7,8 @@ docs/upstream-api.md#emulator-differences):
     GET  /v1/image/generation/models     also /v1/image/models/generate; no auth
     GET  /v1/image/generation/defaults   also /v1/image/defaults/generate; no auth
     GET  /v1/credits                     API token
+    POST /v1/image/upload                API token; multipart `file` -> an s3:// key
+    POST /v1/image/upscale/create        also /v1/image/upscale; API token; 1 credit
 
 All but /v1/health and /images/ are rate limited per client IP on one shared counter (create
 at `rate_limit_per_second`, the others at twice that). An http(s) init or mask image is
@@ -39,7 +41,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from emulator import api, control
+from emulator import api, control, media
 from emulator.accounts import token_sha256
 from emulator.config import EmulatorConfig
 from emulator.faults import FaultQueue
@@ -49,6 +51,8 @@ from emulator.state import RECORD_KEY, STATE_KEY, EmulatorState, bearer_token
 logger = logging.getLogger(__name__)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Longer bodies (uploads) are recorded as their size only.
+MAX_RECORDED_BODY = 64 * 1024
 
 
 def _error_of(response: web.StreamResponse) -> str | None:
@@ -89,7 +93,10 @@ async def _record_requests(request: web.Request, handler: _Handler) -> web.Strea
         method=request.method,
         path=request.path,
         json=_json_object(body),
-        body=body.decode("utf-8", errors="replace"),
+        # An upload's megabytes are not kept: only their size.
+        body=body.decode("utf-8", errors="replace")
+        if len(body) <= MAX_RECORDED_BODY
+        else f"<{len(body)} bytes>",
         token_sha256=token_sha256(token) if token is not None else None,
         client_ip=api.client_ip(request),
         received_at=time.time(),
@@ -145,6 +152,9 @@ def build_app(state: EmulatorState) -> web.Application:
         router.add_get(path, api.get_models, allow_head=False)
     for path in ("/v1/image/generation/defaults", "/v1/image/defaults/generate"):
         router.add_get(path, api.get_defaults, allow_head=False)
+    router.add_post("/v1/image/upload", media.upload_image)
+    for path in ("/v1/image/upscale/create", "/v1/image/upscale"):
+        router.add_post(path, media.create_upscale)
     router.add_get("/v1/credits", api.get_credits, allow_head=False)
     router.add_get("/v1/health", api.health, allow_head=False)
     router.add_get("/images/{name}", api.get_image)

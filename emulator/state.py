@@ -15,6 +15,7 @@ from emulator.ratelimit import SlidingWindowLimiter
 from emulator.records import RecordedRequest, RequestLog
 from emulator.store import ImageStore
 from emulator.throttle import QueueThrottler
+from emulator.uploads import UploadStore
 from emulator.validation import SEED_LIMIT
 
 
@@ -31,10 +32,13 @@ class EmulatorState:
         self.ledger = Ledger()
         self.faults = FaultQueue()
         self.store = ImageStore(config.max_images, config.image_cache_size)
+        # The `s3://` keys uploaded (`POST /v1/image/upload`), found by generations.
+        self.uploads = UploadStore(config.max_images)
         self.limiter = SlidingWindowLimiter(config.rate_limit_per_second)
         self.throttler = QueueThrottler()
         self.log = RequestLog(config.max_recorded_requests)
         self.generation_count = 0
+        self.upscale_count = 0
         # Set once the server is bound, unless configured.
         self.public_url = config.public_url or ""
         self.jobs: set[asyncio.Task[web.StreamResponse]] = set()

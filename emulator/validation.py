@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -339,20 +339,23 @@ def is_valid_http_url(url: str) -> bool:
     )
 
 
-def image_url_error(url: str, owner_prefix: str, *, mask: bool) -> tuple[int, str] | None:
+def image_url_error(
+    url: str, owner_prefix: str, *, mask: bool, uploaded: Container[str] = ()
+) -> tuple[int, str] | None:
     """What `CreateGeneration` says about an init (or mask) image URL that is not a valid
     http(s) URL, as (status, error); None for an empty or a valid http(s) URL, whose image the
-    caller checks (`emulator.imagefetch`).
+    caller checks (`emulator.imagefetch`), and for an owned upload key in `uploaded`.
 
     Anything else is treated as an `s3://` upload key, which must start with `owner_prefix`
-    (sha256 of the user ID plus "/"); the emulator has no upload endpoint, so an owned key is
-    never found.
+    (sha256 of the user ID plus "/") and name an upload made (`POST /v1/image/upload`).
     """
     if not url or is_valid_http_url(url):
         return None
     key = url.removeprefix("s3://")
     if not key.startswith(owner_prefix):
         return 401, "init_image_not_owned"
+    if key in uploaded:
+        return None
     return 400, "mask_image_not_found" if mask else "init_image_not_found"
 
 

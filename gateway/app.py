@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,8 @@ from gateway.budget_metrics import BudgetMetrics
 from gateway.budget_policy import parse_policy
 from gateway.budgets import LEASE_MARGIN_SECONDS, BudgetedGenerator, Budgets
 from gateway.cache import CachingGenerator
-from gateway.cache_store import MemoryStore
+from gateway.cache_key import CatalogDefaults
+from gateway.cache_store import EntryStore, MemoryStore
 from gateway.cache_tier import LocalTier
 from gateway.call_runner import CallRunner
 from gateway.catalog import ModelCatalog
@@ -43,6 +45,7 @@ from gateway.generation import Generator
 from gateway.idempotency import IdempotentGenerator, MemoryIdempotencyStore
 from gateway.identity import Identifier, IdentityPolicy, parse_tokens, resolved_x_caller
 from gateway.listen import cannot_listen, diagnose
+from gateway.media_servicer import MediaServicer
 from gateway.metrics import GatewayMetrics
 from gateway.metrics_server import MetricsServer
 from gateway.reachability import (
@@ -121,25 +124,29 @@ class GatewayApp:
             telemetry=self.metrics,
             tracing=self.tracing,
         )
+        retries = RetryPolicy(
+            attempts=settings.upstream_retries, retry_refunded=settings.retry_refunded
+        )
+        # One breaker for every charged call (generations, upscales): one upstream.
+        circuit = CircuitBreaker(
+            failures=settings.circuit_failures,
+            cool_down=settings.circuit_cool_down,
+            clock=seams.clock,
+            telemetry=self.metrics,
+        )
         upstream: Generator = UpstreamGenerator(
             self.client,
             telemetry=self.metrics,
             clock=seams.clock,
             min_generation_seconds=settings.min_generation_deadline,
-            retries=RetryPolicy(
-                attempts=settings.upstream_retries, retry_refunded=settings.retry_refunded
-            ),
-            circuit=CircuitBreaker(
-                failures=settings.circuit_failures,
-                cool_down=settings.circuit_cool_down,
-                clock=seams.clock,
-                telemetry=self.metrics,
-            ),
+            retries=retries,
+            circuit=circuit,
         )
         self.budgets = _build_budgets(settings, seams.clock, self.registry)
         if self.budgets is not None:
             # Inside the cache: only calls that really go upstream pay.
             upstream = BudgetedGenerator(upstream, self.budgets)
+        self.catalog = ModelCatalog(self.client, clock=seams.clock)
         probes: list[Probe] = [
             UpstreamProbe(
                 settings.upstream_url,
@@ -149,7 +156,13 @@ class GatewayApp:
         ]
         redis = _connect_redis(settings, seams.clock, probes)
         self.cache = _build_cache(
-            settings, upstream, seams.clock, self.metrics, self.tracing, redis
+            settings,
+            upstream,
+            seams.clock,
+            self.metrics,
+            self.tracing,
+            redis,
+            self.catalog_defaults,
         )
         self.idempotency = _build_idempotency(
             settings, self.cache or upstream, seams.clock, self.metrics, redis
@@ -169,16 +182,20 @@ class GatewayApp:
             max_concurrent_calls=settings.max_concurrent_calls,
             identify=self.identify,
         )
+        validator = RequestValidator(
+            max_prompt_chars=settings.max_prompt_chars,
+            catalog=self.catalog.snapshot,
+            telemetry=self.metrics,
+        )
         self.servicer = GenerationServicer(
             runner=self.runner,
-            validator=RequestValidator(max_prompt_chars=settings.max_prompt_chars),
+            validator=validator,
             keys=self.keys,
             generator=self.idempotency,
             telemetry=self.metrics,
             clock=seams.clock,
             budgets=self.budgets,
         )
-        self.catalog = ModelCatalog(self.client, clock=seams.clock)
         self.catalog_servicer = CatalogServicer(
             runner=self.runner,
             catalog=self.catalog,
@@ -187,12 +204,29 @@ class GatewayApp:
             telemetry=self.metrics,
             clock=seams.clock,
         )
+        self.media_servicer = MediaServicer(
+            runner=self.runner,
+            validator=validator,
+            keys=self.keys,
+            client=self.client,
+            upscales=_upscale_store(settings, seams.clock),
+            cache_ttl=settings.cache_ttl,
+            retries=retries,
+            circuit=circuit,
+            min_upscale_seconds=settings.min_generation_deadline,
+            telemetry=self.metrics,
+            clock=seams.clock,
+        )
         self.health = health.aio.HealthServicer()
         # No maximum_concurrent_rpcs: admission is the call runner's (it spares health
         # checks and answers with details).
         self.server = grpc.aio.server(options=_SERVER_OPTIONS)
         self.server.add_generic_rpc_handlers(
-            (self.servicer.rpc_handler(), self.catalog_servicer.rpc_handler())
+            (
+                self.servicer.rpc_handler(),
+                self.catalog_servicer.rpc_handler(),
+                self.media_servicer.rpc_handler(),
+            )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -242,7 +276,12 @@ class GatewayApp:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         # Serving already: a dependency that does not answer yet may come up later.
-        reachable = await self.reachability.check()
+        # The catalog, for the catalog-aware checks (skipped until it comes), fetched while
+        # the reachability check runs, within the same bound.
+        reachable, _ = await asyncio.gather(
+            self.reachability.check(),
+            self.catalog.warm(min(self.settings.upstream_connect_timeout, MAX_CHECK_SECONDS)),
+        )
         self.reachability.watch()
         if self.budgets is not None:
             self.budgets.watch()
@@ -282,6 +321,11 @@ class GatewayApp:
                 extra={"key_fingerprint": account_fingerprint(configured)},
             )
 
+    def catalog_defaults(self) -> CatalogDefaults | None:
+        """The catalog's defaults for the cache key, when the catalog is known."""
+        snapshot = self.catalog.snapshot()
+        return CatalogDefaults.of(snapshot) if snapshot is not None else None
+
     def _key_rotated(self, old_key: str, new_key: str) -> None:
         # The old key's balance series would stay frozen (and could keep a low-credits
         # alert firing) until restart.
@@ -313,6 +357,7 @@ class GatewayApp:
                 extra={"abandoned_calls": cut, "abandoned_cache_flights": flights},
             )
         await self.reachability.aclose()
+        await self.catalog.aclose()
         await self.server.stop(grace=0.5)
         await self.idempotency.aclose()
         if self.cache is not None:
@@ -472,6 +517,16 @@ def _build_identifier(settings: Settings, clock: Clock) -> Identifier:
     return Identifier(policy, tokens if settings.identity == "token" else None)
 
 
+def _upscale_store(settings: Settings, clock: Clock) -> EntryStore | None:
+    """Upscales of generation outputs, cached in memory in each replica (with any --cache
+    but off): an upscale is one credit, and a miss is only one more upscale."""
+    if settings.cache == "off":
+        return None
+    return MemoryStore(
+        max_entries=settings.cache_max_entries, max_bytes=settings.cache_max_bytes, clock=clock
+    )
+
+
 def _build_cache(
     settings: Settings,
     upstream: Generator,
@@ -479,6 +534,7 @@ def _build_cache(
     telemetry: Telemetry,
     tracing: Tracing,
     redis: _Redis | None,
+    catalog_defaults: Callable[[], CatalogDefaults | None],
 ) -> CachingGenerator | None:
     if settings.cache == "off":
         return None
@@ -504,6 +560,7 @@ def _build_cache(
             telemetry=telemetry,
             tracing=tracing,
             min_generation_seconds=settings.min_generation_deadline,
+            catalog_defaults=catalog_defaults,
         )
     return CachingGenerator(
         upstream,
@@ -517,6 +574,7 @@ def _build_cache(
         telemetry=telemetry,
         tracing=tracing,
         min_generation_seconds=settings.min_generation_deadline,
+        catalog_defaults=catalog_defaults,
     )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
@@ -32,7 +33,7 @@ from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.balance import BalanceBook
 from gateway.cache_backend import BackendFailure
 from gateway.cache_coordinator import PUBLISH_WITHIN_SECONDS, CrossReplicaCoordinator, Filled
-from gateway.cache_key import cache_key, is_cacheable
+from gateway.cache_key import CatalogDefaults, cache_key, is_cacheable
 from gateway.cache_store import EntryStore
 from gateway.cache_tier import LocalTier
 from gateway.call import CallBudget, cache_result_name
@@ -70,7 +71,9 @@ class CachingGenerator:
         telemetry: Telemetry = NULL_TELEMETRY,
         tracing: Tracing | None = None,
         min_generation_seconds: float = MIN_GENERATION_SECONDS,
+        catalog_defaults: Callable[[], CatalogDefaults | None] = lambda: None,
     ) -> None:
+        self._catalog_defaults = catalog_defaults
         self._min_generation_seconds = min_generation_seconds
         self._tracing = tracing or Tracing.off()
         self._inner = inner
@@ -99,12 +102,10 @@ class CachingGenerator:
         if not is_cacheable(call.request):
             return await self._uncached(call, CacheResult.CACHE_RESULT_UNCACHEABLE)
         if not call.cache_control.lookup:
-            key = (
-                cache_key(call.request, call.key.cache_scope) if call.cache_control.store else None
-            )
+            key = self._key(call) if call.cache_control.store else None
             return await self._uncached(call, CacheResult.CACHE_RESULT_BYPASS, key)
 
-        key = cache_key(call.request, call.key.cache_scope)
+        key = self._key(call)
         span = self._tracing.child(call.trace, "cache lookup")
         backend_failed = False
         try:
@@ -155,6 +156,9 @@ class CachingGenerator:
         finally:
             self._telemetry.emit(CacheDecided(_NAMES[result]))
         return filled.generated.served_as(result)
+
+    def _key(self, call: GenerationCall) -> str:
+        return cache_key(call.request, call.key.cache_scope, self._catalog_defaults())
 
     def _decided(
         self, result: generation_pb2.CacheResult.ValueType, span: TraceParent | None = None

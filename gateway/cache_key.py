@@ -6,8 +6,11 @@ decides the image, normalised the way the upstream normalises it, with the
 upstream's static defaults filled in (so an omitted field and its explicit default
 share a key), scoped to the account (a keyed digest of the API key, never the key)
 and to the upstream URL. Defaults that live in the upstream's database (the default
-model, and the model's default scheduler and size) are not static: an omitted
-model, scheduler, width or height stays "default" in the key.
+model, and the model's default scheduler and size) are not static: they are filled in
+from the model catalog when it is known (`CatalogDefaults`), so omitting `model_id`
+and naming the default model share an entry, and so do an omitted size and the model's
+default one. Without a catalog, and always for the scheduler (the catalog does not say
+which scheduler is a model's default), an omitted value stays "default" in the key.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import hashlib
 import json
 import re
 import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway._gen.stablecog.v1 import generation_pb2
@@ -30,6 +35,28 @@ from gateway.upstream_defaults import (
 KEY_PREFIX = "scgw:v1:"
 # Go's unicode.IsSpace: what strings.Fields splits on.
 GO_SPACE = re.compile("[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
+
+
+@dataclass(frozen=True)
+class CatalogDefaults:
+    """The upstream's database defaults, as the model catalog reports them."""
+
+    default_model_id: str
+    # Lower-cased model id -> (default width, default height).
+    sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, catalog: generation_pb2.ListModelsResponse) -> CatalogDefaults | None:
+        """From a catalog snapshot; None when it names no default model."""
+        default = next((m.id for m in catalog.models if m.is_default), catalog.defaults.model_id)
+        if not default:
+            return None
+        sizes = {
+            m.id.lower(): (m.default_width, m.default_height)
+            for m in catalog.models
+            if m.default_width > 0 and m.default_height > 0
+        }
+        return cls(default.lower(), sizes)
 
 
 def is_cacheable(request: generation_pb2.GenerationRequest) -> bool:
@@ -56,25 +83,37 @@ def _float32(value: float) -> str:
     return struct.pack(">f", value).hex()
 
 
-def canonical_form(request: generation_pb2.GenerationRequest) -> dict[str, Any]:
-    """Everything that decides the image, normalised, defaults filled in."""
+def canonical_form(
+    request: generation_pb2.GenerationRequest, defaults: CatalogDefaults | None = None
+) -> dict[str, Any]:
+    """Everything that decides the image, normalised, defaults filled in (the catalog's
+    too, when `defaults` is given)."""
     init_image_url = request.init_image_url if request.HasField("init_image_url") else ""
     prompt_strength: str | None = None
     if init_image_url:
         strength = request.prompt_strength if request.HasField("prompt_strength") else None
         strength = DEFAULT_PROMPT_STRENGTH if strength is None else min(max(strength, 0.0), 1.0)
         prompt_strength = _float32(strength)
+    model_id = request.model_id.lower() if request.HasField("model_id") else "default"
+    width: int | str = request.width if request.HasField("width") else "default"
+    height: int | str = request.height if request.HasField("height") else "default"
+    if defaults is not None:
+        model_id = defaults.default_model_id if model_id == "default" else model_id
+        size = defaults.sizes.get(model_id)
+        if size is not None:
+            width = size[0] if width == "default" else width
+            height = size[1] if height == "default" else height
     return {
         "prompt": format_prompt(request.prompt).hex(),
         "negative_prompt": format_prompt(request.negative_prompt).hex()
         if request.HasField("negative_prompt")
         else "",
-        "model_id": request.model_id.lower() if request.HasField("model_id") else "default",
+        "model_id": model_id,
         "scheduler_id": request.scheduler_id.lower()
         if request.HasField("scheduler_id")
         else "default",
-        "width": request.width if request.HasField("width") else "default",
-        "height": request.height if request.HasField("height") else "default",
+        "width": width,
+        "height": height,
         "inference_steps": request.inference_steps
         if request.HasField("inference_steps")
         else DEFAULT_INFERENCE_STEPS,
@@ -90,10 +129,14 @@ def canonical_form(request: generation_pb2.GenerationRequest) -> dict[str, Any]:
     }
 
 
-def cache_key(request: generation_pb2.GenerationRequest, scope: str) -> str:
+def cache_key(
+    request: generation_pb2.GenerationRequest,
+    scope: str,
+    defaults: CatalogDefaults | None = None,
+) -> str:
     """The store key for a cacheable request within an account scope."""
     canonical = json.dumps(
-        {"scope": scope, "request": canonical_form(request)},
+        {"scope": scope, "request": canonical_form(request, defaults)},
         sort_keys=True,
         separators=(",", ":"),
     )

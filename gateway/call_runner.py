@@ -147,12 +147,22 @@ class CallRunner:
         request_type: type[RequestT],
         response_type: type[Message],
         pipeline: Pipeline[RequestT],
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> grpc.RpcMethodHandler[bytes, Message]:
         """The grpc handler for one unary method: the request arrives as bytes and is
-        decoded here, so an undecodable one is answered and recorded like any other."""
+        decoded here, so an undecodable one is answered and recorded like any other.
+        `max_request_bytes` raises the limit for a method that needs it (UploadImage)."""
 
         async def handle(raw: bytes, context: Context) -> Message:
-            return await self.run(service, method, raw, context, request_type.FromString, pipeline)
+            return await self.run(
+                service,
+                method,
+                raw,
+                context,
+                request_type.FromString,
+                pipeline,
+                max_request_bytes=max_request_bytes,
+            )
 
         return grpc.unary_unary_rpc_method_handler(
             handle,
@@ -168,6 +178,8 @@ class CallRunner:
         context: Context,
         decode: Callable[[bytes], RequestT],
         pipeline: Pipeline[RequestT],
+        *,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> Message:
         started = time.perf_counter()
         call = self._start(service, method, context)
@@ -182,7 +194,9 @@ class CallRunner:
         try:
             with self.in_flight if admitted else contextlib.nullcontext():
                 await context.send_initial_metadata((("x-request-id", call.request_id),))
-                outcome = await self._outcome(raw, decode, call, report, pipeline, admitted)
+                outcome = await self._outcome(
+                    raw, decode, call, report, pipeline, admitted, max_request_bytes
+                )
                 if isinstance(outcome, Answer):
                     if outcome.trailers:
                         context.set_trailing_metadata(tuple(outcome.trailers))
@@ -228,6 +242,7 @@ class CallRunner:
         report: CallReport,
         pipeline: Pipeline[RequestT],
         admitted: bool = True,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> Answer | GatewayError:
         """The pipeline's answer, or the error the caller gets (a bug becomes
         GATEWAY_INTERNAL_ERROR, logged here with a redacted traceback)."""
@@ -244,7 +259,7 @@ class CallRunner:
                 )
             if call.refused is not None:
                 raise call.refused
-            request = self._decoded(raw, decode)
+            request = self._decoded(raw, decode, max_request_bytes)
             prompt = getattr(request, "prompt", None)
             if isinstance(prompt, str) and prompt:
                 report.prompt_digest = prompt_digest(prompt)
@@ -257,11 +272,13 @@ class CallRunner:
             _log_bug(call, "unexpected failure")
             return _INTERNAL
 
-    def _decoded(self, raw: bytes, decode: Callable[[bytes], RequestT]) -> RequestT:
-        if len(raw) > MAX_REQUEST_BYTES:
+    def _decoded(
+        self, raw: bytes, decode: Callable[[bytes], RequestT], limit: int = MAX_REQUEST_BYTES
+    ) -> RequestT:
+        if len(raw) > limit:
             raise InvalidRequest(
-                f"the request is {len(raw)} bytes; at most {MAX_REQUEST_BYTES} are "
-                "accepted (prompts are read only up to their first 500 bytes upstream)",
+                f"the request is {len(raw)} bytes; at most {limit} are accepted for this "
+                "method (prompts are read only up to their first 500 bytes upstream)",
                 reason="REQUEST_TOO_LARGE",
             )
         try:

@@ -51,6 +51,7 @@ class ModelCatalog:
         self._refresh_at = float("-inf")
         self._failing = False
         self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def get(self, seconds: float | None = None) -> generation_pb2.ListModelsResponse:
         """The catalog: cached, freshly fetched, or the last good one marked stale. Raises
@@ -67,14 +68,57 @@ class ModelCatalog:
                 if not self._failing:
                     self._failing = True
                     _log.warning(
-                        "cannot refresh the model catalog from Stablecog; serving the last good one"
-                        if self._good is not None
-                        else "cannot fetch the model catalog from Stablecog",
+                        (
+                            "cannot refresh the model catalog from Stablecog; serving the last "
+                            "good one"
+                            if self._good is not None
+                            else "cannot fetch the model catalog from Stablecog"
+                        )
+                        + "; the catalog-aware request checks are skipped meanwhile",
                         extra={"reason": error.reason, "stale": self._good is not None},
                     )
                 if self._good is None:
                     raise
             return self._answer()
+
+    def snapshot(self) -> generation_pb2.ListModelsResponse | None:
+        """The catalog as known now, for the catalog-aware request checks, without waiting:
+        None while none was fetched or the last refresh failed (the checks are skipped
+        then). Starts a refresh in the background when one is due. Never modify it."""
+        due = self._good is None or self._clock.monotonic() >= self._refresh_at
+        if due and self._refreshing is None:
+            self._refreshing = asyncio.get_running_loop().create_task(
+                self._refresh_in_background(), name="model catalog refresh"
+            )
+        return None if self._failing else self._good
+
+    async def warm(self, seconds: float) -> None:
+        """Fetch the catalog once (at start) within `seconds`; a failure is logged, never
+        raised."""
+        await self._get_quietly(seconds)
+
+    async def aclose(self) -> None:
+        """Stop a background refresh still running."""
+        task, self._refreshing = self._refreshing, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _refresh_in_background(self) -> None:
+        try:
+            await self._get_quietly(None)
+        finally:
+            self._refreshing = None
+
+    async def _get_quietly(self, seconds: float | None) -> None:
+        """`get`, for nobody waiting on its answer: a failure only means the catalog-aware
+        checks stay skipped (get logs it once per outage; a bug is logged here)."""
+        try:
+            await self.get(seconds)
+        except GatewayError:
+            pass
+        except Exception:
+            _log.exception("fetching the model catalog failed unexpectedly")
 
     def _answer(self) -> generation_pb2.ListModelsResponse:
         assert self._good is not None

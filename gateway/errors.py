@@ -30,7 +30,7 @@ they occur; the servicer turns it into a `google.rpc.Status` with typed details
         ├── WorkerFailed             UNAVAILABLE         generation failed and was refunded
         ├── UpstreamUnreachable      UNAVAILABLE         no connection: nothing was sent
         ├── CircuitOpen              UNAVAILABLE         failing fast for a cool-down: nothing sent
-        ├── UpstreamReadFailed       UNAVAILABLE         a free read (models, credits) failed
+        ├── UpstreamReadFailed       UNAVAILABLE         free call failed: models, credits, upload
         ├── UpstreamInternal         INTERNAL            502/503/504 (may have been charged),
         │                                                any other 5xx or unexpected status
         │   ├── UpstreamTimedOut     INTERNAL            the gateway's upstream timeout ran out
@@ -295,8 +295,8 @@ class UpstreamUnreachable(UpstreamError):
 
 
 class UpstreamReadFailed(UpstreamError):
-    """A free read (the model catalog, the credit balance) failed upstream: it costs
-    nothing, so retrying is safe."""
+    """A free call (the model catalog, the credit balance, an upload) failed upstream: it
+    costs nothing, so retrying is safe."""
 
     default_reason = "UPSTREAM_READ_FAILED"
     may_have_been_charged = False

@@ -136,6 +136,12 @@ class ValidationFailed(Event):
     field: str
 
 
+@dataclass(frozen=True)
+class CatalogChecksSkipped(Event):
+    """A generation was validated without the catalog-aware checks: the model catalog was
+    not fetched yet, or its last refresh failed."""
+
+
 class Telemetry(Protocol):
     """Where events go; gateway.metrics implements it."""
 

@@ -28,6 +28,7 @@ from gateway.events import (
     CacheDecided,
     CallHandled,
     CallStarted,
+    CatalogChecksSkipped,
     CircuitChanged,
     CreditsSaved,
     CreditsSpent,
@@ -45,6 +46,8 @@ from gateway.upstream_defaults import (
     DEFAULTS_ENDPOINT,
     KNOWN_MODEL_IDS,
     MODELS_ENDPOINT,
+    UPLOAD_ENDPOINT,
+    UPSCALE_ENDPOINT,
 )
 from gateway.upstream_errors import STATIC_REASONS
 
@@ -84,7 +87,14 @@ CACHE_RESULTS = tuple(
     for value in generation_pb2.CacheResult.values()
     if value != generation_pb2.CacheResult.CACHE_RESULT_UNSPECIFIED
 )
-UPSTREAM_ENDPOINTS = (CREATE_ENDPOINT, MODELS_ENDPOINT, DEFAULTS_ENDPOINT, CREDITS_ENDPOINT)
+UPSTREAM_ENDPOINTS = (
+    CREATE_ENDPOINT,
+    MODELS_ENDPOINT,
+    DEFAULTS_ENDPOINT,
+    CREDITS_ENDPOINT,
+    UPLOAD_ENDPOINT,
+    UPSCALE_ENDPOINT,
+)
 # Every reason an upstream call can fail with, short of the upstream naming a new code:
 # the upstream errors' and the timeouts' defaults, and the fixed reasons of their mapping.
 UPSTREAM_REASONS = tuple(
@@ -106,7 +116,18 @@ SERVICE_METHODS = tuple(
     (generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name, method.name)
     for method in generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].methods
 )
-VALIDATION_FIELDS = tuple(generation_pb2.GenerationRequest.DESCRIPTOR.fields_by_name)
+# The fields of every request the gateway validates.
+VALIDATION_FIELDS = tuple(
+    dict.fromkeys(
+        field
+        for request in (
+            generation_pb2.GenerationRequest,
+            generation_pb2.UploadImageRequest,
+            generation_pb2.CreateUpscaleRequest,
+        )
+        for field in request.DESCRIPTOR.fields_by_name
+    )
+)
 
 
 class GatewayMetrics:
@@ -226,6 +247,11 @@ class GatewayMetrics:
             "Repeats of a call with the same idempotency key answered with the first call's "
             "outcome (result: ok or error) instead of a generation of their own.",
             ("caller", "result"),
+        )
+        self.catalog_checks_skipped = counter(
+            "stablecog_catalog_checks_skipped_total",
+            "Generations validated without the catalog-aware checks (unknown model, default "
+            "size, scheduler compatibility): the model catalog could not be fetched.",
         )
         self.validation_failures = counter(
             "stablecog_validation_failures_total",
@@ -356,6 +382,9 @@ class GatewayMetrics:
         operation = event.operation if event.operation in CACHE_BACKEND_OPERATIONS else OTHER
         self.cache_backend_errors.labels(operation).inc()
 
+    def _catalog_checks_skipped(self, event: CatalogChecksSkipped) -> None:
+        self.catalog_checks_skipped.inc()
+
     def _validation_failed(self, event: ValidationFailed) -> None:
         field = event.field if event.field in self._fields else OTHER
         self.validation_failures.labels(field).inc()
@@ -375,4 +404,5 @@ class GatewayMetrics:
         IdempotentReplayed: _idempotent_replayed,
         CacheBackendFailed: _cache_backend_failed,
         ValidationFailed: _validation_failed,
+        CatalogChecksSkipped: _catalog_checks_skipped,
     }

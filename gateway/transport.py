@@ -10,6 +10,8 @@ pool. aiohttp's exceptions are mapped to httpx's in one table, `EXCEPTION_MAP`.
 
 from __future__ import annotations
 
+import io
+
 import aiohttp
 import httpx
 
@@ -27,6 +29,8 @@ EXCEPTION_MAP: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...
     (aiohttp.ClientConnectionError, httpx.NetworkError),
     (aiohttp.ClientError, httpx.TransportError),
 )
+# Bodies above this (aiohttp's own threshold, 1 MiB) are handed over as a stream.
+_STREAMED_BODY_BYTES = 1024 * 1024
 # Headers describing the body as aiohttp received it, before it decompressed it.
 _HOP_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
@@ -73,7 +77,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 request.method,
                 str(request.url),
                 headers=headers,
-                data=body or None,
+                # aiohttp warns that raw bytes this large may block the loop (an upload).
+                data=io.BytesIO(body) if len(body) > _STREAMED_BODY_BYTES else body or None,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(
                     total=None,

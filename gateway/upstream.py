@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +35,20 @@ from gateway.events import NULL_TELEMETRY, Telemetry, UpstreamFailed, UpstreamRe
 from gateway.tracing import AttributeValue, TraceParent, Tracing
 from gateway.transport import AiohttpTransport
 from gateway.transport_errors import upstream_error_for
-from gateway.upstream_defaults import CREATE_ENDPOINT, CREATE_PATH
-from gateway.upstream_errors import error_from_response
+from gateway.upstream_defaults import (
+    CREATE_ENDPOINT,
+    CREATE_PATH,
+    UPLOAD_ENDPOINT,
+    UPLOAD_PATH,
+    UPSCALE_ENDPOINT,
+    UPSCALE_PATH,
+)
+from gateway.upstream_errors import (
+    GENERATION_FIELDS,
+    UPLOAD_FIELDS,
+    UPSCALE_FIELDS,
+    error_from_response,
+)
 from gateway.version import USER_AGENT
 
 
@@ -69,12 +82,15 @@ class StablecogClient:
         self._telemetry = telemetry
         self._tracing = tracing or Tracing.off()
         url = httpx.URL(base_url)
-        self._span_attributes: dict[str, AttributeValue] = {
-            "http.request.method": "POST",
-            "server.address": url.host,
-            "server.port": url.port or (443 if url.scheme == "https" else 80),
-            # Without any user:password of the base URL.
-            "url.full": str(url.join(CREATE_PATH).copy_with(userinfo=b"")),
+        self._span_attributes: dict[str, dict[str, AttributeValue]] = {
+            path: {
+                "http.request.method": "POST",
+                "server.address": url.host,
+                "server.port": url.port or (443 if url.scheme == "https" else 80),
+                # Without any user:password of the base URL.
+                "url.full": str(url.join(path).copy_with(userinfo=b"")),
+            }
+            for path in (CREATE_PATH, UPSCALE_PATH, UPLOAD_PATH)
         }
         self._client = httpx.AsyncClient(
             base_url=base_url,
@@ -95,16 +111,59 @@ class StablecogClient:
         trace: TraceParent | None = None,
     ) -> UpstreamAnswer:
         """POST one generation; return the 200 answer or raise the mapped GatewayError."""
+        return await self._post(CREATE_PATH, CREATE_ENDPOINT, key, budget, trace, json=body)
+
+    async def create_upscale(
+        self,
+        body: dict[str, Any],
+        key: ApiKey,
+        budget: CallBudget,
+        trace: TraceParent | None = None,
+    ) -> UpstreamAnswer:
+        """POST one upscale (charged like a generation); the 200 answer or the mapped error."""
+        return await self._post(
+            UPSCALE_PATH, UPSCALE_ENDPOINT, key, budget, trace, UPSCALE_FIELDS, json=body
+        )
+
+    async def upload_image(
+        self,
+        data: bytes,
+        filename: str,
+        content_type: str,
+        key: ApiKey,
+        budget: CallBudget,
+        trace: TraceParent | None = None,
+    ) -> UpstreamAnswer:
+        """POST one multipart `file` upload; the 200 answer or the mapped error (which
+        gateway.media_servicer re-reads: an upload moves no credits)."""
+        files = {"file": (filename, data, content_type)}
+        return await self._post(
+            UPLOAD_PATH, UPLOAD_ENDPOINT, key, budget, trace, UPLOAD_FIELDS, files=files
+        )
+
+    async def _post(
+        self,
+        path: str,
+        endpoint: str,
+        key: ApiKey,
+        budget: CallBudget,
+        trace: TraceParent | None,
+        fields: Sequence[tuple[str, str]] = GENERATION_FIELDS,
+        **content: Any,
+    ) -> UpstreamAnswer:
+        """POST once with `key`; return the 200 answer or raise the mapped GatewayError."""
         started = time.perf_counter()
         status_class = "error"
         status_code: int | None = None
-        span = self._tracing.child(trace, "POST", client=True, attributes=self._span_attributes)
+        span = self._tracing.child(
+            trace, "POST", client=True, attributes=self._span_attributes[path]
+        )
         headers = {"authorization": key.authorization}
         tracing.inject(span, headers)
         try:
             try:
                 async with asyncio.timeout(budget.seconds):
-                    response = await self._client.post(CREATE_PATH, json=body, headers=headers)
+                    response = await self._client.post(path, headers=headers, **content)
             except TimeoutError:
                 status_class = "timeout"
                 raise _timed_out(budget) from None
@@ -119,6 +178,7 @@ class StablecogClient:
                     response.content,
                     response.headers,
                     configured_key=key.configured,
+                    fields=fields,
                 )
             return UpstreamAnswer(body=response.content, seconds=seconds)
         except GatewayError as error:
@@ -128,7 +188,7 @@ class StablecogClient:
         finally:
             tracing.end(span, {"http.response.status_code": status_code})
             self._telemetry.emit(
-                UpstreamRequestEnded(CREATE_ENDPOINT, status_class, time.perf_counter() - started)
+                UpstreamRequestEnded(endpoint, status_class, time.perf_counter() - started)
             )
 
     async def read(

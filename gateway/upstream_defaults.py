@@ -16,10 +16,19 @@ DEFAULTS_PATH = "/v1/image/generation/defaults"
 DEFAULTS_ENDPOINT = "generation_defaults"
 CREDITS_PATH = "/v1/credits"
 CREDITS_ENDPOINT = "credits"
+# The image routes beyond generation (docs/upstream-api.md#upload-endpoint,
+# docs/upstream-api.md#upscale-endpoint) and their metrics labels.
+UPLOAD_PATH = "/v1/image/upload"
+UPLOAD_ENDPOINT = "image_upload"
+UPSCALE_PATH = "/v1/image/upscale/create"
+UPSCALE_ENDPOINT = "upscale_create"
+UPSCALE_CREDITS = 1
 
 DEFAULT_GUIDANCE_SCALE = 7.0
 DEFAULT_NUM_OUTPUTS = 2
 DEFAULT_INFERENCE_STEPS = 30
+# width * height * inference_steps may be at most this.
+MAX_PIXEL_STEPS = 1024 * 1024 * 30
 DEFAULT_PROMPT_STRENGTH = 0.5
 # The upstream keeps the first 500 bytes of a prompt longer than 500 runes.
 MAX_PROMPT_RUNES = 500

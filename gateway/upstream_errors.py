@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -64,6 +64,21 @@ _FIELD_BY_PREFIX = (
     ("init_image_not_found", "init_image_url"),
     ("nsfw_prompt", "prompt"),
 )
+# The same for the upload route (docs/upstream-api.md#upload-endpoint), and for the upscale
+# route, whose input-related codes are not recorded (the emulator's are assumed ones).
+UPLOAD_FIELDS = (
+    ("parse_error", "file"),
+    ("invalid_file", "file"),
+    ("invalid_content_type", "file"),
+)
+UPSCALE_FIELDS = (
+    ("invalid_model_id", "model_id"),
+    ("invalid_input", "input"),
+    ("output_not_found", "input"),
+    ("image_url_width_height_error", "input"),
+    ("invalid_image_url", "input"),
+)
+GENERATION_FIELDS = _FIELD_BY_PREFIX
 
 
 def error_code(body: bytes) -> str | None:
@@ -138,17 +153,23 @@ def _safe(text: str) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _field_for(code: str) -> str | None:
-    for prefix, field in _FIELD_BY_PREFIX:
+def _field_for(code: str, fields: Sequence[tuple[str, str]]) -> str | None:
+    for prefix, field in fields:
         if code.startswith(prefix):
             return field
     return None
 
 
 def error_from_response(
-    status: int, body: bytes, headers: Mapping[str, str], *, configured_key: bool
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    configured_key: bool,
+    fields: Sequence[tuple[str, str]] = GENERATION_FIELDS,
 ) -> UpstreamError:
-    """The gateway error for an upstream answer whose status is not 200."""
+    """The gateway error for an upstream answer whose status is not 200; `fields` names
+    the request field each of the route's 400 codes is about."""
     code = error_code(body)
     meta = {"upstream_status": str(status)}
     if code is not None:
@@ -173,7 +194,7 @@ def error_from_response(
                 retry_after=retry_after_seconds(headers, _DEFAULT_RETRY_SECONDS[code]),
             )
         text = _safe(code) if code else "malformed request"
-        field = _field_for(code or "")
+        field = _field_for(code or "", fields)
         return UpstreamInvalidArgument(
             f"Stablecog rejected the request: {text}",
             reason=upstream.reason,

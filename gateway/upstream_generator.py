@@ -3,7 +3,6 @@ and report what was spent where it was spent."""
 
 from __future__ import annotations
 
-import logging
 import random
 
 from gateway._gen.stablecog.v1 import generation_pb2
@@ -12,7 +11,7 @@ from gateway.call import CallBudget
 from gateway.circuit import CircuitBreaker
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
-from gateway.events import NULL_TELEMETRY, CreditsSpent, Telemetry, UpstreamFailed, UpstreamRetried
+from gateway.events import NULL_TELEMETRY, CreditsSpent, Telemetry, UpstreamFailed
 from gateway.generation import (
     MIN_GENERATION_SECONDS,
     Generated,
@@ -22,10 +21,10 @@ from gateway.generation import (
 from gateway.retries import RetryPolicy
 from gateway.translate import request_to_json, response_from_body
 from gateway.upstream import StablecogClient, UpstreamAnswer
+from gateway.upstream_calls import with_retries
 from gateway.upstream_defaults import DEFAULT_NUM_OUTPUTS
 
 CacheResult = generation_pb2.CacheResult
-_log = logging.getLogger(__name__)
 
 
 class UpstreamGenerator:
@@ -50,50 +49,26 @@ class UpstreamGenerator:
         self._telemetry = telemetry
         self._clock = clock
 
-    async def _attempt(
-        self, body: dict[str, object], call: GenerationCall, budget: CallBudget
-    ) -> UpstreamAnswer:
-        """One request, through the circuit breaker (which may refuse it: nothing sent)."""
-        if self._circuit is None:
-            return await self._client.create_generation(body, call.key, budget, call.trace)
-        self._circuit.admit()
-        try:
-            answer = await self._client.create_generation(body, call.key, budget, call.trace)
-        except GatewayError as error:
-            self._circuit.failed(error)
-            raise
-        except BaseException:
-            self._circuit.released()
-            raise
-        self._circuit.succeeded()
-        return answer
-
     async def generate(self, call: GenerationCall) -> Generated:
         ensure_time_to_generate(call, self._min_generation_seconds)
         body = request_to_json(call.request)
-        began = self._clock.monotonic()
-        attempt = 1
-        while True:
+        started_at = self._clock.wall()
+
+        async def attempt(budget: CallBudget) -> UpstreamAnswer:
+            nonlocal started_at
             started_at = self._clock.wall()
-            spent = self._clock.monotonic() - began
-            budget = CallBudget(max(call.budget.seconds - spent, 0.0), call.budget.caller_deadline)
-            try:
-                answer = await self._attempt(body, call, budget)
-                break
-            except GatewayError as error:
-                if attempt >= self._retries.attempts or not self._retries.retryable(error):
-                    raise
-                delay = self._retries.delay(attempt, error, self._rng)
-                left = call.budget.seconds - (self._clock.monotonic() - began)
-                if delay + self._min_generation_seconds > left:
-                    raise  # the wait does not fit the deadline: answer now, with RetryInfo
-                self._telemetry.emit(UpstreamRetried(error.reason))
-                _log.info(
-                    "retrying a generation the upstream did not act on",
-                    extra={"reason": error.reason, "attempt": attempt, "delay_seconds": delay},
-                )
-                await self._clock.sleep(delay)
-                attempt += 1
+            return await self._client.create_generation(body, call.key, budget, call.trace)
+
+        answer = await with_retries(
+            attempt,
+            call.budget,
+            policy=self._retries,
+            clock=self._clock,
+            rng=self._rng,
+            min_seconds=self._min_generation_seconds,
+            telemetry=self._telemetry,
+            circuit=self._circuit,
+        )
         # Reported here, not when the caller is answered: a generation that outlives its
         # caller (coalesced, cached) was still paid for.
         try:

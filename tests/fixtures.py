@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 
 from emulator.records import RecordedRequest
 from emulator.server import Emulator
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
 from gateway.app import GatewayApp
+from gateway.transport import AiohttpTransport
 
 Stub = generation_pb2_grpc.GenerationServiceStub
 
@@ -114,3 +116,25 @@ def make_pki(directory: Path, clients: dict[str, str]) -> Path:
         extfile = ["-extfile", f"{name}.ext", "-out", f"{name}.crt"]
         openssl("x509", "-req", *sign, "-in", f"{name}.csr", *extfile)
     return directory
+
+
+# The upstream routes of the model catalog (gateway.catalog).
+CATALOG_PATHS = ("/v1/image/generation/models", "/v1/image/generation/defaults")
+
+
+class CatalogDown(httpx.AsyncBaseTransport):
+    """The network to the emulator, where the catalog routes answer 503 (as a rate-limited
+    or failing upstream would) and everything else goes through."""
+
+    def __init__(self) -> None:
+        self.inner = AiohttpTransport(max_connections=10)
+        self.catalog_requests = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path in CATALOG_PATHS:
+            self.catalog_requests += 1
+            return httpx.Response(503, text="upstream connect error")
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

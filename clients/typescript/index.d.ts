@@ -18,3 +18,15 @@ export declare function unary<I extends DescMessage, O extends DescMessage>(
   request: MessageInitShape<I>,
   options?: { metadata?: Metadata; deadlineSeconds?: number },
 ): Promise<MessageShape<O>>;
+
+/** The gateway's error details, decoded from a grpc-js error's `grpc-status-details-bin`. */
+export interface RichError {
+  code: number;
+  message: string;
+  errorInfo?: { reason: string; domain: string; metadata: Record<string, string> };
+  fieldViolations: { field: string; description: string }[];
+  retryDelaySeconds?: number;
+}
+
+/** The error's google.rpc.Status details, or undefined when it carries none. */
+export declare function richError(error: unknown): RichError | undefined;

@@ -6,6 +6,7 @@
 //   const response = await unary(client, "createGeneration", { prompt: "a lighthouse", seed: 42n });
 import grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { BinaryReader } from "@bufbuild/protobuf/wire";
 
 export * from "./gen/stablecog/v1/generation_pb.js";
 
@@ -36,4 +37,74 @@ export function unary(client, method, request, { metadata, deadlineSeconds = 300
       error ? reject(error) : resolve(response),
     );
   });
+}
+
+/**
+ * The gateway's error details, decoded from a grpc-js error's `grpc-status-details-bin`
+ * trailer (a google.rpc.Status): `{ code, message, errorInfo, fieldViolations, retryDelaySeconds }`,
+ * or undefined when the error carries none.
+ *
+ * Decoded with @bufbuild/protobuf's wire reader rather than generated code: google.rpc's
+ * Status, ErrorInfo, BadRequest and RetryInfo are four small, frozen messages, and
+ * generating them here would pull google/rpc into every client's generation.
+ */
+export function richError(error) {
+  const raw = error?.metadata?.get("grpc-status-details-bin")?.[0];
+  if (!raw) return undefined;
+  const status = fields(raw, { 1: "int32", 2: "string", 3: "bytes[]" });
+  const result = {
+    code: status[1] ?? 0,
+    message: status[2] ?? "",
+    errorInfo: undefined,
+    fieldViolations: [],
+    retryDelaySeconds: undefined,
+  };
+  for (const packed of status[3] ?? []) {
+    const any = fields(packed, { 1: "string", 2: "bytes" });
+    const type = (any[1] ?? "").split("/").pop();
+    const value = any[2] ?? new Uint8Array();
+    if (type === "google.rpc.ErrorInfo") {
+      const info = fields(value, { 1: "string", 2: "string", 3: "bytes[]" });
+      const metadata = {};
+      for (const entry of info[3] ?? []) {
+        const pair = fields(entry, { 1: "string", 2: "string" });
+        metadata[pair[1] ?? ""] = pair[2] ?? "";
+      }
+      result.errorInfo = { reason: info[1] ?? "", domain: info[2] ?? "", metadata };
+    } else if (type === "google.rpc.BadRequest") {
+      for (const entry of fields(value, { 1: "bytes[]" })[1] ?? []) {
+        const violation = fields(entry, { 1: "string", 2: "string" });
+        result.fieldViolations.push({
+          field: violation[1] ?? "",
+          description: violation[2] ?? "",
+        });
+      }
+    } else if (type === "google.rpc.RetryInfo") {
+      const delay = fields(fields(value, { 1: "bytes" })[1] ?? new Uint8Array(), {
+        1: "int64",
+        2: "int32",
+      });
+      result.retryDelaySeconds = Number(delay[1] ?? 0) + (delay[2] ?? 0) / 1e9;
+    }
+  }
+  return result;
+}
+
+/** The fields of one encoded message named in `kinds` (field number -> kind; `[]`: repeated). */
+function fields(bytes, kinds) {
+  const reader = new BinaryReader(bytes);
+  const found = {};
+  while (reader.pos < reader.len) {
+    const [number, wireType] = reader.tag();
+    const kind = kinds[number];
+    if (kind === undefined) {
+      reader.skip(wireType);
+      continue;
+    }
+    const repeated = kind.endsWith("[]");
+    const value = reader[kind.replace("[]", "")]();
+    if (repeated) (found[number] ??= []).push(value);
+    else found[number] = value;
+  }
+  return found;
 }

@@ -63,11 +63,13 @@ def metric(app: GatewayApp, name: str, **labels: str) -> float:
     return app.registry.get_sample_value(name, labels) or 0.0
 
 
-async def stored_in_redis(server: RedisServer, emulator: Emulator) -> int:
+async def stored_in_redis(server: RedisServer, emulator: Emulator, app: GatewayApp) -> int:
     scope = account_scope(ACCOUNT_KEY, emulator.base_url)
+    defaults = app.catalog_defaults()  # the key fills in the catalog's defaults
+    keys = [cache_key(request(seed=s), scope, defaults) for s in SEEDS]
     client = aioredis.Redis.from_url(server.url)
     try:
-        return int(await client.exists(*(cache_key(request(seed=s), scope) for s in SEEDS)))
+        return int(await client.exists(*keys))
     finally:
         await client.aclose()
 
@@ -110,7 +112,7 @@ async def test_an_outage_pays_each_seed_once_and_the_answers_reach_redis_after(
     # written back, so a gateway sharing the Redis pays for none of it.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10.0
-    while await stored_in_redis(redis_server, emulator) < len(SEEDS):
+    while await stored_in_redis(redis_server, emulator, app) < len(SEEDS):
         assert loop.time() < deadline, "the write-back never completed"
         clock.jump(1.0)  # the circuit and the write-back retry, a second apart
         await call(app, request(seed=0))  # a tier hit starts a due write-back

@@ -11,8 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from emulator import catalog as emulator_catalog
+from emulator.server import Emulator
 from gateway.app import GatewayApp
+from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS
 
 ROOT = Path(__file__).resolve().parents[2]
 TYPESCRIPT = ROOT / "clients" / "typescript"
@@ -37,7 +41,8 @@ async def run(*command: str, cwd: Path) -> tuple[int, str]:
 
 TS_CALLER = textwrap.dedent(
     """
-    import { CacheResult, GenerationService, gatewayClient, unary } from "CLIENT";
+    import { readFileSync } from "node:fs";
+    import { CacheResult, GenerationService, gatewayClient, richError, unary } from "CLIENT";
     const client = gatewayClient(GenerationService, process.argv[2]);
     const request = { prompt: "a lighthouse", seed: 42n, numOutputs: 1 };
     const r = await unary(client, "createGeneration", request);
@@ -46,21 +51,51 @@ TS_CALLER = textwrap.dedent(
       await unary(client, "createGeneration", { prompt: " " });
     } catch (error) {
       console.log(error.code, error.details);
+      const rich = richError(error);
+      const violations = rich.fieldViolations.map((v) => `${v.field}: ${v.description}`);
+      console.log(rich.errorInfo.reason, rich.errorInfo.domain, violations.join("; "));
     }
+    const catalog = await unary(client, "listModels", {});
+    const flux = catalog.models.find((m) => m.isDefault);
+    console.log(catalog.models.length, flux.name, flux.defaultWidth, catalog.defaults.numOutputs);
+    const credits = await unary(client, "getCredits", {});
+    console.log(credits.totalRemainingCredits, credits.credits.length);
+    const file = readFileSync(process.argv[3]);
+    const uploaded = await unary(client, "uploadImage", { file });
+    console.log(uploaded.object.startsWith("s3://"), uploaded.contentType);
+    const img2img = { prompt: "a boat", numOutputs: 1, initImageUrl: uploaded.object };
+    const edited = await unary(client, "createGeneration", img2img);
+    console.log(edited.outputs.length, edited.settings.initImageUrl === uploaded.object);
     client.close();
     """
 )
 
 
-async def test_the_typescript_client_calls_the_gateway(gateway: GatewayApp, tmp_path: Path) -> None:
+async def test_the_typescript_client_calls_the_gateway(
+    gateway: GatewayApp, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A successful generation, a rejected one whose BadRequest it decodes, ListModels,
+    GetCredits, and an UploadImage whose URL a generation then uses as its init image."""
     node = shutil.which("node")
     if node is None or not (TYPESCRIPT / "node_modules" / "@grpc" / "grpc-js").is_dir():
         missing("node or clients/typescript/node_modules is missing (`make client-tools`)")
     caller = tmp_path / "caller.mjs"
     caller.write_text(TS_CALLER.replace("CLIENT", (TYPESCRIPT / "index.js").as_uri()))
-    code, out = await run(node, str(caller), f"127.0.0.1:{gateway.grpc_port}", cwd=tmp_path)
+    image = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (20, 90, 160)).save(image, format="PNG")
+    target = f"127.0.0.1:{gateway.grpc_port}"
+    code, out = await run(node, str(caller), target, str(image), cwd=tmp_path)
     assert code == 0, out
-    assert out.splitlines() == ["1 42n MISS", "3 invalid request: 1 violation(s) on prompt"]
+    assert out.splitlines() == [
+        "1 42n MISS",
+        "3 invalid request: 1 violation(s) on prompt",
+        "INVALID_REQUEST stablecog-gateway prompt: prompt must not be blank",
+        f"{len(emulator_catalog.active_models())} FLUX.1 1024 2",
+        f"{INITIAL_CREDITS - 1} 1",
+        "true image/png",
+        "1 true",
+    ]
+    assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS - 2  # the upload was free
 
 
 @pytest.fixture(scope="module")

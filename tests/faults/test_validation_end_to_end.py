@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 
 from emulator.server import Emulator
 from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.app import Seams
 from gateway.errors import GATEWAY_DOMAIN
 from gateway.servicer import SERVICE_NAME
 from tests.conftest import ACCOUNT_KEY, GatewayFactory
 from tests.contract_samples import REQUEST_FIELDS
-from tests.fixtures import upstream_calls
+from tests.fixtures import CatalogDown, upstream_calls
 from tests.status import rich_error
 from tests.validation_oracle import FIELD_STRATEGIES, MAX_PROMPT_CHARS, Drawn, requests
 
@@ -101,9 +102,13 @@ PROMPTED = field_bytes("prompt", "a lighthouse at dawn")
 @pytest.fixture
 async def send(make_gateway: GatewayFactory, emulator: Emulator) -> Any:
     """A raw-bytes unary call to a gateway judging prompts by the oracle's limit; the cache
-    is off, so every accepted request reaches the emulator."""
+    is off, so every accepted request reaches the emulator. The model catalog is
+    unreachable, so the gateway judges by the documented constraints alone, as the oracle
+    does (the catalog's own checks: tests/gateway/test_catalog_validation.py)."""
     emulator.add_account(ACCOUNT_KEY, 10**9)
-    app = await make_gateway(max_prompt_chars=MAX_PROMPT_CHARS, cache="off")
+    app = await make_gateway(
+        Seams(upstream_transport=CatalogDown()), max_prompt_chars=MAX_PROMPT_CHARS, cache="off"
+    )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
         yield channel.unary_unary(
             METHOD,

@@ -13,7 +13,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from emulator.server import Emulator
 from gateway.app import GatewayApp
-from gateway.errors import GATEWAY_DOMAIN
 from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS, OTHER_KEY, GatewayFactory, sha256
 from tests.fixtures import CREATE, Stub, call, request, upstream_requests
 from tests.gateway.cases import BOUNDARIES, MODEL
@@ -105,23 +104,24 @@ async def test_valid_boundaries_reach_the_upstream(stub: Stub, emulator: Emulato
     valid = [
         fields for fields, expected in BOUNDARIES if not expected and "init_image_url" not in fields
     ]
-    upstream_rejected = []
+    rejected = []
     for fields in valid:
         try:
             await stub.CreateGeneration(request(**fields))
         except grpc.aio.AioRpcError as error:
-            info = rich_error(error).info
-            # Rejected by the upstream, in a message (not a code): the reason is the
-            # gateway's, so its domain is the gateway's too.
-            assert info is not None and info.metadata["upstream_status"] == "400", fields
-            assert (info.reason, info.domain) == ("UPSTREAM_VALIDATION_FAILED", GATEWAY_DOMAIN), (
-                fields
-            )
-            upstream_rejected.append(fields)
-    assert len(generation_bodies(emulator)) == len(valid)
-    # The gateway checks pixel-steps only when both sizes are set; the upstream then fills
-    # in the model's default size (1024 here), and 1024 x 1024 x 50 is over its limit.
-    assert upstream_rejected == [{"inference_steps": 50}, {"width": 1024, "inference_steps": 50}]
+            rejected.append((fields, rich_error(error)))
+    # Refused by the gateway with the catalog's default size, before any upstream call.
+    for fields, error in rejected:
+        assert error.info is not None and error.info.reason == "INVALID_REQUEST", fields
+        assert [f for f, _ in error.violations] == ["inference_steps"], fields
+    # The static rule checks pixel-steps only when both sizes are set; the catalog-aware
+    # check fills in the model's default size (1024 here), and 1024 x 1024 x 50 is over
+    # the limit: the upstream would refuse it too.
+    assert [fields for fields, _ in rejected] == [
+        {"inference_steps": 50},
+        {"width": 1024, "inference_steps": 50},
+    ]
+    assert len(generation_bodies(emulator)) == len(valid) - len(rejected)
 
 
 # --- upstream errors, one row of the table each, through the real emulator ---
@@ -206,16 +206,18 @@ async def test_worker_failure_is_refunded(stub: Stub, emulator: Emulator) -> Non
     assert emulator.balance(ACCOUNT_KEY) == INITIAL_CREDITS
 
 
-async def test_upstream_validation_error_names_the_field(stub: Stub) -> None:
-    # A well-formed UUID that is no model: only the upstream can know.
+async def test_an_unknown_model_is_refused_with_the_catalog(stub: Stub, emulator: Emulator) -> None:
+    # A well-formed UUID that is no model: the catalog says so (without it, the upstream's
+    # own INVALID_MODEL_ID: tests/gateway/test_catalog_validation.py).
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CreateGeneration(
             request(model_id="00000000-0000-4000-8000-000000000000", width=512, height=512)
         )
     error = rich_error(caught.value)
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
-    assert error.info is not None and error.info.reason == "INVALID_MODEL_ID"
+    assert error.info is not None and error.info.reason == "INVALID_REQUEST"
     assert [f for f, _ in error.violations] == ["model_id"]
+    assert upstream_requests(emulator) == []
 
 
 async def test_an_unreadable_init_image_names_the_field(stub: Stub, emulator: Emulator) -> None:

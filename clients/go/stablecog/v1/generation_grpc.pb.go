@@ -41,6 +41,17 @@ type GenerationServiceClient interface {
 	// gateway identifies (sidecar name, client certificate or gateway token); a caller
 	// cannot ask about another. It costs nothing and never reaches Stablecog.
 	GetBudget(ctx context.Context, in *GetBudgetRequest, opts ...grpc.CallOption) (*GetBudgetResponse, error)
+	// UploadImage stores a JPEG, PNG or WebP image (at most 10 MB) with Stablecog and
+	// returns its `s3://` URL, to pass as a GenerationRequest's `init_image_url` (from
+	// `POST /v1/image/upload`). The gateway checks the size and sniffs the type from the
+	// bytes before anything is sent. Free, though the upstream refuses an account with
+	// no credits left. The only method whose request may exceed 4 MiB.
+	UploadImage(ctx context.Context, in *UploadImageRequest, opts ...grpc.CallOption) (*UploadImageResponse, error)
+	// CreateUpscale upscales one image synchronously: a generation's output (by its ID) or
+	// an image URL (from `POST /v1/image/upscale/create`). Costs one credit; a call can take
+	// minutes (the upstream's worker timeout is 240 s). The same output upscaled again with
+	// the same model is served from the gateway's cache for free.
+	CreateUpscale(ctx context.Context, in *CreateUpscaleRequest, opts ...grpc.CallOption) (*CreateUpscaleResponse, error)
 }
 
 type generationServiceClient struct {
@@ -87,6 +98,24 @@ func (c *generationServiceClient) GetBudget(ctx context.Context, in *GetBudgetRe
 	return out, nil
 }
 
+func (c *generationServiceClient) UploadImage(ctx context.Context, in *UploadImageRequest, opts ...grpc.CallOption) (*UploadImageResponse, error) {
+	out := new(UploadImageResponse)
+	err := c.cc.Invoke(ctx, "/stablecog.v1.GenerationService/UploadImage", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *generationServiceClient) CreateUpscale(ctx context.Context, in *CreateUpscaleRequest, opts ...grpc.CallOption) (*CreateUpscaleResponse, error) {
+	out := new(CreateUpscaleResponse)
+	err := c.cc.Invoke(ctx, "/stablecog.v1.GenerationService/CreateUpscale", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GenerationServiceServer is the server API for GenerationService service.
 // All implementations must embed UnimplementedGenerationServiceServer
 // for forward compatibility
@@ -115,6 +144,17 @@ type GenerationServiceServer interface {
 	// gateway identifies (sidecar name, client certificate or gateway token); a caller
 	// cannot ask about another. It costs nothing and never reaches Stablecog.
 	GetBudget(context.Context, *GetBudgetRequest) (*GetBudgetResponse, error)
+	// UploadImage stores a JPEG, PNG or WebP image (at most 10 MB) with Stablecog and
+	// returns its `s3://` URL, to pass as a GenerationRequest's `init_image_url` (from
+	// `POST /v1/image/upload`). The gateway checks the size and sniffs the type from the
+	// bytes before anything is sent. Free, though the upstream refuses an account with
+	// no credits left. The only method whose request may exceed 4 MiB.
+	UploadImage(context.Context, *UploadImageRequest) (*UploadImageResponse, error)
+	// CreateUpscale upscales one image synchronously: a generation's output (by its ID) or
+	// an image URL (from `POST /v1/image/upscale/create`). Costs one credit; a call can take
+	// minutes (the upstream's worker timeout is 240 s). The same output upscaled again with
+	// the same model is served from the gateway's cache for free.
+	CreateUpscale(context.Context, *CreateUpscaleRequest) (*CreateUpscaleResponse, error)
 	mustEmbedUnimplementedGenerationServiceServer()
 }
 
@@ -133,6 +173,12 @@ func (UnimplementedGenerationServiceServer) GetCredits(context.Context, *GetCred
 }
 func (UnimplementedGenerationServiceServer) GetBudget(context.Context, *GetBudgetRequest) (*GetBudgetResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetBudget not implemented")
+}
+func (UnimplementedGenerationServiceServer) UploadImage(context.Context, *UploadImageRequest) (*UploadImageResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UploadImage not implemented")
+}
+func (UnimplementedGenerationServiceServer) CreateUpscale(context.Context, *CreateUpscaleRequest) (*CreateUpscaleResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateUpscale not implemented")
 }
 func (UnimplementedGenerationServiceServer) mustEmbedUnimplementedGenerationServiceServer() {}
 
@@ -219,6 +265,42 @@ func _GenerationService_GetBudget_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GenerationService_UploadImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UploadImageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GenerationServiceServer).UploadImage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/stablecog.v1.GenerationService/UploadImage",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GenerationServiceServer).UploadImage(ctx, req.(*UploadImageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GenerationService_CreateUpscale_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateUpscaleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GenerationServiceServer).CreateUpscale(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/stablecog.v1.GenerationService/CreateUpscale",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GenerationServiceServer).CreateUpscale(ctx, req.(*CreateUpscaleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _GenerationService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "stablecog.v1.GenerationService",
 	HandlerType: (*GenerationServiceServer)(nil),
@@ -238,6 +320,14 @@ var _GenerationService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetBudget",
 			Handler:    _GenerationService_GetBudget_Handler,
+		},
+		{
+			MethodName: "UploadImage",
+			Handler:    _GenerationService_UploadImage_Handler,
+		},
+		{
+			MethodName: "CreateUpscale",
+			Handler:    _GenerationService_CreateUpscale_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -72,6 +72,19 @@ class GenerationServiceStub:
     gateway identifies (sidecar name, client certificate or gateway token); a caller
     cannot ask about another. It costs nothing and never reaches Stablecog.
     """
+    UploadImage: _grpc.UnaryUnaryMultiCallable[_generation_pb2.UploadImageRequest, _generation_pb2.UploadImageResponse]
+    """UploadImage stores a JPEG, PNG or WebP image (at most 10 MB) with Stablecog and
+    returns its `s3://` URL, to pass as a GenerationRequest's `init_image_url` (from
+    `POST /v1/image/upload`). The gateway checks the size and sniffs the type from the
+    bytes before anything is sent. Free, though the upstream refuses an account with
+    no credits left. The only method whose request may exceed 4 MiB.
+    """
+    CreateUpscale: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CreateUpscaleRequest, _generation_pb2.CreateUpscaleResponse]
+    """CreateUpscale upscales one image synchronously: a generation's output (by its ID) or
+    an image URL (from `POST /v1/image/upscale/create`). Costs one credit; a call can take
+    minutes (the upstream's worker timeout is 240 s). The same output upscaled again with
+    the same model is served from the gateway's cache for free.
+    """
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -105,6 +118,19 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     and reserved in each window, and when each window resets. The caller is the one the
     gateway identifies (sidecar name, client certificate or gateway token); a caller
     cannot ask about another. It costs nothing and never reaches Stablecog.
+    """
+    UploadImage: _aio.UnaryUnaryMultiCallable[_generation_pb2.UploadImageRequest, _generation_pb2.UploadImageResponse]  # type: ignore[assignment]
+    """UploadImage stores a JPEG, PNG or WebP image (at most 10 MB) with Stablecog and
+    returns its `s3://` URL, to pass as a GenerationRequest's `init_image_url` (from
+    `POST /v1/image/upload`). The gateway checks the size and sniffs the type from the
+    bytes before anything is sent. Free, though the upstream refuses an account with
+    no credits left. The only method whose request may exceed 4 MiB.
+    """
+    CreateUpscale: _aio.UnaryUnaryMultiCallable[_generation_pb2.CreateUpscaleRequest, _generation_pb2.CreateUpscaleResponse]  # type: ignore[assignment]
+    """CreateUpscale upscales one image synchronously: a generation's output (by its ID) or
+    an image URL (from `POST /v1/image/upscale/create`). Costs one credit; a call can take
+    minutes (the upstream's worker timeout is 240 s). The same output upscaled again with
+    the same model is served from the gateway's cache for free.
     """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -160,6 +186,31 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         and reserved in each window, and when each window resets. The caller is the one the
         gateway identifies (sidecar name, client certificate or gateway token); a caller
         cannot ask about another. It costs nothing and never reaches Stablecog.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadImage(
+        self,
+        request: _generation_pb2.UploadImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.UploadImageResponse, _abc.Awaitable[_generation_pb2.UploadImageResponse]]:
+        """UploadImage stores a JPEG, PNG or WebP image (at most 10 MB) with Stablecog and
+        returns its `s3://` URL, to pass as a GenerationRequest's `init_image_url` (from
+        `POST /v1/image/upload`). The gateway checks the size and sniffs the type from the
+        bytes before anything is sent. Free, though the upstream refuses an account with
+        no credits left. The only method whose request may exceed 4 MiB.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateUpscale(
+        self,
+        request: _generation_pb2.CreateUpscaleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.CreateUpscaleResponse, _abc.Awaitable[_generation_pb2.CreateUpscaleResponse]]:
+        """CreateUpscale upscales one image synchronously: a generation's output (by its ID) or
+        an image URL (from `POST /v1/image/upscale/create`). Costs one credit; a call can take
+        minutes (the upstream's worker timeout is 240 s). The same output upscaled again with
+        the same model is served from the gateway's cache for free.
         """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -98,7 +98,8 @@ class GenerationRequest(_message.Message):
     whitespace and keeps the first 500 bytes of a longer prompt.
     """
     model_id: _builtins.str
-    """Model to generate with, as a UUID (see `GET /v1/image/generation/models`).
+    """Model to generate with, as a UUID (see ListModels). An unknown or inactive model is
+    refused before anything is sent while the gateway knows the catalog.
     Default: the upstream's default model.
     """
     width: _builtins.int
@@ -116,8 +117,10 @@ class GenerationRequest(_message.Message):
     runs the model's own default number of steps whatever is sent.
     """
     scheduler_id: _builtins.str
-    """Scheduler (sampler) as a UUID. An incompatible scheduler is replaced by the
-    model's default upstream. Default: the model's default scheduler.
+    """Scheduler (sampler) as a UUID. A scheduler the model is not compatible with (see
+    ListModels) is refused before anything is sent while the gateway knows the catalog;
+    without it, the upstream replaces it with the model's default. Default: the model's
+    default scheduler.
     """
     seed: _builtins.int
     """Seed for the random generator: the same seed and settings give the same image.
@@ -756,3 +759,187 @@ class BudgetWindow(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BudgetWindow: _TypeAlias = BudgetWindow  # noqa: Y015
+
+@_typing.final
+class UploadImageRequest(_message.Message):
+    """UploadImageRequest carries the image to upload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    file: _builtins.bytes
+    """The image file's bytes: JPEG, PNG or WebP (recognised by their first bytes, whatever
+    the file is called), at most 10 MB (10,000,000 bytes).
+    """
+    def __init__(
+        self,
+        *,
+        file: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadImageRequest: _TypeAlias = UploadImageRequest  # noqa: Y015
+
+@_typing.final
+class UploadImageResponse(_message.Message):
+    """UploadImageResponse says where the upload is stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    object: _builtins.str
+    """The upload's URL, `s3://<account prefix>/<uuid>.<ext>`: pass it as `init_image_url`.
+    Only the account that uploaded it may use it.
+    """
+    content_type: _builtins.str
+    """The type the gateway recognised: `image/jpeg`, `image/png` or `image/webp`."""
+    def __init__(
+        self,
+        *,
+        object: _builtins.str = ...,
+        content_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadImageResponse: _TypeAlias = UploadImageResponse  # noqa: Y015
+
+@_typing.final
+class CreateUpscaleRequest(_message.Message):
+    """CreateUpscaleRequest is the body of one upscale."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    input: _builtins.str
+    """What to upscale: the `id` of a generation output (a UUID), or the absolute `http` or
+    `https` URL of an image.
+    """
+    model_id: _builtins.str
+    """Upscale model, as a UUID (see `GET /v1/image/upscale/models`). Default: the upstream's
+    default upscale model.
+    """
+    def __init__(
+        self,
+        *,
+        input: _builtins.str = ...,
+        model_id: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_model_id", b"_model_id", "model_id", b"model_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model_id", b"_model_id", "input", b"input", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__model_id: _TypeAlias = _typing.Literal["model_id"]  # noqa: Y015
+    _WhichOneofArgType__model_id: _TypeAlias = _typing.Literal["_model_id", b"_model_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__model_id) -> _WhichOneofReturnType__model_id | None: ...
+
+Global___CreateUpscaleRequest: _TypeAlias = CreateUpscaleRequest  # noqa: Y015
+
+@_typing.final
+class CreateUpscaleResponse(_message.Message):
+    """CreateUpscaleResponse is the result of a successful upscale."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    REMAINING_CREDITS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    CACHE_RESULT_FIELD_NUMBER: _builtins.int
+    remaining_credits: _builtins.float
+    """The account's credit balance right after this upscale, as reported by the upstream.
+    For a response served from the cache, the newest balance the gateway has seen.
+    """
+    cache_result: Global___CacheResult.ValueType
+    """How the gateway served this call."""
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpscaleOutput]:
+        """The upscaled image (one output)."""
+
+    @_builtins.property
+    def settings(self) -> Global___UpscaleSettings:
+        """The settings the upstream actually used."""
+
+    def __init__(
+        self,
+        *,
+        outputs: _abc.Iterable[Global___UpscaleOutput] | None = ...,
+        remaining_credits: _builtins.float = ...,
+        settings: Global___UpscaleSettings | None = ...,
+        cache_result: Global___CacheResult.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_result", b"cache_result", "outputs", b"outputs", "remaining_credits", b"remaining_credits", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateUpscaleResponse: _TypeAlias = CreateUpscaleResponse  # noqa: Y015
+
+@_typing.final
+class UpscaleOutput(_message.Message):
+    """UpscaleOutput is one upscaled image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    IMAGE_URL_FIELD_NUMBER: _builtins.int
+    UPSCALED_IMAGE_URL_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Upstream ID of the output, a UUID."""
+    url: _builtins.str
+    """URL of the image that was upscaled."""
+    image_url: _builtins.str
+    """URL of the image that was upscaled, as the upstream reports it."""
+    upscaled_image_url: _builtins.str
+    """URL of the upscaled image."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        image_url: _builtins.str = ...,
+        upscaled_image_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "image_url", b"image_url", "upscaled_image_url", b"upscaled_image_url", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpscaleOutput: _TypeAlias = UpscaleOutput  # noqa: Y015
+
+@_typing.final
+class UpscaleSettings(_message.Message):
+    """UpscaleSettings are the parameters an upscale actually ran with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """Upscale model used, as a UUID."""
+    input: _builtins.str
+    """What was upscaled, as given in the request."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        input: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpscaleSettings: _TypeAlias = UpscaleSettings  # noqa: Y015

@@ -55,6 +55,16 @@ class GenerationServiceStub:
                 request_serializer=stablecog_dot_v1_dot_generation__pb2.GetBudgetRequest.SerializeToString,
                 response_deserializer=stablecog_dot_v1_dot_generation__pb2.GetBudgetResponse.FromString,
                 _registered_method=True)
+        self.UploadImage = channel.unary_unary(
+                '/stablecog.v1.GenerationService/UploadImage',
+                request_serializer=stablecog_dot_v1_dot_generation__pb2.UploadImageRequest.SerializeToString,
+                response_deserializer=stablecog_dot_v1_dot_generation__pb2.UploadImageResponse.FromString,
+                _registered_method=True)
+        self.CreateUpscale = channel.unary_unary(
+                '/stablecog.v1.GenerationService/CreateUpscale',
+                request_serializer=stablecog_dot_v1_dot_generation__pb2.CreateUpscaleRequest.SerializeToString,
+                response_deserializer=stablecog_dot_v1_dot_generation__pb2.CreateUpscaleResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -105,6 +115,27 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadImage(self, request, context):
+        """UploadImage stores a JPEG, PNG or WebP image (at most 10 MB) with Stablecog and
+        returns its `s3://` URL, to pass as a GenerationRequest's `init_image_url` (from
+        `POST /v1/image/upload`). The gateway checks the size and sniffs the type from the
+        bytes before anything is sent. Free, though the upstream refuses an account with
+        no credits left. The only method whose request may exceed 4 MiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUpscale(self, request, context):
+        """CreateUpscale upscales one image synchronously: a generation's output (by its ID) or
+        an image URL (from `POST /v1/image/upscale/create`). Costs one credit; a call can take
+        minutes (the upstream's worker timeout is 240 s). The same output upscaled again with
+        the same model is served from the gateway's cache for free.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +158,16 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.GetBudget,
                     request_deserializer=stablecog_dot_v1_dot_generation__pb2.GetBudgetRequest.FromString,
                     response_serializer=stablecog_dot_v1_dot_generation__pb2.GetBudgetResponse.SerializeToString,
+            ),
+            'UploadImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadImage,
+                    request_deserializer=stablecog_dot_v1_dot_generation__pb2.UploadImageRequest.FromString,
+                    response_serializer=stablecog_dot_v1_dot_generation__pb2.UploadImageResponse.SerializeToString,
+            ),
+            'CreateUpscale': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUpscale,
+                    request_deserializer=stablecog_dot_v1_dot_generation__pb2.CreateUpscaleRequest.FromString,
+                    response_serializer=stablecog_dot_v1_dot_generation__pb2.CreateUpscaleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -238,6 +279,60 @@ class GenerationService:
             '/stablecog.v1.GenerationService/GetBudget',
             stablecog_dot_v1_dot_generation__pb2.GetBudgetRequest.SerializeToString,
             stablecog_dot_v1_dot_generation__pb2.GetBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stablecog.v1.GenerationService/UploadImage',
+            stablecog_dot_v1_dot_generation__pb2.UploadImageRequest.SerializeToString,
+            stablecog_dot_v1_dot_generation__pb2.UploadImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUpscale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stablecog.v1.GenerationService/CreateUpscale',
+            stablecog_dot_v1_dot_generation__pb2.CreateUpscaleRequest.SerializeToString,
+            stablecog_dot_v1_dot_generation__pb2.CreateUpscaleResponse.FromString,
             options,
             channel_credentials,
             insecure,

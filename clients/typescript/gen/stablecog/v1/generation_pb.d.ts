@@ -38,7 +38,8 @@ export declare type GenerationRequest = Message<"stablecog.v1.GenerationRequest"
   prompt: string;
 
   /**
-   * Model to generate with, as a UUID (see `GET /v1/image/generation/models`).
+   * Model to generate with, as a UUID (see ListModels). An unknown or inactive model is
+   * refused before anything is sent while the gateway knows the catalog.
    * Default: the upstream's default model.
    *
    * @generated from field: optional string model_id = 2;
@@ -89,8 +90,10 @@ export declare type GenerationRequest = Message<"stablecog.v1.GenerationRequest"
   inferenceSteps?: number | undefined;
 
   /**
-   * Scheduler (sampler) as a UUID. An incompatible scheduler is replaced by the
-   * model's default upstream. Default: the model's default scheduler.
+   * Scheduler (sampler) as a UUID. A scheduler the model is not compatible with (see
+   * ListModels) is refused before anything is sent while the gateway knows the catalog;
+   * without it, the upstream replaces it with the model's default. Default: the model's
+   * default scheduler.
    *
    * @generated from field: optional string scheduler_id = 9;
    */
@@ -750,6 +753,194 @@ export declare type BudgetWindow = Message<"stablecog.v1.BudgetWindow"> & {
 export declare const BudgetWindowSchema: GenMessage<BudgetWindow>;
 
 /**
+ * UploadImageRequest carries the image to upload.
+ *
+ * @generated from message stablecog.v1.UploadImageRequest
+ */
+export declare type UploadImageRequest = Message<"stablecog.v1.UploadImageRequest"> & {
+  /**
+   * The image file's bytes: JPEG, PNG or WebP (recognised by their first bytes, whatever
+   * the file is called), at most 10 MB (10,000,000 bytes).
+   *
+   * @generated from field: bytes file = 1;
+   */
+  file: Uint8Array;
+};
+
+/**
+ * Describes the message stablecog.v1.UploadImageRequest.
+ * Use `create(UploadImageRequestSchema)` to create a new message.
+ */
+export declare const UploadImageRequestSchema: GenMessage<UploadImageRequest>;
+
+/**
+ * UploadImageResponse says where the upload is stored.
+ *
+ * @generated from message stablecog.v1.UploadImageResponse
+ */
+export declare type UploadImageResponse = Message<"stablecog.v1.UploadImageResponse"> & {
+  /**
+   * The upload's URL, `s3://<account prefix>/<uuid>.<ext>`: pass it as `init_image_url`.
+   * Only the account that uploaded it may use it.
+   *
+   * @generated from field: string object = 1;
+   */
+  object: string;
+
+  /**
+   * The type the gateway recognised: `image/jpeg`, `image/png` or `image/webp`.
+   *
+   * @generated from field: string content_type = 2;
+   */
+  contentType: string;
+};
+
+/**
+ * Describes the message stablecog.v1.UploadImageResponse.
+ * Use `create(UploadImageResponseSchema)` to create a new message.
+ */
+export declare const UploadImageResponseSchema: GenMessage<UploadImageResponse>;
+
+/**
+ * CreateUpscaleRequest is the body of one upscale.
+ *
+ * @generated from message stablecog.v1.CreateUpscaleRequest
+ */
+export declare type CreateUpscaleRequest = Message<"stablecog.v1.CreateUpscaleRequest"> & {
+  /**
+   * What to upscale: the `id` of a generation output (a UUID), or the absolute `http` or
+   * `https` URL of an image.
+   *
+   * @generated from field: string input = 1;
+   */
+  input: string;
+
+  /**
+   * Upscale model, as a UUID (see `GET /v1/image/upscale/models`). Default: the upstream's
+   * default upscale model.
+   *
+   * @generated from field: optional string model_id = 2;
+   */
+  modelId?: string | undefined;
+};
+
+/**
+ * Describes the message stablecog.v1.CreateUpscaleRequest.
+ * Use `create(CreateUpscaleRequestSchema)` to create a new message.
+ */
+export declare const CreateUpscaleRequestSchema: GenMessage<CreateUpscaleRequest>;
+
+/**
+ * CreateUpscaleResponse is the result of a successful upscale.
+ *
+ * @generated from message stablecog.v1.CreateUpscaleResponse
+ */
+export declare type CreateUpscaleResponse = Message<"stablecog.v1.CreateUpscaleResponse"> & {
+  /**
+   * The upscaled image (one output).
+   *
+   * @generated from field: repeated stablecog.v1.UpscaleOutput outputs = 1;
+   */
+  outputs: UpscaleOutput[];
+
+  /**
+   * The account's credit balance right after this upscale, as reported by the upstream.
+   * For a response served from the cache, the newest balance the gateway has seen.
+   *
+   * @generated from field: double remaining_credits = 2;
+   */
+  remainingCredits: number;
+
+  /**
+   * The settings the upstream actually used.
+   *
+   * @generated from field: stablecog.v1.UpscaleSettings settings = 3;
+   */
+  settings?: UpscaleSettings | undefined;
+
+  /**
+   * How the gateway served this call.
+   *
+   * @generated from field: stablecog.v1.CacheResult cache_result = 4;
+   */
+  cacheResult: CacheResult;
+};
+
+/**
+ * Describes the message stablecog.v1.CreateUpscaleResponse.
+ * Use `create(CreateUpscaleResponseSchema)` to create a new message.
+ */
+export declare const CreateUpscaleResponseSchema: GenMessage<CreateUpscaleResponse>;
+
+/**
+ * UpscaleOutput is one upscaled image.
+ *
+ * @generated from message stablecog.v1.UpscaleOutput
+ */
+export declare type UpscaleOutput = Message<"stablecog.v1.UpscaleOutput"> & {
+  /**
+   * Upstream ID of the output, a UUID.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * URL of the image that was upscaled.
+   *
+   * @generated from field: string url = 2;
+   */
+  url: string;
+
+  /**
+   * URL of the image that was upscaled, as the upstream reports it.
+   *
+   * @generated from field: string image_url = 3;
+   */
+  imageUrl: string;
+
+  /**
+   * URL of the upscaled image.
+   *
+   * @generated from field: string upscaled_image_url = 4;
+   */
+  upscaledImageUrl: string;
+};
+
+/**
+ * Describes the message stablecog.v1.UpscaleOutput.
+ * Use `create(UpscaleOutputSchema)` to create a new message.
+ */
+export declare const UpscaleOutputSchema: GenMessage<UpscaleOutput>;
+
+/**
+ * UpscaleSettings are the parameters an upscale actually ran with.
+ *
+ * @generated from message stablecog.v1.UpscaleSettings
+ */
+export declare type UpscaleSettings = Message<"stablecog.v1.UpscaleSettings"> & {
+  /**
+   * Upscale model used, as a UUID.
+   *
+   * @generated from field: string model_id = 1;
+   */
+  modelId: string;
+
+  /**
+   * What was upscaled, as given in the request.
+   *
+   * @generated from field: string input = 2;
+   */
+  input: string;
+};
+
+/**
+ * Describes the message stablecog.v1.UpscaleSettings.
+ * Use `create(UpscaleSettingsSchema)` to create a new message.
+ */
+export declare const UpscaleSettingsSchema: GenMessage<UpscaleSettings>;
+
+/**
  * CacheResult says how the gateway served a call.
  *
  * @generated from enum stablecog.v1.CacheResult
@@ -872,6 +1063,33 @@ export declare const GenerationService: GenService<{
     methodKind: "unary";
     input: typeof GetBudgetRequestSchema;
     output: typeof GetBudgetResponseSchema;
+  },
+  /**
+   * UploadImage stores a JPEG, PNG or WebP image (at most 10 MB) with Stablecog and
+   * returns its `s3://` URL, to pass as a GenerationRequest's `init_image_url` (from
+   * `POST /v1/image/upload`). The gateway checks the size and sniffs the type from the
+   * bytes before anything is sent. Free, though the upstream refuses an account with
+   * no credits left. The only method whose request may exceed 4 MiB.
+   *
+   * @generated from rpc stablecog.v1.GenerationService.UploadImage
+   */
+  uploadImage: {
+    methodKind: "unary";
+    input: typeof UploadImageRequestSchema;
+    output: typeof UploadImageResponseSchema;
+  },
+  /**
+   * CreateUpscale upscales one image synchronously: a generation's output (by its ID) or
+   * an image URL (from `POST /v1/image/upscale/create`). Costs one credit; a call can take
+   * minutes (the upstream's worker timeout is 240 s). The same output upscaled again with
+   * the same model is served from the gateway's cache for free.
+   *
+   * @generated from rpc stablecog.v1.GenerationService.CreateUpscale
+   */
+  createUpscale: {
+    methodKind: "unary";
+    input: typeof CreateUpscaleRequestSchema;
+    output: typeof CreateUpscaleResponseSchema;
   },
 }>;
 
