@@ -1,0 +1,79 @@
+"""Budget defects found in review (issue 12), each proven against real parts: a real
+gateway, the emulator, a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import redis.asyncio as aioredis
+
+from emulator.server import Emulator
+from gateway.app import GatewayApp
+from gateway.identity import token_digest
+from tests.conftest import GatewayFactory
+from tests.fixtures import call, eventually, request, upstream_calls
+from tests.services import RedisServer
+from tests.status import rich_error
+
+TWO_CALLERS = """
+callers:
+  search:
+    credits: {day: 6}
+  broke:
+    credits: {day: 0}
+"""
+
+
+def _as(caller: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer gw-token-{caller}"),)
+
+
+async def _outcome(app: GatewayApp, caller: str, **fields: object) -> str:
+    try:
+        await call(app, request(**{"num_outputs": 1, **fields}), metadata=_as(caller), timeout=20)
+    except grpc.aio.AioRpcError as error:
+        found = rich_error(error)
+        return f"{error.code().name} {found.info.reason if found.info else ''}"
+    return "OK"
+
+
+def _coalesced(app: GatewayApp) -> float:
+    value = app.registry.get_sample_value("stablecog_cache_requests_total", {"result": "coalesced"})
+    return value or 0.0
+
+
+async def test_a_waiter_never_inherits_the_leaders_budget_refusal(
+    make_gateway: GatewayFactory, emulator: Emulator, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Caller `broke` leads a flight and is refused by its own budget; `search`, which
+    coalesced on it with budget to spare, must be served (and never see broke's budget)."""
+    policy = tmp_path / "budgets.yaml"
+    policy.write_text(TWO_CALLERS)
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(
+        "".join(f"{c}: {token_digest(f'gw-token-{c}')}\n" for c in ("search", "broke"))
+    )
+    app = await make_gateway(
+        identity="token", caller_tokens=tokens, x_caller="ignore", budgets=policy,
+        budgets_redis=redis_server.url, redis_timeout=10.0,
+    )  # fmt: skip
+    admin = aioredis.Redis(unix_socket_path=str(redis_server.socket_path))
+    try:
+        await admin.ping()
+        # Hold broke's reservation in Redis until search has joined broke's flight.
+        await admin.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+        broke = asyncio.ensure_future(_outcome(app, "broke", seed=11))
+        await eventually(lambda: app.cache is not None and app.cache.flights == 1)
+        search = asyncio.ensure_future(_outcome(app, "search", seed=11))
+        await eventually(lambda: _coalesced(app) == 1)
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        assert await broke == "RESOURCE_EXHAUSTED BUDGET_EXHAUSTED"
+        assert await search == "OK"
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+    assert upstream_calls(emulator) == 1
+    status = await app.budgets.status("search")  # type: ignore[union-attr]
+    assert status.windows[0].spent == 1
