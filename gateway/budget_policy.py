@@ -25,6 +25,8 @@ import yaml
 from gateway.labels import sanitize_label
 
 WINDOWS = ("minute", "hour", "day", "month")
+# How far another replica's clock may lag: a window stays live this long after it ends.
+CLOCK_SKEW_SECONDS = 300.0
 _CALLER_KEYS = frozenset({"credits", "max_in_flight"})
 _TOP_KEYS = frozenset({"default", "callers"})
 
@@ -111,6 +113,14 @@ def window_id(window: str, wall: float) -> str:
     moment = dt.datetime.fromtimestamp(wall, dt.UTC)
     formats = {"minute": "%Y%m%d%H%M", "hour": "%Y%m%d%H", "day": "%Y%m%d", "month": "%Y%m"}
     return f"{window}:{moment.strftime(formats[window])}"
+
+
+def live_windows(wall: float) -> tuple[str, ...]:
+    """Every window id (of every kind, whatever a policy names) that is current at `wall`
+    or was within CLOCK_SKEW_SECONDS: a ledger forgets only windows not among them, so a
+    replica on another policy (mid-rollout) or a lagging clock never wipes one in use."""
+    ids = {window_id(w, t) for w in WINDOWS for t in (wall, wall - CLOCK_SKEW_SECONDS)}
+    return tuple(sorted(ids))
 
 
 def window_reset(window: str, wall: float) -> float:

@@ -77,3 +77,32 @@ async def test_a_waiter_never_inherits_the_leaders_budget_refusal(
     assert upstream_calls(emulator) == 1
     status = await app.budgets.status("search")  # type: ignore[union-attr]
     assert status.windows[0].spent == 1
+
+
+async def test_a_replica_on_an_older_policy_never_wipes_a_window_it_does_not_know(
+    make_gateway: GatewayFactory, emulator: Emulator, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Mid-rollout of a ConfigMap, replicas read different policies: one that does not yet
+    know a caller's hourly window must not delete that window's spending from Redis."""
+    new, old = tmp_path / "new.yaml", tmp_path / "old.yaml"
+    new.write_text("callers:\n  search:\n    credits: {hour: 3, day: 100}\n")
+    old.write_text("callers:\n  search:\n    credits: {day: 100}\n")
+    shared = {"caller": "search", "budgets_redis": redis_server.url, "redis_timeout": 5.0}
+    updated = await make_gateway(budgets=new, **shared)
+    lagging = await make_gateway(budgets=old, **shared)
+    assert [await _sidecar(updated) for _ in range(4)] == ["OK"] * 3 + [BUDGET]
+    assert await _sidecar(lagging) == "OK"
+    assert await _sidecar(updated) == BUDGET  # the hour's 3 credits are still spent
+    assert upstream_calls(emulator) == 4
+
+
+BUDGET = "RESOURCE_EXHAUSTED BUDGET_EXHAUSTED"
+
+
+async def _sidecar(app: GatewayApp) -> str:
+    try:
+        await call(app, request(num_outputs=1), timeout=20)
+    except grpc.aio.AioRpcError as error:
+        found = rich_error(error)
+        return f"{error.code().name} {found.info.reason if found.info else ''}"
+    return "OK"
