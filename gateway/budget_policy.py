@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from gateway import strict_yaml
 from gateway.labels import sanitize_label
 
 WINDOWS = ("minute", "hour", "day", "month")
@@ -29,6 +30,10 @@ WINDOWS = ("minute", "hour", "day", "month")
 CLOCK_SKEW_SECONDS = 300.0
 _CALLER_KEYS = frozenset({"credits", "max_in_flight"})
 _TOP_KEYS = frozenset({"default", "callers"})
+# The largest limits held exactly: GetBudget's uint32 max_in_flight, and credits as the
+# Redis ledger's Lua numbers (doubles) count them.
+MAX_IN_FLIGHT = 2**32 - 1
+MAX_CREDITS = 2**53
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class BudgetPolicy:
 def parse_policy(text: str) -> BudgetPolicy:
     """The policy file's text as a BudgetPolicy; ValueError saying what is wrong."""
     try:
-        document = yaml.safe_load(text)
+        document = strict_yaml.load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"not YAML: {exc}") from None
     if not isinstance(document, dict):
@@ -80,31 +85,40 @@ def parse_policy(text: str) -> BudgetPolicy:
 
 
 def _limits(value: object, where: str) -> Limits:
-    if value is None:
-        value = {}
+    # An empty entry (`search:` with its lines commented out) is refused, never read as
+    # "no limits": unlimited is said explicitly, `{}`.
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: expected a mapping with credits and/or max_in_flight")
+        raise ValueError(
+            f"{where}: expected a mapping with credits and/or max_in_flight ({{}} for no "
+            f"limits), got {'nothing' if value is None else repr(value)[:63]}"
+        )
     unknown = set(value) - _CALLER_KEYS
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(map(str, unknown))}")
-    credits_doc = value.get("credits") or {}
+    credits_doc = value.get("credits", {})
     if not isinstance(credits_doc, dict):
-        raise ValueError(f"{where}.credits: expected a mapping of window to credits")
+        raise ValueError(
+            f"{where}.credits: expected a mapping of window to credits ({{}} for none)"
+        )
     credits: dict[str, int] = {}
     for window, limit in credits_doc.items():
         if window not in WINDOWS:
             raise ValueError(f"{where}.credits: unknown window {window!r}; one of {WINDOWS}")
-        credits[str(window)] = _count(limit, f"{where}.credits.{window}")
+        credits[str(window)] = _count(limit, f"{where}.credits.{window}", MAX_CREDITS)
     in_flight = value.get("max_in_flight")
     return Limits(
         credits={w: credits[w] for w in WINDOWS if w in credits},
-        max_in_flight=None if in_flight is None else _count(in_flight, f"{where}.max_in_flight"),
+        max_in_flight=None
+        if in_flight is None
+        else _count(in_flight, f"{where}.max_in_flight", MAX_IN_FLIGHT),
     )
 
 
-def _count(value: object, where: str) -> int:
+def _count(value: object, where: str, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{where}: expected a whole number, 0 or more, got {value!r}")
+    if value > maximum:
+        raise ValueError(f"{where}: at most {maximum}, got {value}")
     return value
 
 

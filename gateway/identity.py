@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from gateway import strict_yaml
 from gateway.errors import CallerUnauthenticated
 from gateway.labels import sanitize_label
 
@@ -160,7 +161,7 @@ def parse_tokens(text: str) -> dict[str, str]:
     """The tokens file (`caller: <sha256 hex>` or `caller: [<digest>, ...]`, YAML) as a
     digest -> caller table; ValueError saying what is wrong."""
     try:
-        document = yaml.safe_load(text)
+        document = strict_yaml.load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"not YAML: {exc}") from None
     if not isinstance(document, dict):
