@@ -4,15 +4,19 @@ gateway, the emulator, a real Redis."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import grpc
+import pytest
 import redis.asyncio as aioredis
 
 from emulator.server import Emulator
 from gateway.app import GatewayApp
+from gateway.budget_policy import parse_policy
 from gateway.identity import token_digest
-from tests.conftest import GatewayFactory
+from gateway.watched_file import WatchedFile
+from tests.conftest import FakeClock, GatewayFactory
 from tests.fixtures import call, eventually, request, upstream_calls
 from tests.services import RedisServer
 from tests.status import rich_error
@@ -106,3 +110,33 @@ async def _sidecar(app: GatewayApp) -> str:
         found = rich_error(error)
         return f"{error.code().name} {found.info.reason if found.info else ''}"
     return "OK"
+
+
+@pytest.mark.parametrize("change", ["deleted", "directory", "binary"])
+def test_an_unreadable_policy_file_keeps_the_last_good_one_and_says_so(
+    tmp_path: Path, change: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "budgets.yaml"
+    path.write_text(TWO_CALLERS)
+    clock = FakeClock()
+    told: list[bool] = []
+    policy = WatchedFile(path, parse_policy, what="budget policy file", clock=clock)
+    policy.on_validity = told.append
+    good = policy.current()
+    path.unlink()
+    if change == "directory":
+        path.mkdir()
+    elif change == "binary":
+        path.write_bytes(b"\xff\xfe\x00callers")
+    caplog.set_level(logging.ERROR, logger="gateway.watched_file")
+    for _ in range(3):
+        clock.advance(2.0)
+        assert policy.current() == good
+    assert (policy.valid, told) == (False, [False])  # the metric shows it, once
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    if change == "directory":
+        path.rmdir()
+    path.write_text(TWO_CALLERS)  # the same content back
+    clock.advance(2.0)
+    assert policy.current() == good
+    assert (policy.valid, told) == (True, [False, True])
