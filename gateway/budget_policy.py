@@ -10,7 +10,7 @@
 
 A caller with no `credits` has no credit limit (said explicitly, never by accident: a file
 that does not parse keeps the previous policy). Caller names are matched as the identity
-names them (gateway.identity: sanitized labels).
+names them (gateway.labels.distinct_label: a certificate's name may be written as is).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from gateway import strict_yaml
-from gateway.labels import sanitize_label
+from gateway.labels import distinct_label
 
 WINDOWS = ("minute", "hour", "day", "month")
 # How far another replica's clock may lag: a window stays live this long after it ends.
@@ -72,7 +72,7 @@ def parse_policy(text: str) -> BudgetPolicy:
         raise ValueError("`callers` must map caller names to their limits")
     callers: dict[str, Limits] = {}
     for raw_name, limits in callers_doc.items():
-        name = sanitize_label(str(raw_name))
+        name = distinct_label(str(raw_name))
         if not name:
             raise ValueError(f"caller name {str(raw_name)[:63]!r} is empty")
         if name in callers:

@@ -32,7 +32,7 @@ import yaml
 
 from gateway import strict_yaml
 from gateway.errors import CallerUnauthenticated
-from gateway.labels import sanitize_label
+from gateway.labels import distinct_label, sanitize_label
 
 MODES = ("sidecar", "mtls", "token")
 X_CALLER_MODES = ("auto", "name", "refine", "ignore")
@@ -148,23 +148,10 @@ def _certificate_name(auth_context: AuthContext, field: str) -> str | None:
     if b"ssl" not in auth_context.get("transport_security_type", ()):
         return None
     for value in auth_context.get(MTLS_FIELDS[field], ()):
-        name = _distinct_label(value.decode("utf-8", errors="replace").strip())
+        name = distinct_label(value.decode("utf-8", errors="replace"))
         if name:
             return name
     return None
-
-
-_LONG_PREFIX = 46  # + "." + 16 hex digits = the 63 characters of a label
-
-
-def _distinct_label(raw: str) -> str:
-    """`raw` as a label, distinct for distinct names however long: sanitize_label keeps
-    63 characters, so a longer name keeps 46 and a digest of the whole (two SPIFFE ids
-    sharing their first 63 characters stay two callers)."""
-    name = sanitize_label(raw)
-    if len(raw) == len(name):  # sanitize_label replaces characters one for one
-        return name
-    return f"{name[:_LONG_PREFIX]}.{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
 
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")

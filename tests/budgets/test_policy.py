@@ -91,3 +91,14 @@ def test_anchors_and_merge_keys_still_work() -> None:
         "  b:\n    <<: *std\n    max_in_flight: 3\n"
     )
     assert policy.callers["b"] == Limits(credits={"day": 10}, max_in_flight=3)
+
+
+def test_a_long_caller_name_matches_the_identity_its_certificate_gives() -> None:
+    from gateway.identity import Identifier, IdentityPolicy
+
+    spiffe = "spiffe://cluster.local/ns/production/sa/image-generation-service-canary"
+    policy = parse_policy(f"callers:\n  '{spiffe}': {{credits: {{day: 5}}}}\n")
+    identify = Identifier(IdentityPolicy(mode="mtls", x_caller="ignore"))
+    auth = {"transport_security_type": [b"ssl"], "peer_uri": [spiffe.encode()]}
+    assert policy.limits_for(identify({}, auth).principal) == Limits(credits={"day": 5})
+    assert policy.limits_for(spiffe[:63]) is None
