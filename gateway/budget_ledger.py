@@ -6,7 +6,9 @@ The rules (both ledgers):
 - `reserve` first expires stale reservations (their gateway crashed or lost them): an
   expired reservation counts as spent at its cost, since its call may have been sent.
   Then it admits the cost only if it fits every window (spent + reserved + cost <= limit)
-  and the in-flight limit, and holds it in each window until settled.
+  and the in-flight limit, and holds it in each window until settled. It forgets windows
+  that are neither among its windows nor `live` (gateway.budget_policy.live_windows) once
+  nothing is reserved in them.
 - `settle(actual)` turns a reservation into `actual` credits spent (0 releases it), in the
   windows it was reserved in. Settling a reservation that is gone (expired) does nothing.
 """
@@ -50,6 +52,7 @@ class Ledger(Protocol):
         max_in_flight: int,
         now: float,
         expires_at: float,
+        live: Sequence[str] = (),
     ) -> Reserved:
         """Reserve `cost` in each (window id, limit) unless it does not fit."""
         ...
@@ -119,6 +122,7 @@ class MemoryLedger:
         max_in_flight: int,
         now: float,
         expires_at: float,
+        live: Sequence[str] = (),
     ) -> Reserved:
         account = self._account(caller, now)
         states = tuple(self._state(account, window) for window, _ in windows)
@@ -135,7 +139,7 @@ class MemoryLedger:
                 account.reserved[window] = account.reserved.get(window, 0) + cost
             account.held[reservation] = _Held(cost, ids, expires_at)
             in_flight += 1
-        current = {window for window, _ in windows}
+        current = {window for window, _ in windows} | set(live)
         for window in [w for w in account.spent if w not in current]:
             if account.reserved.get(window, 0) <= 0:
                 account.spent.pop(window, None)

@@ -50,8 +50,9 @@ local function number(field)
 end
 """
 
-# ARGV: now_ms, reservation, cost, expires_ms, max_in_flight (-1: none), then window id
-# and limit pairs. Returns {refused, in_flight, spent1, reserved1, ...}.
+# ARGV: now_ms, reservation, cost, expires_ms, max_in_flight (-1: none), the live window
+# ids (comma-separated: never forgotten), then window id and limit pairs. Returns
+# {refused, in_flight, spent1, reserved1, ...}.
 _RESERVE = (
     _PRELUDE
     + """
@@ -62,14 +63,15 @@ local in_flight = redis.call('zcard', leases)
 local refused = 0
 if max_in_flight >= 0 and in_flight >= max_in_flight then refused = -1 end
 local result, ids, current = {}, {}, {}
-for i = 6, #ARGV, 2 do
+for wid in string.gmatch(ARGV[6], '[^,]+') do current[wid] = true end
+for i = 7, #ARGV, 2 do
   local wid, limit = ARGV[i], tonumber(ARGV[i + 1])
   local spent, reserved = number('s:' .. wid), number('r:' .. wid)
   table.insert(result, spent)
   table.insert(result, reserved)
   table.insert(ids, wid)
   current[wid] = true
-  if refused == 0 and spent + reserved + cost > limit then refused = (i - 4) / 2 end
+  if refused == 0 and spent + reserved + cost > limit then refused = (i - 5) / 2 end
 end
 if refused == 0 then
   for _, wid in ipairs(ids) do redis.call('hincrby', windows, 'r:' .. wid, cost) end
@@ -145,6 +147,7 @@ class RedisLedger:
         max_in_flight: int,
         now: float,
         expires_at: float,
+        live: Sequence[str] = (),
     ) -> Reserved:
         args: list[str | int] = [
             _ms(now),
@@ -152,6 +155,7 @@ class RedisLedger:
             cost,
             _ms(expires_at),
             max_in_flight,
+            ",".join(live),
         ]
         for window, limit in windows:
             args += [window, limit]

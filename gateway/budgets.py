@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.budget_ledger import NO_LIMIT, Ledger, MemoryLedger, Reserved
-from gateway.budget_policy import BudgetPolicy, Limits, window_id, window_reset
+from gateway.budget_policy import BudgetPolicy, Limits, live_windows, window_id, window_reset
 from gateway.cache_backend import BackendFailure, BackendGuard
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import (
@@ -183,6 +183,7 @@ class Budgets:
                 max_in_flight=max_in_flight,
                 now=now,
                 expires_at=now + self._lease_seconds,
+                live=live_windows(now),
             )
 
         ledger: Ledger = self._local

@@ -7,7 +7,8 @@ or makes the one upstream call (MISS) and stores its result. The upstream call r
 a task of its own: a caller that cancels or runs out of deadline leaves it running for
 the others, and it still fills the cache, so no credit is wasted on an abandoned half.
 Waiters share the outcome, errors included: an identical call is never sent twice while
-the first may still be charged.
+the first may still be charged. Only an error about the leader's caller (its budget,
+`concerns_caller`) is not shared: each waiter then tries for itself.
 
 With a shared backend, a bounded in-process first tier (gateway.cache_tier) is read
 first and written with it, so hits and local coalescing go on through a backend outage.
@@ -37,7 +38,7 @@ from gateway.cache_key import CatalogDefaults, cache_key, is_cacheable
 from gateway.cache_store import EntryStore
 from gateway.cache_tier import LocalTier
 from gateway.call import CallBudget, cache_result_name
-from gateway.errors import CallTimedOut, DeadlineTooShort
+from gateway.errors import CallTimedOut, DeadlineTooShort, GatewayError
 from gateway.events import NULL_TELEMETRY, CacheBackendFailed, CacheDecided, Telemetry
 from gateway.generation import (
     MIN_GENERATION_SECONDS,
@@ -124,7 +125,14 @@ class CachingGenerator:
         if flight is not None:
             self._decided(CacheResult.CACHE_RESULT_COALESCED, span)
             tracing.link_to(call.trace, self._flight_traces.get(key))
-            filled = await self._wait(flight, call.budget)
+            try:
+                filled = await self._wait(flight, call.budget)
+            except GatewayError as error:
+                if not error.concerns_caller:
+                    raise
+                # The leader's own refusal (its budget), not this caller's: try again,
+                # as the leader of a new flight or a waiter on another.
+                return await self.generate(call)
             return filled.generated.served_as(CacheResult.CACHE_RESULT_COALESCED)
 
         # A flight is not bound by the caller's deadline, so refuse here what the upstream

@@ -237,7 +237,10 @@ class CrossReplicaCoordinator:
             try:
                 generated = await generate()
             except GatewayError as error:
-                await asyncio.shield(self._publish(key, error))
+                # An error about our caller (its budget) is not the waiters': publishing
+                # nothing lets them lead in turn once the lease is gone.
+                if not error.concerns_caller:
+                    await asyncio.shield(self._publish(key, error))
                 raise
             except BaseException:
                 # Cancelled (shutdown past the grace period) or a bug: the upstream may

@@ -84,6 +84,10 @@ class GatewayError(Exception):
     # again); False when nothing was sent, nothing was charged, or the upstream refunded
     # (a repeat may run again). Every class declares its own (a test checks).
     may_have_been_charged: ClassVar[bool] = True
+    # Is the error about the caller rather than the generation (its budget, its
+    # permission)? Then the cache's waiters on a flight this caller led do not share it:
+    # each tries for itself (gateway.cache, gateway.cache_coordinator).
+    concerns_caller: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -141,6 +145,7 @@ class CallerNotPermitted(GatewayError):
 
     default_reason = "CALLER_NOT_PERMITTED"
     may_have_been_charged = False
+    concerns_caller = True
 
 
 class BudgetExhausted(GatewayError):
@@ -150,6 +155,7 @@ class BudgetExhausted(GatewayError):
 
     default_reason = "BUDGET_EXHAUSTED"
     may_have_been_charged = False
+    concerns_caller = True
 
     def extra_details(self) -> list[Message]:
         caller, window = self.metadata.get("caller", ""), self.metadata.get("window", "")

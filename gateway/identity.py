@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import yaml
 
+from gateway import strict_yaml
 from gateway.errors import CallerUnauthenticated
-from gateway.labels import sanitize_label
+from gateway.labels import distinct_label, sanitize_label
 
 MODES = ("sidecar", "mtls", "token")
 X_CALLER_MODES = ("auto", "name", "refine", "ignore")
@@ -147,7 +148,7 @@ def _certificate_name(auth_context: AuthContext, field: str) -> str | None:
     if b"ssl" not in auth_context.get("transport_security_type", ()):
         return None
     for value in auth_context.get(MTLS_FIELDS[field], ()):
-        name = sanitize_label(value.decode("utf-8", errors="replace"))
+        name = distinct_label(value.decode("utf-8", errors="replace"))
         if name:
             return name
     return None
@@ -160,7 +161,7 @@ def parse_tokens(text: str) -> dict[str, str]:
     """The tokens file (`caller: <sha256 hex>` or `caller: [<digest>, ...]`, YAML) as a
     digest -> caller table; ValueError saying what is wrong."""
     try:
-        document = yaml.safe_load(text)
+        document = strict_yaml.load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"not YAML: {exc}") from None
     if not isinstance(document, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 
@@ -20,6 +21,20 @@ def sanitize_label(raw: str | None) -> str:
     if raw is None:
         return ""
     return _LABEL_UNSAFE.sub("_", raw.strip())[:_LABEL_MAX]
+
+
+_LONG_PREFIX = 46  # + "." + 16 hex digits = the 63 characters of a label
+
+
+def distinct_label(raw: str) -> str:
+    """`sanitize_label(raw)`, but distinct for distinct names however long: a name past 63
+    characters keeps 46 and a digest of the whole, so two long names (SPIFFE ids) sharing
+    their first 63 characters stay two callers. Idempotent, like sanitize_label."""
+    raw = raw.strip()
+    name = sanitize_label(raw)
+    if len(raw) == len(name):  # sanitize_label replaces characters one for one
+        return name
+    return f"{name[:_LONG_PREFIX]}.{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
 
 
 class BoundedLabel:

@@ -4,7 +4,8 @@ Kubernetes updates a mounted ConfigMap or Secret by swapping a symlink, so the s
 the path changes; an in-place rewrite may keep size and timestamp, so the content is
 also re-read once a second and compared by digest. A new content that does not parse
 keeps the last good one: logged at error level once per content, and `valid` turns
-False until a good content comes (a metric shows it). The first read must succeed.
+False until a good content comes (a metric shows it); so does a file that cannot be read
+(deleted, replaced by a directory, not UTF-8). The first read must succeed.
 """
 
 from __future__ import annotations
@@ -70,10 +71,17 @@ class WatchedFile(Generic[T]):
         try:
             text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            _log.warning(
-                f"cannot read the {self._what}; keeping the last good one",
-                extra={"path": str(self.path), "error": str(exc)},
-            )
+            # Deleted, a directory, not text: as invalid as a content that does not
+            # parse (logged and shown once, until the file is readable again).
+            if self._digest:
+                self._digest = ""  # the same content back counts as new, and valid
+                self.valid = False
+                _log.error(
+                    f"cannot read the {self._what}; keeping the last good one",
+                    extra={"path": str(self.path), "error": str(exc)},
+                )
+                if self.on_validity is not None:
+                    self.on_validity(False)
             return self._value
         digest = hashlib.sha256(text.encode()).hexdigest()
         if digest == self._digest:

@@ -93,3 +93,24 @@ def test_a_callers_keys_share_one_hash_slot_and_hide_its_name() -> None:
     tags = {key[key.index("{") + 1 : key.index("}")] for key in keys}
     assert len(tags) == 1
     assert not any("search" in key for key in keys)
+
+
+async def test_only_windows_neither_asked_for_nor_live_are_forgotten(ledger: Ledger) -> None:
+    hour = [("hour:2023111422", 3)]
+    assert await reserve(ledger, "a", 3, windows=hour) == 0
+    await ledger.settle("search", "a", 3, now=NOW)
+    # Another replica's policy names only the day, but the hour is live: it is kept.
+    live = ["day:20231114", "hour:2023111422"]
+    for rid in ("b", "c"):
+        refused = await ledger.reserve(
+            "search", rid, 1, DAY, max_in_flight=NO_LIMIT, now=NOW, expires_at=NOW + 60, live=live
+        )
+        assert refused.refused == 0
+    assert await reserve(ledger, "d", 1, windows=hour) == 1
+    # Once the hour is over (no longer live), the next reservation forgets it.
+    refused = await ledger.reserve(
+        "search", "e", 1, DAY, max_in_flight=NO_LIMIT, now=NOW, expires_at=NOW + 60,
+        live=["day:20231114"],
+    )  # fmt: skip
+    assert refused.refused == 0
+    assert await ledger.usage("search", ["hour:2023111422"], now=NOW) == (3, (WindowState(0, 0),))

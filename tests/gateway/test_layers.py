@@ -24,6 +24,7 @@ PURE = (
     "gateway.identity",
     "gateway.labels",
     "gateway.redis_url",
+    "gateway.strict_yaml",
     "gateway.translate",
     "gateway.upstream_defaults",
     "gateway.upstream_errors",

@@ -170,3 +170,19 @@ async def test_a_sidecar_uses_its_configured_caller_name(
     app = await make_gateway(caller="search", x_caller="ignore")
     await call(app, request(num_outputs=1), metadata=(("x-caller", "billing"),))
     assert _callers(caplog) == ["search"]
+
+
+def test_certificate_names_past_63_characters_never_collide() -> None:
+    """sanitize_label keeps 63 characters: two long SPIFFE ids sharing them must still be
+    two callers (else one service spends and reads the other's budget)."""
+    base = "spiffe://cluster.local/ns/production/sa/image-generation-service"
+    identify = Identifier(IdentityPolicy(mode="mtls", x_caller="ignore"))
+    names = {
+        identify({}, {**VERIFIED, "peer_uri": [f"{base}{tail}".encode()]}).principal
+        for tail in ("", "-canary", "-x")
+    }
+    assert len(names) == 3
+    assert all(len(name) <= 63 and name.startswith("spiffe:__cluster.local") for name in names)
+    # Stable: the same certificate name is the same caller every time.
+    again = identify({}, {**VERIFIED, "peer_uri": [base.encode()]}).principal
+    assert again in names
