@@ -613,7 +613,7 @@ def log_texts(gateway: GatewayProcess) -> tuple[str, list[dict[str, Any]]]:
 async def test_no_secret_leaves_in_any_log_metric_answer_span_or_redis_record(run: Run) -> None:
     (run.tmp / "api-key").write_text(CONFIGURED_KEY + "\n")
     token_env = {
-        "STABLECOG_API_URL": run.control.http.base_url.__str__().rstrip("/"),
+        "STABLECOG_API_URL": str(run.control.http.base_url).rstrip("/"),
         "STABLECOG_API_KEY_FILE": str(run.tmp / "api-key"),
         "GATEWAY_IDENTITY": "token",
         "GATEWAY_CALLER_TOKENS": str(run.tmp / "tokens.yaml"),
