@@ -72,6 +72,9 @@ FULL = Shape(runs=3, seconds=3.0, held=10000, held_latency=5.0, identical=1000, 
 QUICK = Shape(runs=1, seconds=0.5, held=200, held_latency=0.5, identical=50, cold_starts=1)
 
 
+PHASES = ("hits", "misses", "identical", "held", "cold")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -314,7 +317,7 @@ class Bench:
 
     # --- the suite ---
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self, phases: set[str]) -> dict[str, Any]:
         await self.emulator.start()
         seeded = generation_pb2.GenerationRequest(prompt="bench hit", seed=1, num_outputs=1)
         miss = generation_pb2.GenerationRequest(prompt="bench miss", num_outputs=1)
@@ -332,15 +335,20 @@ class Bench:
             rest_body = self.body("miss.json", json.dumps(request_to_json(miss)).encode())
             self.results["response_bytes"] = len(response.SerializeToString())
 
-            bare = BareServer(response_file, self.tmp / "bare.log")
-            await bare.start()
-            await self.hits(gateway, bare, hit_body)
-            bare.stop()
-            await self.misses(gateway, miss_body, rest_body)
-            await self.identical(gateway, seed_base=int(time.time()))
+            if "hits" in phases:
+                bare = BareServer(response_file, self.tmp / "bare.log")
+                await bare.start()
+                await self.hits(gateway, bare, hit_body)
+                bare.stop()
+            if "misses" in phases:
+                await self.misses(gateway, miss_body, rest_body)
+            if "identical" in phases:
+                await self.identical(gateway, seed_base=int(time.time()))
             gateway.stop()
-            await self.held_open(miss_body)
-            await self.cold_starts(response_file)
+            if "held" in phases:
+                await self.held_open(miss_body)
+            if "cold" in phases:
+                await self.cold_starts(response_file)
         finally:
             gateway.kill()
             if bare is not None:
@@ -410,16 +418,42 @@ TARGETS = (
 
 def table(results: dict[str, Any]) -> str:
     r = results
-    one, two = r["1_bare_server"], r["2_cache_hit"]
-    three, four = r["3_miss_added_latency"], r["4_held_open"]
-    five, six = r["5_identical_seeded"], r["6_cold_start"]
     lines = [
         "| row | baseline (same run) | gateway | ratio / added |",
         "|---|---|---|---|",
+    ]
+    if "2_cache_hit" in r:
+        lines += _hit_lines(r["1_bare_server"], r["2_cache_hit"])
+    if "3_miss_added_latency" in r:
+        lines += _miss_lines(r["3_miss_added_latency"])
+    if "4_held_open" in r:
+        lines += _held_lines(r["4_held_open"])
+    if "5_identical_seeded" in r:
+        lines += _identical_lines(r["5_identical_seeded"])
+    if "6_cold_start" in r:
+        lines += _cold_lines(r["6_cold_start"])
+    lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for name, get, op, goal in TARGETS:
+        try:
+            value = get(r)
+        except KeyError:
+            continue
+        met = value >= goal if op == ">=" else value <= goal
+        lines.append(f"| {name} | {value:.2f} | {op} {goal} | {'yes' if met else 'NO'} |")
+    return "\n".join(lines)
+
+
+def _hit_lines(one: dict[str, Any], two: dict[str, Any]) -> list[str]:
+    return [
         f"| 1-2 cache hit, 1 conn x 16 streams | bare grpc.aio {one['calls_per_second']:,.0f}/s, "
         f"p50 {one['p50_ms']:.2f} ms, {one['cpu_us_per_call']:.0f} us CPU/call | "
         f"{two['calls_per_second']:,.0f}/s, p50 {two['p50_ms']:.2f} ms, "
         f"{two['cpu_us_per_call']:.0f} us CPU/call | x{two['ratio']:.2f} |",
+    ]
+
+
+def _miss_lines(three: dict[str, Any]) -> list[str]:
+    lines = [
         f"| 3 miss saturation | REST direct {three['direct_saturating_calls_per_second']:,.0f}/s | "
         f"{three['saturating_calls_per_second']:,.0f}/s | x{three['saturation_ratio']:.2f} |",
     ]
@@ -431,27 +465,33 @@ def table(results: dict[str, Any]) -> str:
             f"{x['gateway_p50_ms']:.2f} ms, p99 {x['gateway_p99_ms']:.2f} ms | "
             f"+{x['added_p50_ms']:.2f} ms p50, +{x['added_p99_ms']:.2f} ms p99 |"
         )
-    lines += [
+    return lines
+
+
+def _held_lines(four: dict[str, Any]) -> list[str]:
+    return [
         f"| 4 {four['calls']:,} at once, upstream {four['upstream_seconds']:g} s | upstream "
         f"{four['upstream_seconds']:g} s | all answered in {four['seconds_until_all_answered']:.2f} s, "
         f"{four['errors']:.0f} errors {four['codes_last_run']}, peak RSS {four['peak_rss_mb']:.0f} MB "
         f"({four['mb_per_held_call'] * 1024:.1f} KB/call), CPU {four['gateway_cpu_seconds']:.1f} s "
         f"(emulator {four['emulator_cpu_seconds']:.1f} s) | "
         f"+{four['seconds_over_upstream']:.2f} s |",
+    ]
+
+
+def _identical_lines(five: dict[str, Any]) -> list[str]:
+    return [
         f"| 5 {five['calls']:,} identical seeded | 1 upstream request | "
         f"{five['upstream_requests_max']:.0f} upstream request(s), all answered in "
         f"{five['seconds_until_all_answered']:.2f} s | |",
+    ]
+
+
+def _cold_lines(six: dict[str, Any]) -> list[str]:
+    return [
         f"| 6 cold start to SERVING | bare {six['bare_ms']:.0f} ms | {six['gateway_ms']:.0f} ms | "
         f"x{six['ratio']:.2f} |",
-        "",
-        "| target | measured | goal | met |",
-        "|---|---|---|---|",
     ]
-    for name, get, op, goal in TARGETS:
-        value = get(r)
-        met = value >= goal if op == ">=" else value <= goal
-        lines.append(f"| {name} | {value:.2f} | {op} {goal} | {'yes' if met else 'NO'} |")
-    return "\n".join(lines)
 
 
 async def main() -> int:
@@ -459,6 +499,11 @@ async def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the smoke version: tiny, one run")
     parser.add_argument("--runs", type=int, help="runs per figure (median); default 3")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
+    parser.add_argument(
+        "--rows",
+        default=",".join(PHASES),
+        help=f"phases to run, comma-separated (default all: {','.join(PHASES)})",
+    )
     args = parser.parse_args()
     shape = QUICK if args.quick else FULL
     if args.runs:
@@ -468,7 +513,7 @@ async def main() -> int:
         return 2
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        results = await Bench(Path(tmp), shape).run()
+        results = await Bench(Path(tmp), shape).run(set(args.rows.split(",")))
     document = {
         "machine": machine(),
         "method": method(shape),
