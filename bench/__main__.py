@@ -80,8 +80,8 @@ def median(values: list[float]) -> float:
 
 
 class Bench:
-    def __init__(self, tmp: Path, shape: Shape) -> None:
-        self.tmp, self.shape = tmp, shape
+    def __init__(self, tmp: Path, shape: Shape, env: dict[str, str] | None = None) -> None:
+        self.tmp, self.shape, self.env = tmp, shape, env or {}
         self.emulator = Emulator(tmp / "emulator.log")
         self.results: dict[str, Any] = {}
         self._gateways = 0
@@ -95,7 +95,9 @@ class Bench:
 
     async def gateway(self, **env: str) -> GatewayProcess:
         self._gateways += 1
-        gateway = GatewayProcess(self.emulator.url, self.tmp / f"gateway{self._gateways}.log", env)
+        gateway = GatewayProcess(
+            self.emulator.url, self.tmp / f"gateway{self._gateways}.log", {**self.env, **env}
+        )
         await gateway.start()
         return gateway
 
@@ -304,7 +306,7 @@ class Bench:
                 bare_s.append(await bare.start())
             finally:
                 bare.stop()
-            gateway = GatewayProcess(self.emulator.url, self.tmp / f"gateway-cold{i}.log")
+            gateway = GatewayProcess(self.emulator.url, self.tmp / f"gateway-cold{i}.log", self.env)
             try:
                 gateway_s.append(await gateway.start())
             finally:
@@ -504,7 +506,16 @@ async def main() -> int:
         default=",".join(PHASES),
         help=f"phases to run, comma-separated (default all: {','.join(PHASES)})",
     )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the gateway (to measure a setting; the default "
+        "is the gateway as shipped)",
+    )
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.gateway_env)
     shape = QUICK if args.quick else FULL
     if args.runs:
         shape = Shape(**{**shape.__dict__, "runs": args.runs})
@@ -513,10 +524,11 @@ async def main() -> int:
         return 2
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        results = await Bench(Path(tmp), shape).run(set(args.rows.split(",")))
+        results = await Bench(Path(tmp), shape, env).run(set(args.rows.split(",")))
     document = {
         "machine": machine(),
         "method": method(shape),
+        "gateway_env": env,
         "results": results,
         "wall_seconds": time.perf_counter() - started,
     }

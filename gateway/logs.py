@@ -81,6 +81,34 @@ class _Enqueue(logging.handlers.QueueHandler):
         return record
 
 
+class _BatchedStream(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each line to a buffer of its own over stderr's file descriptor (sys.stderr
+    is line-buffered) and flushes it when the queue is empty: one write per burst of
+    lines, not one per line."""
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord]) -> None:
+        sys.stderr.flush()
+        super().__init__(
+            open(  # noqa: SIM115 (lives as long as the process; stderr itself stays open)
+                sys.stderr.fileno(),
+                "w",
+                buffering=1 << 16,
+                encoding="utf-8",
+                errors="backslashreplace",
+                closefd=False,
+            )
+        )
+        self._records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + "\n")
+            if self._records.empty():
+                self.stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
 _listener: logging.handlers.QueueListener | None = None
 
 
@@ -104,9 +132,9 @@ def configure(level: str) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # no caller lookup per record (the logging HOWTO's advice)
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(JsonFormatter())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    stream = _BatchedStream(records)
+    stream.setFormatter(JsonFormatter())
     _listener = logging.handlers.QueueListener(records, stream)
     _listener.start()
     root = logging.getLogger()
