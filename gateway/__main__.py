@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
 from gateway import logs
+from gateway.capacity import ensure_capacity
 from gateway.config import ConfigError, load_settings
 
 
@@ -17,6 +19,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stablecog-gateway: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    for warning in ensure_capacity(
+        settings.max_concurrent_calls, settings.upstream_max_connections
+    ):
+        logging.getLogger("gateway.capacity").warning(warning)
     from gateway.app import GatewayApp
 
     async def run() -> None:
