@@ -1,4 +1,4 @@
-"""The Stablecog REST client: one pooled httpx client, a total timeout per call, error mapping.
+"""The Stablecog REST client: one pooled transport, a total timeout per call, error mapping.
 
 One request per call: retrying what the upstream provably did not act on is
 gateway.upstream_generator's job (gateway.retries); a request the upstream may have acted
@@ -22,7 +22,7 @@ from gateway.call import CallBudget
 from gateway.errors import CallTimedOut, GatewayError, UpstreamTimedOut
 from gateway.events import NULL_TELEMETRY, Telemetry, UpstreamFailed, UpstreamRequestEnded
 from gateway.tracing import AttributeValue, TraceParent, Tracing
-from gateway.transport import AiohttpTransport
+from gateway.transport import AiohttpUpstream, HttpxUpstream, UpstreamTransport, json_body
 from gateway.transport_errors import upstream_error_for
 from gateway.upstream_defaults import CREATE_ENDPOINT, CREATE_PATH
 from gateway.upstream_errors import error_from_response
@@ -40,10 +40,10 @@ class UpstreamAnswer:
 class StablecogClient:
     """Sends generations to the upstream and maps every failure to a GatewayError.
 
-    httpx is the API; the connection pool underneath is aiohttp's (gateway.transport),
-    which holds thousands of slow calls open without slowing down. Only the connect
-    timeout is httpx's (the transport reads it); the total is enforced per call
-    (CallBudget), since a generation may take minutes.
+    Requests go through gateway.transport: aiohttp directly, or the httpx transport a test
+    passes (`transport`). The URL and the fixed headers are built once; the connect
+    timeout is the transport's; the total is enforced per call (CallBudget), since a
+    generation may take minutes.
     """
 
     def __init__(
@@ -51,7 +51,7 @@ class StablecogClient:
         base_url: str,
         *,
         connect_timeout: float = 10.0,
-        max_connections: int = 1000,
+        max_connections: int = 10000,
         transport: httpx.AsyncBaseTransport | None = None,
         telemetry: Telemetry = NULL_TELEMETRY,
         tracing: Tracing | None = None,
@@ -66,16 +66,22 @@ class StablecogClient:
             # Without any user:password of the base URL.
             "url.full": str(url.join(CREATE_PATH).copy_with(userinfo=b"")),
         }
-        self._client = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=None, pool=None),
-            headers={"user-agent": USER_AGENT},
-            transport=transport or AiohttpTransport(max_connections=max_connections),
-            follow_redirects=False,
+        self._url = base_url.rstrip("/") + CREATE_PATH  # as httpx merges a base URL
+        # httpx's defaults, which the gateway sent before it called aiohttp directly.
+        self._headers = {
+            "accept": "*/*",
+            "accept-encoding": "gzip, deflate",
+            "user-agent": USER_AGENT,
+            "content-type": "application/json",
+        }
+        self._transport: UpstreamTransport = (
+            HttpxUpstream(transport, connect_timeout=connect_timeout)
+            if transport is not None
+            else AiohttpUpstream(max_connections=max_connections, connect_timeout=connect_timeout)
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     async def create_generation(
         self,
@@ -89,28 +95,25 @@ class StablecogClient:
         status_class = "error"
         status_code: int | None = None
         span = self._tracing.child(trace, "POST", client=True, attributes=self._span_attributes)
-        headers = {"authorization": key.authorization}
+        headers = {**self._headers, "authorization": key.authorization}
         tracing.inject(span, headers)
         try:
             try:
                 async with asyncio.timeout(budget.seconds):
-                    response = await self._client.post(CREATE_PATH, json=body, headers=headers)
+                    response = await self._transport.post(self._url, headers, json_body(body))
             except TimeoutError:
                 status_class = "timeout"
                 raise _timed_out(budget) from None
             except httpx.RequestError as error:
                 raise upstream_error_for(error) from None
             seconds = time.perf_counter() - started
-            status_code = response.status_code
-            status_class = f"{response.status_code // 100}xx"
-            if response.status_code != 200:
+            status_code = response.status
+            status_class = f"{response.status // 100}xx"
+            if response.status != 200:
                 raise error_from_response(
-                    response.status_code,
-                    response.content,
-                    response.headers,
-                    configured_key=key.configured,
+                    response.status, response.body, response.headers, configured_key=key.configured
                 )
-            return UpstreamAnswer(body=response.content, seconds=seconds)
+            return UpstreamAnswer(body=response.body, seconds=seconds)
         except GatewayError as error:
             self._telemetry.emit(UpstreamFailed(error.reason))
             tracing.fail(span, error.reason)
