@@ -395,8 +395,9 @@ def method(shape: Shape) -> dict[str, Any]:
         "rows_1_2": f"closed loop, 1 connection x 16 streams, {shape.seconds:g} s each",
         "row_3": (
             f"saturation: closed loop 1 x 16 (gateway), 16 HTTP/1.1 connections (direct); "
-            f"then open loop, 8 staggered h2load clients of 1 connection, {shape.seconds:g} s "
-            "each, the same rate for the gateway and the direct REST call"
+            f"then open loop at the same rate for both, {shape.seconds:g} s each, over 8 "
+            "staggered h2load clients of 1 connection each (HTTP/2 to the gateway, HTTP/1.1 "
+            "to the REST endpoint)"
         ),
         "row_4": f"{shape.held} calls at once over {max(1, shape.held // 1000)} connections, "
         f"upstream {shape.held_latency:g} s, a fresh gateway per run",

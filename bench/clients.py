@@ -142,9 +142,9 @@ async def child(option: str, shape: str, url: str, seconds: float, held: int) ->
 
 
 def run_child(option: str, shape: str, url: str, seconds: float, held: int) -> dict[str, float]:
+    argv = ["--child", option, shape, url, str(seconds), str(held)]
     out = subprocess.run(
-        [sys.executable, "-m", "bench.clients", "--child", option, shape, url, str(seconds)]
-        + [str(held)],
+        [sys.executable, "-m", "bench.clients", *argv],
         capture_output=True,
         text=True,
         timeout=300,

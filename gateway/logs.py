@@ -4,8 +4,10 @@ Every line passes through `redact`, a last line of defence: nothing that looks l
 Stablecog API key or a bearer token is ever written, whatever a message or extra holds.
 
 A call's access-log line must cost the event loop as little as possible: the loop only
-makes the record and puts it on a queue (the standard library's `QueueHandler`, without its
-per-record copy and pre-formatting); a `QueueListener` thread formats and writes it. The
+makes the record and appends it to a queue (the standard library's `QueueHandler`, without
+its per-record copy and pre-formatting); a `QueueListener` thread formats and writes it.
+The queue wakes nobody: the writer looks every 20 ms and writes what came in one write
+(waking a thread per line costs the loop a lock hand-off and a GIL switch per call). The
 records' caller, thread and process fields are not collected (no line shows them).
 `configure` stops the listener at exit, so every line queued is written.
 """
@@ -13,6 +15,7 @@ records' caller, thread and process fields are not collected (no line shows them
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import logging
 import logging.handlers
@@ -81,12 +84,37 @@ class _Enqueue(logging.handlers.QueueHandler):
         return record
 
 
+class _Lines:
+    """The queue between the loop and the writer: `put_nowait` appends (a deque append is
+    atomic and wakes no thread); `get` takes the oldest record, looking every `interval`
+    seconds while there is none."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self._records: collections.deque[logging.LogRecord | None] = collections.deque()
+        self._interval = interval
+
+    def put_nowait(self, record: logging.LogRecord | None) -> None:
+        self._records.append(record)
+
+    def get(self, block: bool = True) -> logging.LogRecord | None:
+        while True:
+            try:
+                return self._records.popleft()
+            except IndexError:
+                if not block:
+                    raise queue.Empty from None
+                time.sleep(self._interval)
+
+    def empty(self) -> bool:
+        return not self._records
+
+
 class _BatchedStream(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes each line to a buffer of its own over stderr's file descriptor (sys.stderr
     is line-buffered) and flushes it when the queue is empty: one write per burst of
     lines, not one per line."""
 
-    def __init__(self, records: queue.SimpleQueue[logging.LogRecord]) -> None:
+    def __init__(self, records: _Lines) -> None:
         sys.stderr.flush()
         super().__init__(
             open(  # noqa: SIM115 (lives as long as the process; stderr itself stays open)
@@ -132,7 +160,7 @@ def configure(level: str) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # no caller lookup per record (the logging HOWTO's advice)
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    records = _Lines()
     stream = _BatchedStream(records)
     stream.setFormatter(JsonFormatter())
     _listener = logging.handlers.QueueListener(records, stream)
