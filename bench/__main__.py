@@ -80,8 +80,10 @@ def median(values: list[float]) -> float:
 
 
 class Bench:
-    def __init__(self, tmp: Path, shape: Shape, env: dict[str, str] | None = None) -> None:
-        self.tmp, self.shape, self.env = tmp, shape, env or {}
+    def __init__(
+        self, tmp: Path, shape: Shape, env: dict[str, str] | None = None, uvloop: bool = False
+    ) -> None:
+        self.tmp, self.shape, self.env, self.uvloop = tmp, shape, env or {}, uvloop
         self.emulator = Emulator(tmp / "emulator.log")
         self.results: dict[str, Any] = {}
         self._gateways = 0
@@ -96,7 +98,10 @@ class Bench:
     async def gateway(self, **env: str) -> GatewayProcess:
         self._gateways += 1
         gateway = GatewayProcess(
-            self.emulator.url, self.tmp / f"gateway{self._gateways}.log", {**self.env, **env}
+            self.emulator.url,
+            self.tmp / f"gateway{self._gateways}.log",
+            {**self.env, **env},
+            uvloop=self.uvloop,
         )
         await gateway.start()
         return gateway
@@ -515,6 +520,9 @@ async def main() -> int:
         help="an environment variable for the gateway (to measure a setting; the default "
         "is the gateway as shipped)",
     )
+    parser.add_argument(
+        "--uvloop", action="store_true", help="run the gateway on uvloop (to measure it)"
+    )
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.gateway_env)
     shape = QUICK if args.quick else FULL
@@ -525,11 +533,12 @@ async def main() -> int:
         return 2
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        results = await Bench(Path(tmp), shape, env).run(set(args.rows.split(",")))
+        results = await Bench(Path(tmp), shape, env, args.uvloop).run(set(args.rows.split(",")))
     document = {
         "machine": machine(),
         "method": method(shape),
         "gateway_env": env,
+        "uvloop": args.uvloop,
         "results": results,
         "wall_seconds": time.perf_counter() - started,
     }

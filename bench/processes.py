@@ -161,12 +161,26 @@ class Emulator(Child):
             return int(reply.json()["generation_count"])
 
 
+UVLOOP_MAIN = [
+    "-c",
+    "import sys, uvloop; uvloop.install(); from gateway.__main__ import main; sys.exit(main())",
+]
+
+
 class GatewayProcess(Child):
     """One `python -m gateway` child on free loopback ports, as shipped (default settings)."""
 
-    def __init__(self, upstream_url: str, log_path: Path, env: Mapping[str, str] = ()) -> None:  # type: ignore[assignment]
+    def __init__(
+        self,
+        upstream_url: str,
+        log_path: Path,
+        env: Mapping[str, str] = {},
+        uvloop: bool = False,
+    ) -> None:
+        # With uvloop: its event loop policy installed before the gateway's asyncio.run.
+        run = UVLOOP_MAIN if uvloop else ["-m", "gateway"]
         super().__init__(
-            [sys.executable, "-m", "gateway"],
+            [sys.executable, *run],
             log_path,
             _env(
                 {
