@@ -1,7 +1,8 @@
-"""`python -m bench.profile hit|miss [SECONDS]`: where the gateway's event loop spends a call.
+"""`python -m bench.profile hit|miss|held [SECONDS]`: where the gateway spends a call.
 
-Starts the emulator and a gateway as shipped, drives one path with h2load (1 connection x
-16 streams, closed loop) and samples the gateway with py-spy (pinned in
+Starts the emulator and a gateway as shipped, drives one path with h2load (hit, miss: 1
+connection x 16 streams, closed loop; held: 10,000 calls at once against a 5 s upstream)
+and samples the gateway with py-spy (pinned in
 requirements-dev.lock) meanwhile. Prints the functions with the largest inclusive and self
 share of the samples; the raw collapsed stacks are left in `bench-profile-PATH.txt`.
 """
@@ -71,9 +72,15 @@ async def main(path: str, seconds: float) -> int:
                 [py_spy, *argv],
                 stdout=subprocess.DEVNULL,
             )
-            load = await h2load.closed(
-                URL.format(gateway.target), body, duration=seconds + 1, within=seconds + 60
-            )
+            if path == "held":
+                await emulator.set_latency(5.0)
+                load = await h2load.closed(
+                    URL.format(gateway.target), body, clients=10, streams=1000, requests=10000
+                )
+            else:
+                load = await h2load.closed(
+                    URL.format(gateway.target), body, duration=seconds + 1, within=seconds + 60
+                )
             spy.wait(timeout=60)
             print(f"{path}: {load.rate:,.0f} calls/s under the profiler")
             print(summary(out))
