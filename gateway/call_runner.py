@@ -6,8 +6,8 @@ the call's `Call` (request id, caller, deadline budget, cache control) and an em
 the grpc_server_* metrics, one JSON access-log line on the `gateway.access` logger,
 the response and its trailers, or the error as a `google.rpc.Status`; either way the
 trailers carry the request id (`x-request-id`: with the status, so it costs no write of its
-own, and a caller gets it on errors too). It also counts
-calls in flight and refuses new ones while the gateway drains.
+own, and a caller gets it on errors too). It also counts calls in flight and refuses new
+ones while the gateway drains.
 
 Health checks and reflection are not run through it (as go-grpc-prometheus users expect).
 """
@@ -281,16 +281,20 @@ class CallRunner:
         # Counted as `other` (past --max-callers): the log still says who it was.
         caller_raw = sanitize_label(raw_caller) if raw_caller is not None else None
         request_id = request_id_from(metadata.get("x-request-id"))
-        trace = self._tracing.server_span(
-            f"{service}/{method}",
-            metadata,
-            {
-                "rpc.system": "grpc",
-                "rpc.service": service,
-                "rpc.method": method,
-                "stablecog.caller": caller,
-                "stablecog.request_id": request_id,
-            },
+        trace = (
+            self._tracing.server_span(
+                f"{service}/{method}",
+                metadata,
+                {
+                    "rpc.system": "grpc",
+                    "rpc.service": service,
+                    "rpc.method": method,
+                    "stablecog.caller": caller,
+                    "stablecog.request_id": request_id,
+                },
+            )
+            if self._tracing.enabled
+            else None
         )
         return Call(
             service=service,

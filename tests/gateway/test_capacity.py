@@ -54,3 +54,12 @@ def test_the_default_pool_is_the_default_cap() -> None:
     from gateway.config import Settings
 
     assert Settings().upstream_max_connections >= Settings().max_concurrent_calls
+
+
+def test_grpc_pending_request_limits_stay_above_the_cap() -> None:
+    from gateway.app import _server_options
+
+    for cap in (10, 10_000, 50_000):
+        options = dict(_server_options(cap))
+        assert options["grpc.server.max_pending_requests"] > cap
+        assert options["grpc.server.max_pending_requests_hard_limit"] > cap
