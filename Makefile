@@ -50,7 +50,7 @@ $(CHECKOV):
 	$(PYTHON) -m venv .tools/checkov
 	.tools/checkov/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30
 
-## Install the Debian packages the integration tests start (redis-server, prometheus).
+## Install the Debian packages the tests start (redis-server, prometheus, h2load).
 services:
 	@scripts/ensure-services.sh
 
@@ -85,8 +85,8 @@ lint: dev-venv client-tools
 	$(PY) -m tools.genclients --check
 	$(PY) tools/sync_prometheusrule.py --check
 
-## Benchmarks that print numbers (loopback only, bounded).
-bench: dev-venv
+## The benchmark suite (BENCHMARKS.md): one table, JSON in bench-results.json; under 10 min.
+bench: dev-venv services
 	$(PY) -m bench
 
 ## A bounded soak at a steady mixed load (SOAK_SECONDS, default 300, at most 600; uses

@@ -1,272 +1,559 @@
-"""`make bench`: what the gateway adds, measured against the emulator on loopback.
+"""`make bench`: what the gateway costs, each figure beside a baseline measured in the same run.
 
-Starts the emulator and one gateway as child processes, drives them with a grpc.aio
-client from this process, and prints throughput and latency percentiles for:
+Load comes from h2load (bench.h2load), a separate C process; the gateway, the emulator and
+the bare baseline server (bench.bare) are child processes on loopback. Every figure is the
+median of `--runs` runs, and each run measures the baseline and the gateway one after the
+other (interleaved), so a busy machine slows both alike: compare ratios, not absolutes.
+h2load cannot see grpc-status, so every phase checks the gateway's own counters
+(grpc_server_handled_total) to prove each call it sent ended OK.
 
-- cache hits (the gateway's own cost: no upstream call),
-- upstream round trips with zero emulator latency (gateway + httpx + emulator),
-- many slow calls held open at once (the normal load: seconds-long generations),
-  with the gateway's resident memory.
+Rows:
+  1. bare grpc.aio server returning the gateway's response: calls/s, p50, CPU per call;
+  2. cache hit through the gateway as shipped (default settings, access log on), as (1);
+  3. miss path against the emulator answering at once: latency the gateway adds over
+     calling the REST endpoint directly (same body, same open-loop rate), at 25/50/90% of
+     the gateway's saturating rate;
+  4. 10,000 concurrent generations against a 5 s upstream: errors by code, time until all
+     are answered, peak RSS (VmHWM), CPU, memory per held call;
+  5. 1,000 identical concurrent seeded calls: upstream requests (must be 1), time;
+  6. cold start: process start to SERVING, beside the bare server's.
 
-Every phase is bounded by a call count and a time limit. Client and servers share the
-machine's cores, so numbers are comparable between runs on one machine, not absolute.
+`--quick` is the smoke version run by the test suite: the same code, tiny counts, one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
+import json
 import os
+import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 
-from bench.processes import GatewayProcess, line_in
+from bench import h2load
+from bench.h2load import Load, grpc_frame
+from bench.processes import (
+    KEY,
+    BareServer,
+    Emulator,
+    GatewayProcess,
+    cpu_seconds,
+    memory_mb,
+)
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
+from gateway.translate import request_to_json
 
-KEY = "sc-" + hashlib.sha256(b"bench account").hexdigest()
-
-
-async def start_emulator(latency: float, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--latency",
-            str(latency),
-            "--rate-limit",
-            "0",
-            "--queue-limit",
-            "0",
-            "--account",
-            KEY,
-            "--initial-credits",
-            "100000000",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    listening = await line_in(log_path, r"listening on (http://127\.0\.0\.1:\d+)", process, 20.0)
-    url = listening.group(1)
-    async with httpx.AsyncClient() as client:
-        for _ in range(200):
-            try:
-                if (await client.get(f"{url}/v1/health")).status_code == 200:
-                    return process, url
-            except httpx.HTTPError:
-                await asyncio.sleep(0.05)
-    process.kill()
-    raise RuntimeError("emulator did not start")
+METHOD_PATH = "/stablecog.v1.GenerationService/CreateGeneration"
+CREATE_PATH = "/v1/image/generation/create"
 
 
-async def set_latency(url: str, seconds: float) -> None:
-    async with httpx.AsyncClient() as client:
-        response = await client.post(f"{url}/_emulator/config", json={"latency_seconds": seconds})
-        response.raise_for_status()
+@dataclass(frozen=True)
+class Shape:
+    """How big each phase is."""
+
+    runs: int
+    seconds: float  # per closed- or open-loop measurement
+    held: int  # row 4: concurrent slow calls
+    held_latency: float  # row 4: the upstream's answer time
+    identical: int  # row 5
+    cold_starts: int  # row 6
 
 
-async def drive(
-    stub: generation_pb2_grpc.GenerationServiceStub,
-    make_request: type[generation_pb2.GenerationRequest] | object,
-    *,
-    concurrency: int,
-    total: int,
-    time_limit: float,
-) -> tuple[int, float, list[float]]:
-    latencies: list[float] = []
-    issued = 0
-    deadline = time.perf_counter() + time_limit
-
-    async def worker() -> None:
-        nonlocal issued
-        while issued < total and time.perf_counter() < deadline:
-            issued += 1
-            request = make_request(issued)  # type: ignore[operator]
-            started = time.perf_counter()
-            await stub.CreateGeneration(request, timeout=60)
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return len(latencies), time.perf_counter() - started, latencies
+FULL = Shape(runs=3, seconds=3.0, held=10000, held_latency=5.0, identical=1000, cold_starts=5)
+QUICK = Shape(runs=1, seconds=0.5, held=200, held_latency=0.5, identical=50, cold_starts=1)
 
 
-def report(name: str, concurrency: int, done: int, seconds: float, latencies: list[float]) -> None:
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
-
-    print(
-        f"{name:<28} c={concurrency:<5} calls={done:<6} {done / seconds:>8.0f}/s  "
-        f"p50={pct(0.50):7.2f} ms  p99={pct(0.99):7.2f} ms  mean={statistics.fmean(latencies) * 1000:7.2f} ms"
-    )
+PHASES = ("hits", "misses", "identical", "held", "cold")
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
-class _Receiver:
-    """An OTLP/gRPC trace receiver that counts spans and drops them."""
+class Bench:
+    def __init__(
+        self, tmp: Path, shape: Shape, env: dict[str, str] | None = None, uvloop: bool = False
+    ) -> None:
+        self.tmp, self.shape, self.env, self.uvloop = tmp, shape, env or {}, uvloop
+        self.emulator = Emulator(tmp / "emulator.log")
+        self.results: dict[str, Any] = {}
+        self._gateways = 0
 
-    def __init__(self) -> None:
-        self.spans = 0
+    # --- helpers ---
 
-    async def export(self, request: Any, context: Any) -> Any:
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+    def body(self, name: str, message: bytes) -> Path:
+        path = self.tmp / name
+        path.write_bytes(message)
+        return path
 
-        self.spans += sum(
-            len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
+    async def gateway(self, **env: str) -> GatewayProcess:
+        self._gateways += 1
+        gateway = GatewayProcess(
+            self.emulator.url,
+            self.tmp / f"gateway{self._gateways}.log",
+            {**self.env, **env},
+            uvloop=self.uvloop,
         )
-        return trace_service_pb2.ExportTraceServiceResponse()
+        await gateway.start()
+        return gateway
 
+    async def checked(
+        self, gateway: GatewayProcess, load: Callable[[], Awaitable[Load]]
+    ) -> tuple[Load, dict[str, float], float]:
+        """Run `load` against `gateway`: the load, the counters' deltas, CPU seconds used.
+        Fails unless every call h2load finished ended OK by the gateway's own count."""
+        before, cpu = await gateway.counters(), cpu_seconds(gateway.pid)
+        result = await load()
+        cpu = cpu_seconds(gateway.pid) - cpu
+        after = await gateway.counters()
+        delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+        delta = {k: v for k, v in delta.items() if v}
+        if delta.get("OK", 0) < result.done or result.succeeded != result.done:
+            raise RuntimeError(f"not every call ended OK: h2load {result}, gateway {delta}")
+        return result, delta, cpu
 
-async def tracing_cost(url: str, tmp: Path, args: Any, seeded_off: Any) -> None:
-    """The same two paths through gateways with tracing off and on (every call sampled,
-    exported over OTLP/gRPC to a receiver in this process), interleaved."""
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+    @staticmethod
+    def url(target: str) -> str:
+        return f"http://{target}{METHOD_PATH}"
 
-    receiver = _Receiver()
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "opentelemetry.proto.collector.trace.v1.TraceService",
-                {
-                    "Export": grpc.unary_unary_rpc_method_handler(
-                        receiver.export,
-                        request_deserializer=trace_service_pb2.ExportTraceServiceRequest.FromString,
-                        response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
-                    )
-                },
-            ),
+    # --- rows 1 and 2 ---
+
+    async def hits(self, gateway: GatewayProcess, bare: BareServer, body: Path) -> None:
+        bare_runs: list[dict[str, float]] = []
+        hit_runs: list[dict[str, float]] = []
+        for _ in range(self.shape.runs):
+            cpu = cpu_seconds(bare.pid)
+            load = await h2load.closed(self.url(bare.target), body, duration=self.shape.seconds)
+            cpu = cpu_seconds(bare.pid) - cpu
+            bare_runs.append(_throughput(load, cpu))
+            load, _, cpu = await self.checked(
+                gateway,
+                lambda: h2load.closed(self.url(gateway.target), body, duration=self.shape.seconds),
+            )
+            hit_runs.append(_throughput(load, cpu))
+        bare_row, hit_row = _medians(bare_runs), _medians(hit_runs)
+        hit_row["ratio"] = hit_row["calls_per_second"] / bare_row["calls_per_second"]
+        self.results["1_bare_server"] = bare_row
+        self.results["2_cache_hit"] = hit_row
+
+    # --- row 3 ---
+
+    async def misses(self, gateway: GatewayProcess, grpc_body: Path, rest_body: Path) -> None:
+        rest_url = self.emulator.url + CREATE_PATH
+        rest_headers = (
+            "-H",
+            f"authorization: Bearer {KEY}",
+            "-H",
+            "content-type: application/json",
         )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        for tracing in ("off", "on", "off", "on"):
-            env = {"STABLECOG_API_URL": url, "STABLECOG_API_KEY": KEY}
-            if tracing == "on":
-                env |= {
-                    "OTEL_TRACES_EXPORTER": "otlp",
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-                }
-            gateway = GatewayProcess(env, tmp / f"gateway-tracing-{tracing}.log")
-            try:
-                await gateway.start()
-                async with grpc.aio.insecure_channel(gateway.target) as channel:
-                    stub = generation_pb2_grpc.GenerationServiceStub(channel)
-                    await stub.CreateGeneration(seeded_off)
-                    done, secs, lat = await drive(
-                        stub,
-                        lambda _: seeded_off,
-                        concurrency=16,
-                        total=args.calls,
-                        time_limit=args.seconds,
-                    )
-                    report(f"cache hit, tracing {tracing}", 16, done, secs, lat)
-                    done, secs, lat = await drive(
-                        stub,
-                        lambda i: generation_pb2.GenerationRequest(
-                            prompt=f"traced {i}", num_outputs=1
+        saturation, direct_saturation = [], []
+        for _ in range(self.shape.runs):
+            # Over the open-loop phases' layout (8 connections), so that 90% of it is
+            # below what they can carry.
+            load, _, _ = await self.checked(
+                gateway,
+                lambda: h2load.closed(
+                    self.url(gateway.target),
+                    grpc_body,
+                    clients=8,
+                    streams=2,
+                    duration=self.shape.seconds,
+                ),
+            )
+            saturation.append(load.rate)
+            direct = await h2load.closed(
+                rest_url,
+                rest_body,
+                grpc=False,
+                clients=16,
+                streams=1,
+                duration=self.shape.seconds,
+                headers=rest_headers,
+            )
+            direct_saturation.append(direct.rate)
+        saturating = median(saturation)
+        row: dict[str, Any] = {
+            "saturating_calls_per_second": saturating,
+            "direct_saturating_calls_per_second": median(direct_saturation),
+            "saturation_ratio": saturating / median(direct_saturation),
+        }
+        for fraction in (0.25, 0.5, 0.9):
+            rate = fraction * saturating
+            runs: list[dict[str, float]] = []
+            for _ in range(self.shape.runs):
+                direct = await h2load.open_loop(
+                    rest_url,
+                    rest_body,
+                    rate=rate,
+                    duration=self.shape.seconds,
+                    grpc=False,
+                    streams=1,
+                    headers=rest_headers,
+                )
+                through, _, _ = await self.checked(
+                    gateway,
+                    lambda rate=rate: h2load.open_loop(
+                        self.url(gateway.target),
+                        grpc_body,
+                        rate=rate,
+                        duration=self.shape.seconds,
+                    ),
+                )
+                runs.append(
+                    {
+                        "direct_p50_ms": direct.percentile(0.5),
+                        "direct_p99_ms": direct.percentile(0.99),
+                        "gateway_p50_ms": through.percentile(0.5),
+                        "gateway_p99_ms": through.percentile(0.99),
+                        "added_p50_ms": through.percentile(0.5) - direct.percentile(0.5),
+                        "added_p99_ms": through.percentile(0.99) - direct.percentile(0.99),
+                        "achieved_calls_per_second": through.rate,
+                    }
+                )
+            row[f"load_{round(fraction * 100)}"] = {"rate": rate, **_medians(runs)}
+        self.results["3_miss_added_latency"] = row
+
+    # --- row 4 ---
+
+    async def held_open(self, grpc_body: Path) -> None:
+        n = self.shape.held
+        await self.emulator.set_latency(self.shape.held_latency)
+        runs: list[dict[str, float]] = []
+        codes: dict[str, float] = {}
+        try:
+            for _ in range(self.shape.runs):
+                gateway = await self.gateway()
+                try:
+                    idle_mb = memory_mb(gateway.pid, "VmRSS")
+                    emulator_cpu = cpu_seconds(self.emulator.pid)
+                    clients = max(1, n // 1000)
+                    load, delta, cpu = await self.checked(
+                        gateway,
+                        lambda clients=clients, gateway=gateway: h2load.closed(
+                            self.url(gateway.target),
+                            grpc_body,
+                            clients=clients,
+                            streams=n // clients,
+                            requests=n,
+                            within=120,
                         ),
-                        concurrency=16,
-                        total=args.calls,
-                        time_limit=args.seconds,
                     )
-                    report(f"upstream round trip, tracing {tracing}", 16, done, secs, lat)
+                    peak_mb = memory_mb(gateway.pid, "VmHWM")
+                    codes = {k: v for k, v in delta.items() if k != "upstream_requests"}
+                    runs.append(
+                        {
+                            "seconds_until_all_answered": load.seconds,
+                            "seconds_over_upstream": load.seconds - self.shape.held_latency,
+                            "errors": sum(v for k, v in codes.items() if k != "OK"),
+                            "peak_rss_mb": peak_mb,
+                            "idle_rss_mb": idle_mb,
+                            "mb_per_held_call": (peak_mb - idle_mb) / n,
+                            "gateway_cpu_seconds": cpu,
+                            "emulator_cpu_seconds": cpu_seconds(self.emulator.pid) - emulator_cpu,
+                            "p50_ms": load.percentile(0.5),
+                        }
+                    )
+                finally:
+                    gateway.stop()
+        finally:
+            await self.emulator.set_latency(0.0)
+        self.results["4_held_open"] = {
+            "calls": n,
+            "upstream_seconds": self.shape.held_latency,
+            "codes_last_run": codes,
+            **_medians(runs),
+        }
+
+    # --- row 5 ---
+
+    async def identical(self, gateway: GatewayProcess, seed_base: int) -> None:
+        n = self.shape.identical
+        await self.emulator.set_latency(1.0 if n >= 1000 else 0.3)
+        runs: list[dict[str, float]] = []
+        try:
+            for i in range(self.shape.runs):
+                request = generation_pb2.GenerationRequest(
+                    prompt="bench identical", seed=seed_base + i, num_outputs=1
+                )
+                body = self.body(f"identical{i}.bin", grpc_frame(request.SerializeToString()))
+                upstream = await self.emulator.generation_count()
+                load, delta, _ = await self.checked(
+                    gateway,
+                    lambda body=body: h2load.closed(
+                        self.url(gateway.target), body, streams=n, requests=n
+                    ),
+                )
+                runs.append(
+                    {
+                        "upstream_requests": await self.emulator.generation_count() - upstream,
+                        "gateway_upstream_requests": delta.get("upstream_requests", 0),
+                        "seconds_until_all_answered": load.seconds,
+                    }
+                )
+        finally:
+            await self.emulator.set_latency(0.0)
+        self.results["5_identical_seeded"] = {
+            "calls": n,
+            "upstream_requests_max": max(r["upstream_requests"] for r in runs),
+            **_medians(runs),
+        }
+
+    # --- row 6 ---
+
+    async def cold_starts(self, response_file: Path) -> None:
+        bare_s, gateway_s = [], []
+        for i in range(self.shape.cold_starts):
+            bare = BareServer(response_file, self.tmp / f"bare-cold{i}.log")
+            try:
+                bare_s.append(await bare.start())
+            finally:
+                bare.stop()
+            gateway = GatewayProcess(self.emulator.url, self.tmp / f"gateway-cold{i}.log", self.env)
+            try:
+                gateway_s.append(await gateway.start())
             finally:
                 gateway.stop()
-        print(f"spans received while tracing on: {receiver.spans}")
-    finally:
-        await server.stop(grace=None)
+        self.results["6_cold_start"] = {
+            "bare_ms": median(bare_s) * 1000,
+            "gateway_ms": median(gateway_s) * 1000,
+            "ratio": median(gateway_s) / median(bare_s),
+        }
+
+    # --- the suite ---
+
+    async def run(self, phases: set[str]) -> dict[str, Any]:
+        await self.emulator.start()
+        seeded = generation_pb2.GenerationRequest(prompt="bench hit", seed=1, num_outputs=1)
+        miss = generation_pb2.GenerationRequest(prompt="bench miss", num_outputs=1)
+        gateway = await self.gateway()
+        bare: BareServer | None = None
+        try:
+            async with grpc.aio.insecure_channel(gateway.target) as channel:
+                stub = generation_pb2_grpc.GenerationServiceStub(channel)
+                await stub.CreateGeneration(seeded)  # fill the cache
+                response = await stub.CreateGeneration(seeded)  # the hit h2load will get
+            assert response.cache_result == generation_pb2.CacheResult.CACHE_RESULT_HIT
+            response_file = self.body("response.bin", response.SerializeToString())
+            hit_body = self.body("hit.bin", grpc_frame(seeded.SerializeToString()))
+            miss_body = self.body("miss.bin", grpc_frame(miss.SerializeToString()))
+            rest_body = self.body("miss.json", json.dumps(request_to_json(miss)).encode())
+            self.results["response_bytes"] = len(response.SerializeToString())
+
+            if "hits" in phases:
+                bare = BareServer(response_file, self.tmp / "bare.log")
+                await bare.start()
+                await self.hits(gateway, bare, hit_body)
+                bare.stop()
+            if "misses" in phases:
+                await self.misses(gateway, miss_body, rest_body)
+            if "identical" in phases:
+                await self.identical(gateway, seed_base=int(time.time()))
+            gateway.stop()
+            if "held" in phases:
+                await self.held_open(miss_body)
+            if "cold" in phases:
+                await self.cold_starts(response_file)
+        finally:
+            gateway.kill()
+            if bare is not None:
+                bare.kill()
+            self.emulator.kill()
+        return self.results
+
+
+def _throughput(load: Load, cpu: float) -> dict[str, float]:
+    return {
+        "calls_per_second": load.rate,
+        "p50_ms": load.percentile(0.5),
+        "p99_ms": load.percentile(0.99),
+        "cpu_us_per_call": cpu / load.done * 1e6 if load.done else float("nan"),
+    }
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: median([run[key] for run in runs]) for key in runs[0]}
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def method(shape: Shape) -> dict[str, Any]:
+    return {
+        "load_generator": "h2load (nghttp2-client), gRPC length-prefixed body",
+        "runs": shape.runs,
+        "aggregate": "median of runs; baseline and gateway interleaved within each run",
+        "rows_1_2": f"closed loop, 1 connection x 16 streams, {shape.seconds:g} s each",
+        "row_3": (
+            f"saturation: closed loop 8 connections x 2 streams (gateway), 16 HTTP/1.1 "
+            "connections (direct); "
+            f"then open loop at the same rate for both, {shape.seconds:g} s each, over 8 "
+            "staggered h2load clients of 1 connection each (HTTP/2 to the gateway, HTTP/1.1 "
+            "to the REST endpoint)"
+        ),
+        "row_4": f"{shape.held} calls at once over {max(1, shape.held // 1000)} connections, "
+        f"upstream {shape.held_latency:g} s, a fresh gateway per run",
+        "row_5": f"{shape.identical} identical seeded calls on 1 connection, a new seed per run",
+        "row_6": "spawn to the 'serving' log line (health SERVING), bare then gateway, "
+        f"{shape.cold_starts} pairs",
+    }
+
+
+TARGETS = (
+    ("2 hit throughput / bare", lambda r: r["2_cache_hit"]["ratio"], ">=", 0.75),
+    ("3 added p50 at 50% (ms)", lambda r: r["3_miss_added_latency"]["load_50"]["added_p50_ms"], "<=", 1.0),
+    ("3 added p99 at 50% (ms)", lambda r: r["3_miss_added_latency"]["load_50"]["added_p99_ms"], "<=", 3.0),
+    ("4 errors", lambda r: r["4_held_open"]["errors"], "<=", 0),
+    ("4 s over the upstream", lambda r: r["4_held_open"]["seconds_over_upstream"], "<=", 3.0),
+    ("4 peak RSS (MB)", lambda r: r["4_held_open"]["peak_rss_mb"], "<=", 300),
+    ("5 upstream requests", lambda r: r["5_identical_seeded"]["upstream_requests_max"], "<=", 1),
+    ("6 cold start / bare", lambda r: r["6_cold_start"]["ratio"], "<=", 2.0),
+)  # fmt: skip
+
+
+def table(results: dict[str, Any]) -> str:
+    r = results
+    lines = [
+        "| row | baseline (same run) | gateway | ratio / added |",
+        "|---|---|---|---|",
+    ]
+    if "2_cache_hit" in r:
+        lines += _hit_lines(r["1_bare_server"], r["2_cache_hit"])
+    if "3_miss_added_latency" in r:
+        lines += _miss_lines(r["3_miss_added_latency"])
+    if "4_held_open" in r:
+        lines += _held_lines(r["4_held_open"])
+    if "5_identical_seeded" in r:
+        lines += _identical_lines(r["5_identical_seeded"])
+    if "6_cold_start" in r:
+        lines += _cold_lines(r["6_cold_start"])
+    lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for name, get, op, goal in TARGETS:
+        try:
+            value = get(r)
+        except KeyError:
+            continue
+        met = value >= goal if op == ">=" else value <= goal
+        lines.append(f"| {name} | {value:.2f} | {op} {goal} | {'yes' if met else 'NO'} |")
+    return "\n".join(lines)
+
+
+def _hit_lines(one: dict[str, Any], two: dict[str, Any]) -> list[str]:
+    return [
+        f"| 1-2 cache hit, 1 conn x 16 streams | bare grpc.aio {one['calls_per_second']:,.0f}/s, "
+        f"p50 {one['p50_ms']:.2f} ms, {one['cpu_us_per_call']:.0f} us CPU/call | "
+        f"{two['calls_per_second']:,.0f}/s, p50 {two['p50_ms']:.2f} ms, "
+        f"{two['cpu_us_per_call']:.0f} us CPU/call | x{two['ratio']:.2f} |",
+    ]
+
+
+def _miss_lines(three: dict[str, Any]) -> list[str]:
+    lines = [
+        f"| 3 miss saturation | REST direct {three['direct_saturating_calls_per_second']:,.0f}/s | "
+        f"{three['saturating_calls_per_second']:,.0f}/s | x{three['saturation_ratio']:.2f} |",
+    ]
+    for load in ("load_25", "load_50", "load_90"):
+        x = three[load]
+        lines.append(
+            f"| 3 miss at {load[5:]}% ({x['rate']:,.0f}/s open loop) | REST direct p50 "
+            f"{x['direct_p50_ms']:.2f} ms, p99 {x['direct_p99_ms']:.2f} ms | p50 "
+            f"{x['gateway_p50_ms']:.2f} ms, p99 {x['gateway_p99_ms']:.2f} ms | "
+            f"+{x['added_p50_ms']:.2f} ms p50, +{x['added_p99_ms']:.2f} ms p99 |"
+        )
+    return lines
+
+
+def _held_lines(four: dict[str, Any]) -> list[str]:
+    return [
+        f"| 4 {four['calls']:,} at once, upstream {four['upstream_seconds']:g} s | upstream "
+        f"{four['upstream_seconds']:g} s | all answered in {four['seconds_until_all_answered']:.2f} s, "
+        f"{four['errors']:.0f} errors {four['codes_last_run']}, peak RSS {four['peak_rss_mb']:.0f} MB "
+        f"({four['mb_per_held_call'] * 1024:.1f} KB/call), CPU {four['gateway_cpu_seconds']:.1f} s "
+        f"(emulator {four['emulator_cpu_seconds']:.1f} s) | "
+        f"+{four['seconds_over_upstream']:.2f} s |",
+    ]
+
+
+def _identical_lines(five: dict[str, Any]) -> list[str]:
+    return [
+        f"| 5 {five['calls']:,} identical seeded | 1 upstream request | "
+        f"{five['upstream_requests_max']:.0f} upstream request(s), all answered in "
+        f"{five['seconds_until_all_answered']:.2f} s | |",
+    ]
+
+
+def _cold_lines(six: dict[str, Any]) -> list[str]:
+    return [
+        f"| 6 cold start to SERVING | bare {six['bare_ms']:.0f} ms | {six['gateway_ms']:.0f} ms | "
+        f"x{six['ratio']:.2f} |",
+    ]
 
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=3000, help="calls per phase (bound)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="time limit per phase")
-    parser.add_argument("--held-open", type=int, default=2000, help="slow calls held at once")
+    parser.add_argument("--quick", action="store_true", help="the smoke version: tiny, one run")
+    parser.add_argument("--runs", type=int, help="runs per figure (median); default 3")
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
+    parser.add_argument(
+        "--rows",
+        default=",".join(PHASES),
+        help=f"phases to run, comma-separated (default all: {','.join(PHASES)})",
+    )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the gateway (to measure a setting; the default "
+        "is the gateway as shipped)",
+    )
+    parser.add_argument(
+        "--uvloop", action="store_true", help="run the gateway on uvloop (to measure it)"
+    )
     args = parser.parse_args()
-
+    env = dict(item.split("=", 1) for item in args.gateway_env)
+    shape = QUICK if args.quick else FULL
+    if args.runs:
+        shape = Shape(**{**shape.__dict__, "runs": args.runs})
+    if h2load.H2LOAD is None:
+        print("h2load is not installed: apt-get install nghttp2-client", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        emulator, url = await start_emulator(latency=0.0, log_path=Path(tmp) / "emulator.log")
-        # The gateway as shipped: default log level, one access-log line per call.
-        gateway = GatewayProcess(
-            {"STABLECOG_API_URL": url, "STABLECOG_API_KEY": KEY}, Path(tmp) / "gateway.log"
-        )
-        try:
-            await gateway.start()
-            assert gateway.process is not None
-            print(
-                f"gateway pid {gateway.process.pid}: RSS at start {rss_mb(gateway.process.pid):.0f} MB"
-            )
-            async with grpc.aio.insecure_channel(gateway.target) as channel:
-                stub = generation_pb2_grpc.GenerationServiceStub(channel)
-                seeded = generation_pb2.GenerationRequest(prompt="bench", seed=1, num_outputs=1)
-                await stub.CreateGeneration(seeded)  # fill the cache
-                for concurrency in (1, 16, 64):
-                    done, secs, lat = await drive(
-                        stub,
-                        lambda _: seeded,
-                        concurrency=concurrency,
-                        total=args.calls,
-                        time_limit=args.seconds,
-                    )
-                    report("cache hit (gateway only)", concurrency, done, secs, lat)
-                for concurrency in (1, 16, 64):
-                    done, secs, lat = await drive(
-                        stub,
-                        lambda i: generation_pb2.GenerationRequest(
-                            prompt=f"bench {i}", num_outputs=1
-                        ),
-                        concurrency=concurrency,
-                        total=args.calls,
-                        time_limit=args.seconds,
-                    )
-                    report("upstream round trip", concurrency, done, secs, lat)
-
-                await set_latency(url, 2.0)
-                n = args.held_open
-                done, secs, lat = await drive(
-                    stub,
-                    lambda i: generation_pb2.GenerationRequest(prompt=f"slow {i}", num_outputs=1),
-                    concurrency=n,
-                    total=n,
-                    time_limit=args.seconds * 4,
-                )
-                report("held open, upstream 2 s", n, done, secs, lat)
-                print(
-                    f"gateway RSS after {n} concurrent slow calls: {rss_mb(gateway.process.pid):.0f} MB"
-                )
-            gateway.kill()
-            await set_latency(url, 0.0)
-            await tracing_cost(url, Path(tmp), args, seeded_off=seeded)
-        finally:
-            gateway.kill()
-            emulator.kill()
-            emulator.wait(timeout=10)
+        results = await Bench(Path(tmp), shape, env, args.uvloop).run(set(args.rows.split(",")))
+    document = {
+        "machine": machine(),
+        "method": method(shape),
+        "gateway_env": env,
+        "uvloop": args.uvloop,
+        "results": results,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    print(table(results))
+    print(f"\n{document['wall_seconds']:.0f} s; JSON in {args.json}")
     return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     raise SystemExit(asyncio.run(main()))

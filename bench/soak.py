@@ -185,7 +185,9 @@ class Children:
             await self._redis_ready(socket_path)
             env |= {"GATEWAY_CACHE": "redis", "GATEWAY_REDIS_URL": f"unix://{socket_path}?db=0"}
             self.cache = "redis"
-        self.gateway = GatewayProcess(env, self.workdir / "gateway.log")
+        self.gateway = GatewayProcess(
+            self.emulator_url, self.workdir / "gateway.log", env, api_key=None
+        )
         await self.gateway.start()
 
     async def _redis_ready(self, socket_path: Path) -> None:

@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 UNKNOWN_ERROR = "An unknown error has occured"  # sic, as sc-go spells it
 CREDIT_TYPE_ID = uuid.UUID("b4d1a5e6-3c1f-4f5e-9a7d-6e2b8c0f1a23")
 CREDITS_EXPIRE_AT = "2100-01-01T00:00:00Z"
-DISCONNECT_POLL_SECONDS = 0.05
 IMAGE_URL_ERROR = "image_url_width_height_error"
 # Route limits relative to the create route's, which is `rate_limit_per_second`.
 CREATE_RATE_SCALE = 1
@@ -78,10 +77,6 @@ def drop_connection(request: web.Request) -> web.Response:
     request[RECORD_KEY].connection_dropped = True
     request.protocol.force_close()
     return web.Response(status=500)  # never written: the transport is gone
-
-
-def _client_gone(request: web.Request) -> bool:
-    return request.transport is None or request.transport.is_closing()
 
 
 def client_ip(request: web.Request) -> str:
@@ -357,10 +352,8 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
     state.jobs.add(job)
     job.add_done_callback(state.jobs.discard)
     # Like the real handler, keep going if the client leaves, but note it as soon as it does.
-    while not (await asyncio.wait({job}, timeout=DISCONNECT_POLL_SECONDS))[0]:
-        record.client_disconnected = record.client_disconnected or _client_gone(request)
-    record.client_disconnected = record.client_disconnected or _client_gone(request)
-    response = job.result()
+    with state.disconnects.watching(request, record):
+        response = await asyncio.shield(job)
     if fault and mode is FaultMode.DROP_CONNECTION:
         return drop_connection(request)
     if fault and mode is FaultMode.HTTP_STATUS:

@@ -212,6 +212,7 @@ class Emulator:
         await self._cancel_jobs()
         await runner.cleanup()
         await self._cancel_jobs()
+        await self._state.disconnects.aclose()
 
     async def _cancel_jobs(self) -> None:
         jobs = set(self._state.jobs)

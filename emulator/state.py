@@ -10,6 +10,7 @@ from aiohttp import web
 
 from emulator.accounts import Account, Ledger, is_well_formed_token, token_sha256
 from emulator.config import EmulatorConfig
+from emulator.disconnects import DisconnectWatch
 from emulator.faults import FaultQueue
 from emulator.ratelimit import SlidingWindowLimiter
 from emulator.records import RecordedRequest, RequestLog
@@ -42,6 +43,8 @@ class EmulatorState:
         # Set once the server is bound, unless configured.
         self.public_url = config.public_url or ""
         self.jobs: set[asyncio.Task[web.StreamResponse]] = set()
+        # Notes the clients that leave while their generation runs.
+        self.disconnects = DisconnectWatch()
         # Set while the server shuts down: no new generation starts.
         self.closing = False
         self.random_seed: Callable[[], int] = _random_seed

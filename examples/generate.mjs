@@ -86,7 +86,6 @@ const client = new GenerationService(target, grpc.credentials.createInsecure());
 
 const metadata = new grpc.Metadata();
 metadata.set("x-caller", "example-client");
-let requestId; // the gateway sends it as initial metadata, on failures too
 
 function printError(err) {
   console.log(`${grpc.status[err.code]}: ${err.details}`);
@@ -105,11 +104,12 @@ function printError(err) {
       }
     }
   }
-  const id = requestId ?? err.metadata?.get("x-request-id")?.[0];
+  // The gateway sends the request id with the status (trailers), on failures too.
+  const id = err.metadata?.get("x-request-id")?.[0];
   console.log(`  request id: ${id ?? "none (the call did not reach the gateway)"}`);
 }
 
-const call = client.CreateGeneration(
+client.CreateGeneration(
   request,
   metadata,
   { deadline: Date.now() + timeoutSeconds * 1000 },
@@ -129,6 +129,3 @@ const call = client.CreateGeneration(
     client.close();
   },
 );
-call.on("metadata", (initial) => {
-  requestId = initial.get("x-request-id")[0] ?? requestId;
-});

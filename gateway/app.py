@@ -73,10 +73,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 _SERVER_OPTIONS = [
-    # Generations take seconds to minutes, so thousands may be pending at once;
-    # grpc.aio's default cancels bursts above about 3,000.
-    ("grpc.server.max_pending_requests", 20000),
-    ("grpc.server.max_pending_requests_hard_limit", 40000),
     ("grpc.keepalive_permit_without_calls", 1),
     # grpc sets SO_REUSEPORT by default, so a second gateway on a busy port would start
     # and silently take a share of the calls. A busy port must fail at start instead.
@@ -85,6 +81,17 @@ _SERVER_OPTIONS = [
     # cuts only what is far beyond it, before any handler runs.
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
+
+
+def _server_options(max_concurrent_calls: int) -> list[tuple[str, int]]:
+    return [
+        # Generations take seconds to minutes, so the whole cap may arrive at once;
+        # grpc.aio's default cancels bursts above about 3,000. Kept above the cap, so
+        # calls past it get the call runner's answer, not grpc's.
+        ("grpc.server.max_pending_requests", max(20000, 2 * max_concurrent_calls)),
+        ("grpc.server.max_pending_requests_hard_limit", max(40000, 4 * max_concurrent_calls)),
+        *_SERVER_OPTIONS,
+    ]
 
 
 @dataclass
@@ -220,7 +227,7 @@ class GatewayApp:
         self.health = health.aio.HealthServicer()
         # No maximum_concurrent_rpcs: admission is the call runner's (it spares health
         # checks and answers with details).
-        self.server = grpc.aio.server(options=_SERVER_OPTIONS)
+        self.server = grpc.aio.server(options=_server_options(settings.max_concurrent_calls))
         self.server.add_generic_rpc_handlers(
             (
                 self.servicer.rpc_handler(),

@@ -2,11 +2,12 @@
 
 For every unary call of our services, `CallRunner.run` parses the metadata once, builds
 the call's `Call` (request id, caller, deadline budget, cache control) and an empty
-`CallReport`, sends the request id as initial metadata (so a caller gets it on errors
-too), runs the RPC's pipeline with both, and then records the outcome in one place:
+`CallReport`, runs the RPC's pipeline with both, and then records the outcome in one place:
 the grpc_server_* metrics, one JSON access-log line on the `gateway.access` logger,
-the response and its trailers, or the error as a `google.rpc.Status`. It also counts
-calls in flight and refuses new ones while the gateway drains.
+the response and its trailers, or the error as a `google.rpc.Status`; either way the
+trailers carry the request id (`x-request-id`: with the status, so it costs no write of its
+own, and a caller gets it on errors too). It also counts calls in flight and refuses new
+ones while the gateway drains.
 
 Health checks and reflection are not run through it (as go-grpc-prometheus users expect).
 """
@@ -193,23 +194,28 @@ class CallRunner:
         )
         try:
             with self.in_flight if admitted else contextlib.nullcontext():
-                await context.send_initial_metadata((("x-request-id", call.request_id),))
                 outcome = await self._outcome(
                     raw, decode, call, report, pipeline, admitted, max_request_bytes
                 )
+                request_id = ("x-request-id", call.request_id)
                 if isinstance(outcome, Answer):
-                    if outcome.trailers:
-                        context.set_trailing_metadata(tuple(outcome.trailers))
+                    context.set_trailing_metadata((*outcome.trailers, request_id))
                     code = "OK"
                     return outcome.response
                 error = outcome
                 code, status = _status_of(error)
-                await context.abort(status.code, status.details, status.trailing_metadata)
+                await context.abort(
+                    status.code, status.details, (*status.trailing_metadata, request_id)
+                )
         except asyncio.CancelledError:
             if self._abandoning:  # the gateway cut it, not the caller: say what that means
                 error = _ABANDONED
                 code, status = _status_of(error)
-                await context.abort(status.code, status.details, status.trailing_metadata)
+                await context.abort(
+                    status.code,
+                    status.details,
+                    (*status.trailing_metadata, ("x-request-id", call.request_id)),
+                )
             code = "CANCELLED"
             remaining = context.time_remaining()
             if remaining is not None and remaining <= DEADLINE_SLACK_SECONDS:
@@ -298,16 +304,20 @@ class CallRunner:
         # Counted as `other` (past --max-callers): the log still says who it was.
         caller_raw = sanitize_label(raw_caller) if raw_caller is not None else None
         request_id = request_id_from(metadata.get("x-request-id"))
-        trace = self._tracing.server_span(
-            f"{service}/{method}",
-            metadata,
-            {
-                "rpc.system": "grpc",
-                "rpc.service": service,
-                "rpc.method": method,
-                "stablecog.caller": caller,
-                "stablecog.request_id": request_id,
-            },
+        trace = (
+            self._tracing.server_span(
+                f"{service}/{method}",
+                metadata,
+                {
+                    "rpc.system": "grpc",
+                    "rpc.service": service,
+                    "rpc.method": method,
+                    "stablecog.caller": caller,
+                    "stablecog.request_id": request_id,
+                },
+            )
+            if self._tracing.enabled
+            else None
         )
         return Call(
             service=service,

@@ -40,7 +40,8 @@ class Settings:
     api_key_file: Path | None = None
     upstream_timeout: float = 600.0
     upstream_connect_timeout: float = 10.0
-    upstream_max_connections: int = 1000
+    # As many as calls may be in flight: a lower pool makes calls wait in waves.
+    upstream_max_connections: int = 10000
     max_concurrent_calls: int = 10000
     max_prompt_chars: int = 10_000
     upstream_retries: int = 3
@@ -265,7 +266,8 @@ OPTIONS: tuple[_Option, ...] = (
         "GATEWAY_UPSTREAM_MAX_CONNECTIONS",
         "upstream_max_connections",
         _positive_int,
-        "most HTTP connections open to the upstream at once",
+        "most HTTP connections open to the upstream at once (below --max-concurrent-calls, "
+        "calls wait for a connection; the gateway warns at start)",
     ),
     _Option(
         "--max-concurrent-calls",

@@ -264,7 +264,17 @@ class GatewayMetrics:
             "redis, with --cache redis: PING); checked at start and every 30 s.",
             ("dependency",),
         )
+        # Label children resolved once and kept: `.labels()` takes a lock and builds keys on
+        # every call. Only series that are never removed are kept here.
+        self._children: dict[tuple[object, ...], Any] = {}
         self._initialise(grpc_methods, known_models)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _initialise(
         self, grpc_methods: Sequence[tuple[str, str]], known_models: Sequence[str]
@@ -323,18 +333,20 @@ class GatewayMetrics:
         self._handlers[type(event)](self, event)
 
     def _call_started(self, event: CallStarted) -> None:
-        self.grpc_started.labels("unary", event.service, event.method).inc()
+        self._child(self.grpc_started, "unary", event.service, event.method).inc()
         self.inflight.inc()
 
     def _call_handled(self, event: CallHandled) -> None:
-        labels = ("unary", event.service, event.method)
         self.inflight.dec()
-        self.grpc_handled.labels(*labels, event.code).inc()
+        self._child(self.grpc_handled, "unary", event.service, event.method, event.code).inc()
         exemplar = {"trace_id": event.trace_id} if event.trace_id else None
-        self.grpc_handling.labels(*labels).observe(event.seconds, exemplar)
+        handling = self._child(self.grpc_handling, "unary", event.service, event.method)
+        handling.observe(event.seconds, exemplar)
 
     def _upstream_request_ended(self, event: UpstreamRequestEnded) -> None:
-        self.upstream_duration.labels(event.endpoint, event.status_class).observe(event.seconds)
+        self._child(self.upstream_duration, event.endpoint, event.status_class).observe(
+            event.seconds
+        )
 
     def _upstream_failed(self, event: UpstreamFailed) -> None:
         self.upstream_errors.labels(self._reasons(sanitize_label(event.reason) or UNKNOWN)).inc()
@@ -348,9 +360,9 @@ class GatewayMetrics:
     def _credits_spent(self, event: CreditsSpent) -> None:
         caller = self.caller_label(event.caller)
         model = self._models(sanitize_label(event.model_id) or UNKNOWN)
-        self.credits_spent.labels(model, caller).inc(max(event.credits, 0))
-        self.images_generated.labels(model, caller).inc(max(event.outputs_returned, 0))
-        self.images_filtered.labels(model, caller).inc(
+        self._child(self.credits_spent, model, caller).inc(max(event.credits, 0))
+        self._child(self.images_generated, model, caller).inc(max(event.outputs_returned, 0))
+        self._child(self.images_filtered, model, caller).inc(
             max(event.outputs_requested - event.outputs_returned, 0)
         )
         fingerprint = self._accounts(sanitize_label(event.account) or UNKNOWN)
@@ -368,11 +380,12 @@ class GatewayMetrics:
             self.credits_remaining.labels(fingerprint).set(event.balance.credits)
 
     def _credits_saved(self, event: CreditsSaved) -> None:
-        self.saved_credits.labels(self.caller_label(event.caller)).inc(max(event.credits, 0))
+        caller = self.caller_label(event.caller)
+        self._child(self.saved_credits, caller).inc(max(event.credits, 0))
 
     def _cache_decided(self, event: CacheDecided) -> None:
         result = event.result if event.result in CACHE_RESULTS else OTHER
-        self.cache_requests.labels(result).inc()
+        self._child(self.cache_requests, result).inc()
 
     def _idempotent_replayed(self, event: IdempotentReplayed) -> None:
         result = event.result if event.result in REPLAY_RESULTS else OTHER

@@ -1,4 +1,4 @@
-"""The Stablecog REST client: one pooled httpx client, a total timeout per call, error mapping.
+"""The Stablecog REST client: one pooled transport, a total timeout per call, error mapping.
 
 One request per call: retrying what the upstream provably did not act on is
 gateway.upstream_generator's job (gateway.retries); a request the upstream may have acted
@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.events import NULL_TELEMETRY, Telemetry, UpstreamFailed, UpstreamRequestEnded
 from gateway.tracing import AttributeValue, TraceParent, Tracing
-from gateway.transport import AiohttpTransport
+from gateway.transport import AiohttpUpstream, HttpxUpstream, UpstreamTransport, json_body
 from gateway.transport_errors import upstream_error_for
 from gateway.upstream_defaults import (
     CREATE_ENDPOINT,
@@ -63,10 +63,10 @@ class UpstreamAnswer:
 class StablecogClient:
     """Sends generations to the upstream and maps every failure to a GatewayError.
 
-    httpx is the API; the connection pool underneath is aiohttp's (gateway.transport),
-    which holds thousands of slow calls open without slowing down. Only the connect
-    timeout is httpx's (the transport reads it); the total is enforced per call
-    (CallBudget), since a generation may take minutes.
+    Requests go through gateway.transport: aiohttp directly, or the httpx transport a test
+    passes (`transport`). The URL and the fixed headers are built once; the connect
+    timeout is the transport's; the total is enforced per call (CallBudget), since a
+    generation may take minutes.
     """
 
     def __init__(
@@ -74,7 +74,7 @@ class StablecogClient:
         base_url: str,
         *,
         connect_timeout: float = 10.0,
-        max_connections: int = 1000,
+        max_connections: int = 10000,
         transport: httpx.AsyncBaseTransport | None = None,
         telemetry: Telemetry = NULL_TELEMETRY,
         tracing: Tracing | None = None,
@@ -92,16 +92,21 @@ class StablecogClient:
             }
             for path in (CREATE_PATH, UPSCALE_PATH, UPLOAD_PATH)
         }
-        self._client = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=None, pool=None),
-            headers={"user-agent": USER_AGENT},
-            transport=transport or AiohttpTransport(max_connections=max_connections),
-            follow_redirects=False,
+        self._base = base_url.rstrip("/")  # paths are joined as httpx merges a base URL
+        # httpx's defaults, which the gateway sent before it called aiohttp directly.
+        self._headers = {
+            "accept": "*/*",
+            "accept-encoding": "gzip, deflate",
+            "user-agent": USER_AGENT,
+        }
+        self._transport: UpstreamTransport = (
+            HttpxUpstream(transport, connect_timeout=connect_timeout)
+            if transport is not None
+            else AiohttpUpstream(max_connections=max_connections, connect_timeout=connect_timeout)
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     async def create_generation(
         self,
@@ -149,38 +154,51 @@ class StablecogClient:
         budget: CallBudget,
         trace: TraceParent | None,
         fields: Sequence[tuple[str, str]] = GENERATION_FIELDS,
-        **content: Any,
+        *,
+        json: object | None = None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
     ) -> UpstreamAnswer:
-        """POST once with `key`; return the 200 answer or raise the mapped GatewayError."""
+        """POST once with `key` a JSON body (`json`) or a multipart form (`files`, encoded
+        by httpx); return the 200 answer or raise the mapped GatewayError."""
         started = time.perf_counter()
         status_class = "error"
         status_code: int | None = None
+        if files is not None:
+            form = httpx.Request("POST", self._base + path, files=files)
+            body = form.read()
+            content_type = form.headers["content-type"]
+        else:
+            body, content_type = json_body(json), "application/json"
         span = self._tracing.child(
             trace, "POST", client=True, attributes=self._span_attributes[path]
         )
-        headers = {"authorization": key.authorization}
+        headers = {
+            **self._headers,
+            "content-type": content_type,
+            "authorization": key.authorization,
+        }
         tracing.inject(span, headers)
         try:
             try:
                 async with asyncio.timeout(budget.seconds):
-                    response = await self._client.post(path, headers=headers, **content)
+                    response = await self._transport.post(self._base + path, headers, body)
             except TimeoutError:
                 status_class = "timeout"
                 raise _timed_out(budget) from None
             except httpx.RequestError as error:
                 raise upstream_error_for(error) from None
             seconds = time.perf_counter() - started
-            status_code = response.status_code
-            status_class = f"{response.status_code // 100}xx"
-            if response.status_code != 200:
+            status_code = response.status
+            status_class = f"{response.status // 100}xx"
+            if response.status != 200:
                 raise error_from_response(
-                    response.status_code,
-                    response.content,
+                    response.status,
+                    response.body,
                     response.headers,
                     configured_key=key.configured,
                     fields=fields,
                 )
-            return UpstreamAnswer(body=response.content, seconds=seconds)
+            return UpstreamAnswer(body=response.body, seconds=seconds)
         except GatewayError as error:
             self._telemetry.emit(UpstreamFailed(error.reason))
             tracing.fail(span, error.reason)
@@ -199,11 +217,13 @@ class StablecogClient:
         which keep their own errors."""
         started = time.perf_counter()
         status_class = "error"
-        headers = {"authorization": key.authorization} if key is not None else {}
+        headers = dict(self._headers)
+        if key is not None:
+            headers["authorization"] = key.authorization
         try:
             try:
                 async with asyncio.timeout(seconds):
-                    response = await self._client.get(path, headers=headers)
+                    response = await self._transport.get(self._base + path, headers)
             except TimeoutError:
                 status_class = "timeout"
                 raise UpstreamReadFailed(
@@ -214,21 +234,21 @@ class StablecogClient:
                     f"Stablecog could not be reached for {path} "
                     f"({upstream_error_for(error).reason}); retry later"
                 ) from None
-            status_class = f"{response.status_code // 100}xx"
-            if response.status_code != 200:
+            status_class = f"{response.status // 100}xx"
+            if response.status != 200:
                 mapped = error_from_response(
-                    response.status_code,
-                    response.content,
+                    response.status,
+                    response.body,
                     response.headers,
                     configured_key=key is not None and key.configured,
                 )
                 if isinstance(mapped, _READ_ERRORS_KEPT):
                     raise mapped
                 raise UpstreamReadFailed(
-                    f"Stablecog answered {path} with HTTP {response.status_code}; retry later",
-                    metadata={"upstream_status": str(response.status_code)},
+                    f"Stablecog answered {path} with HTTP {response.status}; retry later",
+                    metadata={"upstream_status": str(response.status)},
                 )
-            return response.content
+            return response.body
         except GatewayError as error:
             self._telemetry.emit(UpstreamFailed(error.reason))
             raise

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages whose servers the integration tests start on loopback:
-# redis-server (cache tests) and prometheus/promtool (observability tests).
+# redis-server (cache tests), prometheus/promtool (observability tests) and h2load from
+# nghttp2-client (the load generator of `make bench` and its smoke test).
 # In CI (CI=true) a failure is fatal; elsewhere the tests that need them skip loudly.
 set -uo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v prometheus >/dev/null || missing+=(prometheus)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing ${missing[*]} for the integration tests"
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo -n"; else sudo=none; fi

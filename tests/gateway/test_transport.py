@@ -1,4 +1,4 @@
-"""The aiohttp-backed httpx transport: every aiohttp error maps to an httpx one."""
+"""gateway.transport: every aiohttp error maps to an httpx one, and what each means for money."""
 
 from __future__ import annotations
 
@@ -44,3 +44,35 @@ async def test_round_trip_and_connect_error(emulator: object) -> None:
         async with httpx.AsyncClient(transport=AiohttpTransport(max_connections=4)) as client:
             with pytest.raises(httpx.ConnectError):
                 await client.get(f"http://127.0.0.1:{port}/")
+
+
+async def test_the_upstream_transport_keeps_nothing_sent_and_maybe_charged_apart(
+    emulator: object,
+) -> None:
+    from gateway.transport import AiohttpUpstream, json_body
+    from gateway.transport_errors import Sent, sent_for
+    from tests.conftest import ACCOUNT_KEY
+
+    base_url = emulator.base_url  # type: ignore[attr-defined]
+    url = f"{base_url}/v1/image/generation/create"
+    headers = {"authorization": f"Bearer {ACCOUNT_KEY}", "content-type": "application/json"}
+    body = json_body({"prompt": "a lighthouse", "num_outputs": 1})
+    upstream = AiohttpUpstream(max_connections=4, connect_timeout=5.0)
+    try:
+        answer = await upstream.post(url, headers, body)
+        assert answer.status == 200 and b'"outputs"' in answer.body
+        assert answer.headers["Content-Type"].startswith("application/json")
+        emulator.faults.inject("drop_connection", count=1)  # type: ignore[attr-defined]
+        with pytest.raises(httpx.TransportError) as dropped:
+            await upstream.post(url, headers, body)
+        assert sent_for(dropped.value) is Sent.MAYBE
+    finally:
+        await upstream.aclose()
+    with refusing_port() as port:
+        upstream = AiohttpUpstream(max_connections=4, connect_timeout=5.0)
+        try:
+            with pytest.raises(httpx.ConnectError) as refused:
+                await upstream.post(f"http://127.0.0.1:{port}/", headers, body)
+            assert sent_for(refused.value) is Sent.NOTHING
+        finally:
+            await upstream.aclose()

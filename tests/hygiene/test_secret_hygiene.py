@@ -380,7 +380,10 @@ async def validation(run: Run, name: str, metadata: list[tuple[str, str]]) -> No
     for i, (fields, invalid) in enumerate([*BOUNDARIES, *extra]):
         fields = {"prompt": f"hygiene validation row {i}", "num_outputs": 1, **fields}
         answer = await run.create(name, generation_pb2.GenerationRequest(**fields), metadata)
-        assert (answer.reason == "INVALID_REQUEST") == bool(invalid), (fields, answer)
+        # A row valid by the static rules may still be refused by the catalog-aware ones
+        # (pixel-steps at the model's default size); every invalid row must be refused.
+        if invalid:
+            assert answer.reason == "INVALID_REQUEST", (fields, answer)
 
 
 async def cached(

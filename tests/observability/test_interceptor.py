@@ -64,18 +64,18 @@ async def test_request_id_is_honoured_and_returned_on_success_and_error(
 ) -> None:
     call = stub.CreateGeneration(request(), metadata=(("x-request-id", "req-123"),))
     await call
-    assert dict(await call.initial_metadata())["x-request-id"] == "req-123"
+    assert dict(await call.trailing_metadata())["x-request-id"] == "req-123"
 
     bad = stub.CreateGeneration(request(num_outputs=99), metadata=(("x-request-id", "r-9"),))
     with pytest.raises(grpc.aio.AioRpcError):
         await bad
-    assert dict(await bad.initial_metadata())["x-request-id"] == "r-9"
+    assert dict(await bad.trailing_metadata())["x-request-id"] == "r-9"
 
     # No id, or one unfit for logs: the gateway makes one.
     for metadata in ((), (("x-request-id", "x" * 500),), (("x-request-id", "a b;c"),)):
         call = stub.CreateGeneration(request(), metadata=metadata)
         await call
-        generated = str(dict(await call.initial_metadata())["x-request-id"])
+        generated = str(dict(await call.trailing_metadata())["x-request-id"])
         assert len(generated) == 32 and int(generated, 16) >= 0
 
 

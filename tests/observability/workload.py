@@ -162,8 +162,8 @@ async def record_call(
             remaining_credits=response.remaining_credits,
         )
     if outcome.code is not grpc.StatusCode.CANCELLED:
-        initial = dict(await rpc.initial_metadata() or ())
-        outcome.request_id = str(initial.get("x-request-id")) if initial else None
+        trailing = dict(await rpc.trailing_metadata() or ())
+        outcome.request_id = str(trailing["x-request-id"]) if "x-request-id" in trailing else None
     ledger.outcomes.append(outcome)
     return outcome
 
