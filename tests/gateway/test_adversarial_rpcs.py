@@ -5,6 +5,8 @@ should not and leaks no key."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 
 import grpc
 import httpx
@@ -14,8 +16,9 @@ from emulator.server import Emulator
 from gateway._gen.stablecog.v1 import generation_pb2, generation_pb2_grpc
 from gateway.catalog import RETRY_AFTER_FAILURE_SECONDS, ModelCatalog
 from gateway.errors import UpstreamReadFailed
+from gateway.media import MAX_UPLOAD_BYTES, sniff_content_type
 from gateway.upstream import StablecogClient
-from tests.conftest import FakeClock
+from tests.conftest import ACCOUNT_KEY, FakeClock, GatewayFactory
 from tests.fixtures import request
 from tests.status import rich_error
 
@@ -100,3 +103,69 @@ def _varint(value: int) -> bytes:
         out.append(byte | (0x80 if value else 0))
         if not value:
             return bytes(out)
+
+
+async def test_a_rejected_forwarded_key_is_in_no_answer_and_no_log(
+    make_gateway: GatewayFactory, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    gateway = await make_gateway(api_key=None)
+    rejected = "sc-" + "7" * 64  # no such account upstream
+    idempotency_key = "idem-" + "5" * 40
+    metadata = (("authorization", f"Bearer {rejected}"), ("idempotency-key", idempotency_key))
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+    codes = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+        stub = Stub(channel)
+        for rpc, message in (
+            (stub.UploadImage, generation_pb2.UploadImageRequest(file=png)),
+            (stub.CreateUpscale, generation_pb2.CreateUpscaleRequest(input=str(uuid.uuid4()))),
+            (stub.GetCredits, generation_pb2.GetCreditsRequest()),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await rpc(message, metadata=metadata)  # type: ignore[operator]
+            codes.append(caught.value.code())
+            answer = repr(caught.value.details()) + repr(caught.value.trailing_metadata())
+            assert rejected not in answer and rejected[3:] not in answer
+            assert idempotency_key not in answer
+        await stub.ListModels(generation_pb2.ListModelsRequest(), metadata=metadata)
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert rejected[3:] not in logged and idempotency_key not in logged
+    assert [r for r in emulator.requests if r.path == "/v1/image/upscale/create"]
+
+
+@pytest.mark.parametrize(
+    ("size", "code"),
+    [(MAX_UPLOAD_BYTES, "OK"), (MAX_UPLOAD_BYTES + 1, "INVALID_ARGUMENT")],
+    ids=["10MB", "10MB+1"],
+)
+async def test_the_upload_size_limit_is_exact(
+    stub: Stub, emulator: Emulator, size: int, code: str
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n"
+    try:
+        await stub.UploadImage(generation_pb2.UploadImageRequest(file=png.ljust(size, b"\0")))
+        answered = "OK"
+    except grpc.aio.AioRpcError as error:
+        answered = error.code().name
+    assert answered == code
+    assert len([r for r in emulator.requests if r.path == "/v1/image/upload"]) == (code == "OK")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xff\xd8\xff", b"\xff\xd8\xff" + bytes(range(256)) * 8, b"\x89PNG\r\n\x1a\nPK\x03\x04"],
+    ids=["bare-jpeg-signature", "jpeg-header-then-garbage", "png-zip-polyglot"],
+)
+async def test_a_file_is_judged_by_its_first_bytes_as_the_upstream_does(
+    stub: Stub, emulator: Emulator, data: bytes
+) -> None:
+    """The upstream sniffs the first bytes (Go's http.DetectContentType) and so does the
+    gateway: such a file is uploaded, free, with the type its signature names; whether it
+    decodes is the worker's to find (a generation's worker failure is refunded)."""
+    before = emulator.balance(ACCOUNT_KEY)
+    uploaded = await stub.UploadImage(generation_pb2.UploadImageRequest(file=data))
+    assert uploaded.content_type == sniff_content_type(data)
+    assert uploaded.object.endswith("." + uploaded.content_type.split("/")[1])
+    assert emulator.balance(ACCOUNT_KEY) == before

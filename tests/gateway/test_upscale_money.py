@@ -19,6 +19,7 @@ from gateway.app import GatewayApp, Seams
 from gateway.transport import AiohttpTransport
 from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS, OTHER_KEY, GatewayFactory
 from tests.fixtures import eventually, request
+from tests.services import RedisServer
 from tests.status import rich_error
 
 Stub = generation_pb2_grpc.GenerationServiceStub
@@ -283,3 +284,21 @@ async def test_a_key_reused_for_another_request_is_refused_unsent(
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert sent(emulator) == 1
     assert sent(emulator, CREATE) == 2
+
+
+async def test_a_keyed_upscale_record_in_redis_replays_as_an_upscale(
+    make_gateway: GatewayFactory, emulator: Emulator, redis_server: RedisServer
+) -> None:
+    gateway = await make_gateway(cache="redis", redis_url=redis_server.url)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+        stub = Stub(channel)
+        output = await an_output(stub)
+        by_url = UpscaleRequest(input=output.url)
+        first = await stub.CreateUpscale(by_url, metadata=keyed("r-1"))
+        again = await stub.CreateUpscale(by_url, metadata=keyed("r-1"))
+        assert again.cache_result == CacheResult.CACHE_RESULT_REPLAYED
+        assert again.outputs == first.outputs and again.settings == first.settings
+        await stub.CreateGeneration(request(num_outputs=1), metadata=keyed("r-2"))
+        reused = "FAILED_PRECONDITION IDEMPOTENCY_KEY_REUSED"
+        assert await outcome(stub, by_url, keyed("r-2")) == reused
+    assert sent(emulator) == 1
