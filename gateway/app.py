@@ -29,7 +29,7 @@ from gateway.account import account_fingerprint
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
 from gateway.budget_metrics import BudgetMetrics
 from gateway.budget_policy import parse_policy
-from gateway.budgets import LEASE_MARGIN_SECONDS, BudgetedGenerator, Budgets
+from gateway.budgets import LEASE_MARGIN_SECONDS, BudgetedGenerator, BudgetedUpscaler, Budgets
 from gateway.cache import CachingGenerator
 from gateway.cache_key import CatalogDefaults
 from gateway.cache_store import EntryStore, MemoryStore
@@ -42,7 +42,12 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import ConfigError, Settings, check_tls_files, named
 from gateway.events import Telemetry
 from gateway.generation import Generator
-from gateway.idempotency import IdempotentGenerator, MemoryIdempotencyStore
+from gateway.idempotency import (
+    IdempotencyStore,
+    IdempotentGenerator,
+    IdempotentUpscaler,
+    MemoryIdempotencyStore,
+)
 from gateway.identity import Identifier, IdentityPolicy, parse_tokens, resolved_x_caller
 from gateway.listen import cannot_listen, diagnose
 from gateway.media_servicer import MediaServicer
@@ -60,6 +65,9 @@ from gateway.reachability import (
 from gateway.retries import RetryPolicy
 from gateway.servicer import SERVICE_NAME, GenerationServicer
 from gateway.tracing import Tracing
+from gateway.upscale import Upscaler
+from gateway.upscale_cache import CachingUpscaler
+from gateway.upscale_upstream import UpstreamUpscaler
 from gateway.upstream import StablecogClient
 from gateway.upstream_generator import UpstreamGenerator
 from gateway.validation import RequestValidator
@@ -171,8 +179,27 @@ class GatewayApp:
             redis,
             self.catalog_defaults,
         )
-        self.idempotency = _build_idempotency(
-            settings, self.cache or upstream, seams.clock, self.metrics, redis
+        upscaler: Upscaler = UpstreamUpscaler(
+            self.client,
+            telemetry=self.metrics,
+            clock=seams.clock,
+            min_upscale_seconds=settings.min_generation_deadline,
+            retries=retries,
+            circuit=circuit,
+        )
+        if self.budgets is not None:
+            upscaler = BudgetedUpscaler(upscaler, self.budgets)  # inside the cache, as above
+        self.upscale_cache = CachingUpscaler(
+            upscaler,
+            _upscale_store(settings, seams.clock),
+            ttl=settings.cache_ttl,
+            upstream_timeout=settings.upstream_timeout,
+            telemetry=self.metrics,
+            clock=seams.clock,
+            min_upscale_seconds=settings.min_generation_deadline,
+        )
+        self.idempotency, self.idempotent_upscales = _build_idempotency(
+            settings, self.cache or upstream, self.upscale_cache, seams.clock, self.metrics, redis
         )
         self.reachability = Reachability(
             probes, report=self.metrics.set_reachable, clock=seams.clock
@@ -216,11 +243,8 @@ class GatewayApp:
             validator=validator,
             keys=self.keys,
             client=self.client,
-            upscales=_upscale_store(settings, seams.clock),
-            cache_ttl=settings.cache_ttl,
+            upscaler=self.idempotent_upscales,
             retries=retries,
-            circuit=circuit,
-            min_upscale_seconds=settings.min_generation_deadline,
             telemetry=self.metrics,
             clock=seams.clock,
         )
@@ -357,7 +381,7 @@ class GatewayApp:
             waiter.cancel()
         if drained not in done:
             why = "second stop signal" if forced in done else "grace period over"
-            flights = self.cache.flights if self.cache else 0
+            flights = (self.cache.flights if self.cache else 0) + self.upscale_cache.flights
             cut = await self.runner.abandon(within=2.0)
             _log.warning(
                 f"{why}; calls in flight were cut and told they may have been charged",
@@ -367,8 +391,10 @@ class GatewayApp:
         await self.catalog.aclose()
         await self.server.stop(grace=0.5)
         await self.idempotency.aclose()
+        await self.idempotent_upscales.aclose()
         if self.cache is not None:
             await self.cache.aclose()
+        await self.upscale_cache.aclose()
         if self.budgets is not None:  # after the cache: its cut flights settle here
             await self.budgets.aclose()
         await self.client.aclose()
@@ -381,8 +407,10 @@ class GatewayApp:
         # Generations whose callers left are paid for: let them fill the cache (and the
         # idempotency records their repeats wait on).
         await self.idempotency.wait_idle()
+        await self.idempotent_upscales.wait_idle()
         if self.cache is not None:
             await self.cache.wait_idle()
+        await self.upscale_cache.wait_idle()
 
     async def serve_until_signalled(self) -> None:
         """Serve (after `start`) until SIGTERM or SIGINT, then drain and stop; a second
@@ -437,31 +465,45 @@ def _connect_redis(settings: Settings, clock: Clock, probes: list[Probe]) -> _Re
 
 
 def _build_idempotency(
-    settings: Settings, inner: Generator, clock: Clock, telemetry: Telemetry, redis: _Redis | None
-) -> IdempotentGenerator:
-    """Outermost: a keyed call is answered from its record before the cache is asked."""
+    settings: Settings,
+    generations: Generator,
+    upscales: Upscaler,
+    clock: Clock,
+    telemetry: Telemetry,
+    redis: _Redis | None,
+) -> tuple[IdempotentGenerator, IdempotentUpscaler]:
+    """Outermost: a keyed call is answered from its record before the cache is asked.
+    Generations and upscales keep their records in one store (the method is part of each
+    record's request fingerprint)."""
+    store: IdempotencyStore
+    guard = None
     if redis is not None:
         from gateway.idempotency_redis import RedisIdempotencyStore
 
-        return IdempotentGenerator(
-            inner,
-            RedisIdempotencyStore(redis.backend.client),
-            window=settings.idempotency_window,
-            upstream_timeout=settings.upstream_timeout,
-            clock=clock,
-            guard=redis.guard,
-            telemetry=telemetry,
-            min_generation_seconds=settings.min_generation_deadline,
-        )
-    return IdempotentGenerator(
-        inner,
-        MemoryIdempotencyStore(max_records=settings.idempotency_max_records, clock=clock),
+        store, guard = RedisIdempotencyStore(redis.backend.client), redis.guard
+    else:
+        store = MemoryIdempotencyStore(max_records=settings.idempotency_max_records, clock=clock)
+    generations_keyed = IdempotentGenerator(
+        generations,
+        store,
         window=settings.idempotency_window,
         upstream_timeout=settings.upstream_timeout,
         clock=clock,
+        guard=guard,
         telemetry=telemetry,
         min_generation_seconds=settings.min_generation_deadline,
     )
+    upscales_keyed = IdempotentUpscaler(
+        upscales,
+        store,
+        window=settings.idempotency_window,
+        upstream_timeout=settings.upstream_timeout,
+        clock=clock,
+        guard=guard,
+        telemetry=telemetry,
+        min_generation_seconds=settings.min_generation_deadline,
+    )
+    return generations_keyed, upscales_keyed
 
 
 def _build_budgets(settings: Settings, clock: Clock, registry: CollectorRegistry) -> Budgets | None:

@@ -3,7 +3,8 @@
 `Budgets` answers for the policy (gateway.budget_policy, its file re-read when it changes)
 and the ledger (gateway.budget_ledger: this process's, or Redis shared by every replica).
 `BudgetedGenerator` wraps the upstream generator *inside* the cache, so only calls that
-really go upstream pay: cache hits and coalesced waiters never reach it.
+really go upstream pay: cache hits and coalesced waiters never reach it. `BudgetedUpscaler`
+does the same for upscales (one credit each), inside the upscale cache.
 
 A call reserves its cost (`num_outputs`, the upstream default when unset) before it is
 sent. Success settles at the charged cost; an error the upstream refunds or that sent
@@ -23,9 +24,9 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from gateway.budget_ledger import NO_LIMIT, Ledger, MemoryLedger, Reserved
 from gateway.budget_policy import BudgetPolicy, Limits, live_windows, window_id, window_reset
@@ -38,9 +39,11 @@ from gateway.errors import (
     GatewayError,
 )
 from gateway.generation import Generated, GenerationCall, Generator
-from gateway.upstream_defaults import DEFAULT_NUM_OUTPUTS
+from gateway.upscale import UpscaleCall, Upscaled, Upscaler
+from gateway.upstream_defaults import DEFAULT_NUM_OUTPUTS, UPSCALE_CREDITS
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Whether the upstream may have charged for a call that ended with this error: True keeps
 # the reservation (spent at its cost), False releases it. One row per error class
@@ -211,7 +214,7 @@ class Budgets:
         if reserved.refused == -1:
             self._report.rejected(caller, "in_flight")
             raise BudgetExhausted(
-                f"caller {caller} has its maximum of {limits.max_in_flight} generations in "
+                f"caller {caller} has its maximum of {limits.max_in_flight} paid calls in "
                 "flight; nothing was sent, retry when one ends",
                 retry_after=1.0,
                 metadata={
@@ -359,17 +362,51 @@ class BudgetedGenerator:
         self._budgets = budgets
 
     async def generate(self, call: GenerationCall) -> Generated:
-        caller = call.principal or call.caller
-        reservation = await self._budgets.reserve(caller, cost_of(call))
-        try:
-            generated = await self._inner.generate(call)
-        except asyncio.CancelledError:
-            # Cut mid-call (the caller left, or shutdown): it may have been sent.
-            self._budgets.settle_later(reservation, reservation.cost)
-            raise
-        except BaseException as error:
-            kept = may_have_been_charged(error)
-            await self._budgets.settle(reservation, reservation.cost if kept else 0)
-            raise
-        await self._budgets.settle(reservation, generated.response.settings.num_outputs)
-        return generated
+        return await paying(
+            self._budgets,
+            call.principal or call.caller,
+            cost_of(call),
+            lambda: self._inner.generate(call),
+            lambda generated: generated.response.settings.num_outputs,
+        )
+
+
+class BudgetedUpscaler:
+    """The same for an upscale: one credit reserved before it is sent."""
+
+    def __init__(self, inner: Upscaler, budgets: Budgets) -> None:
+        self._inner = inner
+        self._budgets = budgets
+
+    async def upscale(self, call: UpscaleCall) -> Upscaled:
+        return await paying(
+            self._budgets,
+            call.principal or call.caller,
+            UPSCALE_CREDITS,
+            lambda: self._inner.upscale(call),
+            lambda _: UPSCALE_CREDITS,
+        )
+
+
+async def paying(
+    budgets: Budgets,
+    caller: str,
+    cost: int,
+    perform: Callable[[], Awaitable[T]],
+    charged: Callable[[T], int],
+) -> T:
+    """`perform()` with `cost` reserved for `caller` first, settled at `charged(result)`;
+    an error keeps or releases the reservation by its `may_have_been_charged`."""
+    reservation = await budgets.reserve(caller, cost)
+    try:
+        result = await perform()
+    except asyncio.CancelledError:
+        # Cut mid-call (the caller left, or shutdown): it may have been sent.
+        budgets.settle_later(reservation, reservation.cost)
+        raise
+    except BaseException as error:
+        kept = may_have_been_charged(error)
+        await budgets.settle(reservation, reservation.cost if kept else 0)
+        raise
+    await budgets.settle(reservation, charged(result))
+    return result

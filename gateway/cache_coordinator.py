@@ -21,9 +21,9 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.balance import Balance
@@ -39,6 +39,8 @@ from gateway.errors import (
 )
 from gateway.generation import Generated
 from gateway.tracing import TraceParent
+
+M = TypeVar("M", bound=Message)
 
 _log = logging.getLogger(__name__)
 CacheResult = generation_pb2.CacheResult
@@ -112,7 +114,7 @@ class HolderGone(enum.Enum):
     BACKEND_LOST = "the backend stayed unreachable for a whole lease"
 
 
-def encode_outcome(outcome: GatewayError | generation_pb2.GenerationResponse) -> bytes:
+def encode_outcome(outcome: GatewayError | Message) -> bytes:
     if isinstance(outcome, GatewayError):
         return json.dumps({"error": error_to_dict(outcome)}).encode()
     answer = outcome.SerializeToString(deterministic=True)
@@ -121,11 +123,17 @@ def encode_outcome(outcome: GatewayError | generation_pb2.GenerationResponse) ->
 
 def decode_outcome(raw: bytes) -> GatewayError | generation_pb2.GenerationResponse | None:
     """The outcome `encode_outcome` wrote; None when it is unreadable."""
+    return decode_outcome_as(raw, generation_pb2.GenerationResponse)
+
+
+def decode_outcome_as(raw: bytes, response_type: type[M]) -> GatewayError | M | None:
+    """The outcome `encode_outcome` wrote, its response a `response_type` (an idempotency
+    record of an upscale holds a CreateUpscaleResponse); None when it is unreadable."""
     try:
         outcome = json.loads(raw)
         if "error" in outcome:
             return error_from_dict(outcome["error"])
-        return generation_pb2.GenerationResponse.FromString(base64.b64decode(outcome["response"]))
+        return response_type.FromString(base64.b64decode(outcome["response"]))
     except (ValueError, TypeError, KeyError, AttributeError, DecodeError):
         return None
 

@@ -4,6 +4,8 @@ the upstream's free routes and kept for a TTL.
 Those routes take no key and are rate-limited, so one refresh serves every caller; a
 refresh that fails serves the last good catalog (marked `stale`) and is tried again after
 a short pause, and the outage is logged once, when it starts (and once when it ends).
+Before any catalog was fetched, callers get the failure during that pause: a storm of
+ListModels on a cold catalog with the upstream down asks the upstream once, not once each.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.catalog_translate import models_from_json
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, error_from_dict, error_to_dict
 from gateway.upstream import StablecogClient
 from gateway.upstream_defaults import (
     DEFAULTS_ENDPOINT,
@@ -49,6 +51,7 @@ class ModelCatalog:
         self._clock = clock
         self._good: generation_pb2.ListModelsResponse | None = None
         self._refresh_at = float("-inf")
+        self._failure: GatewayError | None = None  # the last refresh's, while cold
         self._failing = False
         self._lock = asyncio.Lock()
         self._refreshing: asyncio.Task[None] | None = None
@@ -56,15 +59,23 @@ class ModelCatalog:
     async def get(self, seconds: float | None = None) -> generation_pb2.ListModelsResponse:
         """The catalog: cached, freshly fetched, or the last good one marked stale. Raises
         the refresh's GatewayError only when no catalog was ever fetched."""
-        if self._good is not None and self._clock.monotonic() < self._refresh_at:
-            return self._answer()
+        cached = self._cached()
+        if cached is not None:
+            return cached
         async with self._lock:
-            if self._good is not None and self._clock.monotonic() < self._refresh_at:
-                return self._answer()
+            cached = self._cached()
+            if cached is not None:
+                return cached
+            bound = min(seconds or self._read_seconds, self._read_seconds)
             try:
-                await self._refresh(min(seconds or self._read_seconds, self._read_seconds))
+                await self._refresh(bound)
             except GatewayError as error:
-                self._refresh_at = self._clock.monotonic() + RETRY_AFTER_FAILURE_SECONDS
+                # A catalog never fetched remembers the failure for the pause too, so the
+                # callers queued on the lock do not each ask again; unless the refresh was
+                # cut short by its caller's deadline (the next caller may have more).
+                if self._good is not None or bound >= self._read_seconds:
+                    self._refresh_at = self._clock.monotonic() + RETRY_AFTER_FAILURE_SECONDS
+                    self._failure = error
                 if not self._failing:
                     self._failing = True
                     _log.warning(
@@ -81,11 +92,21 @@ class ModelCatalog:
                     raise
             return self._answer()
 
+    def _cached(self) -> generation_pb2.ListModelsResponse | None:
+        """The catalog while no refresh is due, else None; while a catalog never fetched
+        waits out the pause after a failure, that failure (each caller its own copy)."""
+        if self._clock.monotonic() >= self._refresh_at:
+            return None
+        if self._good is not None:
+            return self._answer()
+        assert self._failure is not None
+        raise error_from_dict(error_to_dict(self._failure))
+
     def snapshot(self) -> generation_pb2.ListModelsResponse | None:
         """The catalog as known now, for the catalog-aware request checks, without waiting:
         None while none was fetched or the last refresh failed (the checks are skipped
         then). Starts a refresh in the background when one is due. Never modify it."""
-        due = self._good is None or self._clock.monotonic() >= self._refresh_at
+        due = self._clock.monotonic() >= self._refresh_at
         if due and self._refreshing is None:
             self._refreshing = asyncio.get_running_loop().create_task(
                 self._refresh_in_background(), name="model catalog refresh"

@@ -41,11 +41,19 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
+
+from google.protobuf.message import Message
 
 from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.account import ApiKey
 from gateway.cache_backend import BackendFailure, BackendGuard
-from gateway.cache_coordinator import PUBLISH_WITHIN_SECONDS, decode_outcome, encode_outcome
+from gateway.cache_coordinator import (
+    PUBLISH_WITHIN_SECONDS,
+    decode_outcome,
+    decode_outcome_as,
+    encode_outcome,
+)
 from gateway.call import CallBudget, cache_result_name
 from gateway.clock import Clock
 from gateway.errors import (
@@ -67,11 +75,12 @@ from gateway.generation import (
     Generator,
     ensure_time_to_generate,
 )
+from gateway.upscale import UpscaleCall, Upscaled, Upscaler, ensure_time_to_upscale
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 CacheResult = generation_pb2.CacheResult
-Outcome = GatewayError | generation_pb2.GenerationResponse
+Outcome = GatewayError | Message
 
 _RECORD_KEY = b"stablecog-gateway idempotency record v1"
 # How long a holder's claim lives without a refresh (refreshed every quarter of it).
@@ -92,11 +101,15 @@ def record_id(scope: str, idempotency_key: str) -> str:
     return hmac.new(_RECORD_KEY, message, hashlib.sha256).hexdigest()
 
 
-def request_fingerprint(request: generation_pb2.GenerationRequest) -> str:
+def request_fingerprint(request: Message, method: str = "") -> str:
     """A digest of the request exactly as the caller sent it (every field, deterministic
     serialization): a repeat must be the same request, not merely one the cache would
-    treat alike (the cache key ignores whether a seed was given, and cuts prompts)."""
-    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+    treat alike (the cache key ignores whether a seed was given, and cuts prompts).
+    A method other than CreateGeneration is part of it (`method`), so the same key on
+    another method is another request, and no record is read as the other's answer."""
+    serialized = request.SerializeToString(deterministic=True)
+    prefix = f"{method}\n".encode() if method else b""
+    return hashlib.sha256(prefix + serialized).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -227,12 +240,15 @@ class MemoryIdempotencyStore:
             self._drop(oldest)
 
 
+R = TypeVar("R")
+
+
 @dataclass(frozen=True)
-class _Settled:
+class _Settled(Generic[R]):
     """How the first call with a key ended; `fresh` when this process just made it."""
 
     outcome: Outcome
-    generated: Generated | None = None  # the fresh response with its balance and timing
+    generated: R | None = None  # the fresh result with its balance and timing
     fresh: bool = False
 
 
@@ -244,17 +260,40 @@ _ELSEWHERE = _Elsewhere()
 
 
 @dataclass
-class _Flight:
-    task: asyncio.Task[_Settled | _Elsewhere]
+class _Flight(Generic[R]):
+    task: asyncio.Task[_Settled[R] | _Elsewhere]
     fingerprint: str
 
 
-class IdempotentGenerator:
-    """Performs each keyed call at most once per account and key; see the module docstring."""
+class KeyedCall(Protocol):
+    """What a keyed call carries (gateway.generation's GenerationCall, gateway.upscale's
+    UpscaleCall)."""
+
+    @property
+    def request(self) -> Message: ...
+    @property
+    def key(self) -> ApiKey: ...
+    @property
+    def budget(self) -> CallBudget: ...
+    @property
+    def caller(self) -> str: ...
+    @property
+    def idempotency_key(self) -> str | None: ...
+
+
+C = TypeVar("C", bound=KeyedCall)
+Inner = TypeVar("Inner")
+
+
+class _IdempotentCalls(Generic[C, R, Inner]):
+    """Performs each keyed call at most once per account and key; see the module docstring.
+    A subclass says what the call is (`_perform`, `_shared`, `_replayed`, ...)."""
+
+    _METHOD = ""  # part of the request fingerprint (none for CreateGeneration)
 
     def __init__(
         self,
-        inner: Generator,
+        inner: Inner,
         store: IdempotencyStore,
         *,
         window: float,
@@ -272,7 +311,7 @@ class IdempotentGenerator:
         self._guard = guard  # set when the store is shared (Redis)
         self._telemetry = telemetry
         self._min_generation_seconds = min_generation_seconds
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[str, _Flight[R]] = {}
         self.waiting = 0  # repeats polling a record another gateway holds
         self._voids: set[asyncio.Task[None]] = set()  # voiding claims that timed out
 
@@ -280,11 +319,33 @@ class IdempotentGenerator:
     def flights(self) -> int:
         return len(self._flights)
 
-    async def generate(self, call: GenerationCall) -> Generated:
+    # What a subclass says about its call.
+    async def _perform(self, call: C) -> R:
+        raise NotImplementedError
+
+    def _shared(self, call: C, budget: CallBudget) -> C:
+        """`call` with `budget` (a first call is not bound by its caller's deadline)."""
+        raise NotImplementedError
+
+    def _ensure_time(self, call: C) -> None:
+        """Raise DeadlineTooShort when the caller's deadline leaves too little."""
+        raise NotImplementedError
+
+    def _response(self, result: R) -> Message:
+        raise NotImplementedError
+
+    def _decode(self, raw: bytes) -> Outcome | None:
+        raise NotImplementedError
+
+    def _replayed(self, response: Message) -> R:
+        """A stored response as served to a repeat (CACHE_RESULT_REPLAYED)."""
+        raise NotImplementedError
+
+    async def _call(self, call: C) -> R:
         if call.idempotency_key is None:
-            return await self._inner.generate(call)
+            return await self._perform(call)
         record = record_id(call.key.cache_scope, call.idempotency_key)
-        fingerprint = request_fingerprint(call.request)
+        fingerprint = request_fingerprint(call.request, self._METHOD)
         deadline = self._clock.monotonic() + call.budget.seconds
         if not call.budget.caller_deadline:  # bounded all the same, past any first call
             deadline += LEASE_SECONDS
@@ -305,24 +366,24 @@ class IdempotentGenerator:
                 continue  # the first caller's deadline, not ours
             return self._serve(settled, call.caller, replay=not (mine and settled.fresh))
 
-    def _start(self, record: str, fingerprint: str, call: GenerationCall) -> _Flight:
+    def _start(self, record: str, fingerprint: str, call: C) -> _Flight[R]:
         task = asyncio.create_task(
             self._lead(record, fingerprint, call), name=f"idempotent {record[:12]}"
         )
-        flight = _Flight(task, fingerprint)
+        flight: _Flight[R] = _Flight(task, fingerprint)
         self._flights[record] = flight
         task.add_done_callback(lambda done: self._landed(record, flight))
         return flight
 
-    def _landed(self, record: str, flight: _Flight) -> None:
+    def _landed(self, record: str, flight: _Flight[R]) -> None:
         if self._flights.get(record) is flight:
             del self._flights[record]
         if not flight.task.cancelled():
             flight.task.exception()  # retrieved here too, for when every waiter has gone
 
     async def _wait(
-        self, task: asyncio.Task[_Settled | _Elsewhere], budget: CallBudget, deadline: float
-    ) -> _Settled | _Elsewhere:
+        self, task: asyncio.Task[_Settled[R] | _Elsewhere], budget: CallBudget, deadline: float
+    ) -> _Settled[R] | _Elsewhere:
         """Wait for the first call's task without letting this caller's cancellation (or
         deadline) cut it."""
         if not budget.caller_deadline:
@@ -333,9 +394,7 @@ class IdempotentGenerator:
         except TimeoutError:
             raise _still_running() from None
 
-    async def _lead(
-        self, record: str, fingerprint: str, call: GenerationCall
-    ) -> _Settled | _Elsewhere:
+    async def _lead(self, record: str, fingerprint: str, call: C) -> _Settled[R] | _Elsewhere:
         """Claim the record and make the call, or say how the record already stands."""
         token = secrets.token_hex(16)
         may_send = self._guard is None or not self._guard.down  # down: refused unsent
@@ -359,15 +418,15 @@ class IdempotentGenerator:
         if existing is not None:
             return self._standing(existing, fingerprint)
         try:
-            ensure_time_to_generate(call, self._min_generation_seconds)
+            self._ensure_time(call)
         except DeadlineTooShort as error:
             await asyncio.shield(self._release(record, token))
             return _Settled(error, fresh=True)
         # Not bound by the first caller's deadline: a repeat may wait longer for it.
-        shared_call = call.with_budget(CallBudget(self._upstream_timeout, caller_deadline=False))
+        shared_call = self._shared(call, CallBudget(self._upstream_timeout, caller_deadline=False))
         keeper = asyncio.create_task(self._keep_lease(record, fingerprint, token))
         try:
-            generated = await self._inner.generate(shared_call)
+            generated = await self._perform(shared_call)
         except GatewayError as error:
             keeper.cancel()
             if error.may_have_been_charged:
@@ -382,15 +441,16 @@ class IdempotentGenerator:
             await asyncio.shield(self._finish(record, fingerprint, token, _abandoned()))
             raise
         keeper.cancel()
-        await asyncio.shield(self._finish(record, fingerprint, token, generated.response))
-        return _Settled(generated.response, generated, fresh=True)
+        response = self._response(generated)
+        await asyncio.shield(self._finish(record, fingerprint, token, response))
+        return _Settled(response, generated, fresh=True)
 
-    def _standing(self, existing: Record, fingerprint: str) -> _Settled | _Elsewhere:
+    def _standing(self, existing: Record, fingerprint: str) -> _Settled[R] | _Elsewhere:
         """What a repeat gets from a record someone else created."""
         if existing.fingerprint != fingerprint:
             raise _reused()
         if existing.outcome is not None:
-            outcome = decode_outcome(existing.outcome)
+            outcome = self._decode(existing.outcome)
             if outcome is None:
                 _log.warning("unreadable idempotency record; answered as abandoned")
                 return _Settled(_abandoned())
@@ -401,7 +461,7 @@ class IdempotentGenerator:
 
     async def _await_other(
         self, record: str, fingerprint: str, budget: CallBudget, deadline: float
-    ) -> _Settled | None:
+    ) -> _Settled[R] | None:
         """Poll a record another gateway holds until it ends (None: it was released)."""
         self.waiting += 1
         try:
@@ -411,7 +471,7 @@ class IdempotentGenerator:
 
     async def _poll(
         self, record: str, fingerprint: str, budget: CallBudget, deadline: float
-    ) -> _Settled | None:
+    ) -> _Settled[R] | None:
         missing_since: float | None = None
         while self._clock.monotonic() < deadline:
             await self._clock.sleep(POLL_SECONDS)
@@ -442,7 +502,7 @@ class IdempotentGenerator:
             "finish in time"
         )
 
-    def _serve(self, settled: _Settled, caller: str, *, replay: bool) -> Generated:
+    def _serve(self, settled: _Settled[R], caller: str, *, replay: bool) -> R:
         outcome = settled.outcome
         if not replay:
             if isinstance(outcome, GatewayError):
@@ -457,9 +517,7 @@ class IdempotentGenerator:
             raise _copy(outcome, {REPLAY_METADATA: "true"})
         self._telemetry.emit(IdempotentReplayed(caller, "ok"))
         self._telemetry.emit(CacheDecided(cache_result_name(CacheResult.CACHE_RESULT_REPLAYED)))
-        response = generation_pb2.GenerationResponse()
-        response.CopyFrom(outcome)
-        return Generated(response=response, cache_result=CacheResult.CACHE_RESULT_REPLAYED)
+        return self._replayed(outcome)
 
     async def _keep_lease(self, record: str, fingerprint: str, token: str) -> None:
         while True:
@@ -534,6 +592,66 @@ class IdempotentGenerator:
             task.cancel()
         if tasks:  # let them record that they were abandoned
             await asyncio.wait(tasks, timeout=PUBLISH_WITHIN_SECONDS * 2)
+
+
+class IdempotentGenerator(_IdempotentCalls[GenerationCall, Generated, Generator]):
+    """Keyed CreateGeneration calls, around the gateway's generator (the cache, or the
+    upstream when the cache is off)."""
+
+    async def generate(self, call: GenerationCall) -> Generated:
+        return await self._call(call)
+
+    async def _perform(self, call: GenerationCall) -> Generated:
+        return await self._inner.generate(call)
+
+    def _shared(self, call: GenerationCall, budget: CallBudget) -> GenerationCall:
+        return call.with_budget(budget)
+
+    def _ensure_time(self, call: GenerationCall) -> None:
+        ensure_time_to_generate(call, self._min_generation_seconds)
+
+    def _response(self, result: Generated) -> Message:
+        return result.response
+
+    def _decode(self, raw: bytes) -> Outcome | None:
+        return decode_outcome(raw)
+
+    def _replayed(self, response: Message) -> Generated:
+        assert isinstance(response, generation_pb2.GenerationResponse)  # as `_decode` read it
+        copy = generation_pb2.GenerationResponse()
+        copy.CopyFrom(response)
+        return Generated(response=copy, cache_result=CacheResult.CACHE_RESULT_REPLAYED)
+
+
+class IdempotentUpscaler(_IdempotentCalls[UpscaleCall, Upscaled, Upscaler]):
+    """Keyed CreateUpscale calls, around the upscale cache; its records share the store
+    with the generations', told apart by the method in the request fingerprint."""
+
+    _METHOD = "CreateUpscale"
+
+    async def upscale(self, call: UpscaleCall) -> Upscaled:
+        return await self._call(call)
+
+    async def _perform(self, call: UpscaleCall) -> Upscaled:
+        return await self._inner.upscale(call)
+
+    def _shared(self, call: UpscaleCall, budget: CallBudget) -> UpscaleCall:
+        return call.with_budget(budget)
+
+    def _ensure_time(self, call: UpscaleCall) -> None:
+        ensure_time_to_upscale(call.budget, self._min_generation_seconds)
+
+    def _response(self, result: Upscaled) -> Message:
+        return result.response
+
+    def _decode(self, raw: bytes) -> Outcome | None:
+        return decode_outcome_as(raw, generation_pb2.CreateUpscaleResponse)
+
+    def _replayed(self, response: Message) -> Upscaled:
+        assert isinstance(response, generation_pb2.CreateUpscaleResponse)  # as `_decode` read it
+        copy = generation_pb2.CreateUpscaleResponse()
+        copy.CopyFrom(response)
+        return Upscaled(response=copy, cache_result=CacheResult.CACHE_RESULT_REPLAYED)
 
 
 def _copy(error: GatewayError, metadata: dict[str, str]) -> GatewayError:

@@ -26,6 +26,7 @@ PURE = (
     "gateway.redis_url",
     "gateway.strict_yaml",
     "gateway.translate",
+    "gateway.upscale",
     "gateway.upstream_defaults",
     "gateway.upstream_errors",
     "gateway.validation",
@@ -34,7 +35,7 @@ PURE = (
 IO_LIBRARIES = ("httpx", "aiohttp", "redis", "prometheus_client")
 # Not pure (they run tasks and wait on clocks), but their I/O is an injected store: they
 # load no I/O library either (the Redis stores live in modules of their own).
-STORE_INJECTED = ("gateway.idempotency",)
+STORE_INJECTED = ("gateway.flights", "gateway.idempotency", "gateway.upscale_cache")
 
 
 def loaded_after(statement: str) -> set[str]:
