@@ -181,8 +181,13 @@ Wrap = Callable[[socket.socket], socket.socket]
 def _info(port: int, wrap: Wrap | None = None) -> str:
     """127.0.0.1:`port`'s answer to INFO (through `wrap`, e.g. TLS), or "" if none."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw:
-            conn = wrap(raw) if wrap is not None else raw
+        raw = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+        try:
+            conn = wrap(raw) if wrap is not None else raw  # which closes both
+        except BaseException:
+            raw.close()
+            raise
+        with conn:
             conn.sendall(b"INFO\r\n")
             data = b""
             while b"\r\n" not in data:
