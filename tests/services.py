@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 
 # sun_path holds 108 bytes, the terminating NUL included.
 _UNIX_PATH_MAX = 107
@@ -251,16 +252,19 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 class RedisSentinelServers:
-    """A Redis master and one Sentinel watching it (Debian's redis-server in sentinel
-    mode), both on loopback TCP in `workdir`, no persistence; killed by process id in
-    `stop`. `url` names the master as the gateway finds it: through the Sentinel."""
+    """A Redis master, `replicas` replicas of it and one Sentinel watching them (Debian's
+    redis-server in sentinel mode), all on loopback TCP in `workdir`, no persistence;
+    killed by process id in `stop`. `url` names the master as the gateway finds it:
+    through the Sentinel; `kill_master` has it fail over to a replica."""
 
     SERVICE = "gateway"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, replicas: int = 0) -> None:
         self.binary = require_binary("redis-server")
         self.workdir = workdir
+        self.replicas = replicas
         self.master_port = 0
+        self.replica_ports: list[int] = []
         self.sentinel_port = 0
         self.processes: list[subprocess.Popen[bytes]] = []
 
@@ -270,18 +274,38 @@ class RedisSentinelServers:
 
     @property
     def master_url(self) -> str:
+        """The master the Sentinel named last (`start`, `kill_master`)."""
         return f"redis://127.0.0.1:{self.master_port}/0"
 
     def start(self, timeout: float = 15.0) -> None:
-        master = self.workdir / "master"
-        master.mkdir()
-        self.master_port, process = _on_some_port(
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _server(self, name: str, *args: str, ready: Callable[[str], bool] | None = None) -> int:
+        workdir = self.workdir / name
+        workdir.mkdir()
+        port, process = _on_some_port(
             lambda port: [
-                self.binary, *("--bind", "127.0.0.1"), *("--port", str(port)),
-                *_redis_args(master),
-            ]
+                self.binary, *("--bind", "127.0.0.1"), *("--port", str(port)), *args,
+                *_redis_args(workdir),
+            ],
+            ready=ready or (lambda info: True),
         )  # fmt: skip
         self.processes.append(process)
+        return port
+
+    def _start(self, timeout: float) -> None:
+        self.master_port = self._server("master")
+        for n in range(self.replicas):
+            port = self._server(
+                f"replica-{n}",
+                *("--replicaof", "127.0.0.1", str(self.master_port)),
+                ready=lambda info: "master_link_status:up" in info,
+            )
+            self.replica_ports.append(port)
         sentinel = self.workdir / "sentinel"
         sentinel.mkdir()
 
@@ -291,19 +315,53 @@ class RedisSentinelServers:
             conf.write_text(
                 f"bind 127.0.0.1\nport {port}\ndir {sentinel}\n"
                 f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master_port} 1\n"
+                # A killed master is down after 0.5 s, not the default 30.
+                f"sentinel down-after-milliseconds {self.SERVICE} 500\n"
             )
             return [self.binary, str(conf), "--sentinel"]
 
-        # Ready once it has reached the master (INFO's sentinel section says so).
-        watching = f"name={self.SERVICE},status=ok,address=127.0.0.1:{self.master_port},"
-        try:
-            self.sentinel_port, process = _on_some_port(
-                command, ready=lambda info: watching in info
-            )
-        except RuntimeError:
-            self.stop()
-            raise
+        # Ready once it has reached the master and learnt its replicas from it.
+        watching = (
+            f"name={self.SERVICE},status=ok,address=127.0.0.1:{self.master_port},"
+            f"slaves={self.replicas},"
+        )
+        self.sentinel_port, process = _on_some_port(
+            command, ready=lambda info: watching in info, timeout=timeout
+        )
         self.processes.append(process)
+
+    def kill_master(self, timeout: float = 30.0) -> None:
+        """Kill the master (once its replicas have every write it acknowledged) and return
+        once the Sentinel has promoted a replica and names it as the master."""
+        old = self.master_port
+        client = redis.Redis(host="127.0.0.1", port=old, socket_timeout=timeout)
+        try:
+            synced = client.execute_command("WAIT", self.replicas, int(timeout * 1000))
+            if synced != self.replicas:
+                raise RuntimeError(f"{synced} of {self.replicas} replicas synced")
+        finally:
+            client.close()
+        _stop([self.processes.pop(0)])  # the master, started first
+        sentinel = redis.Redis(host="127.0.0.1", port=self.sentinel_port, socket_timeout=5)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                _, port = sentinel.execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE
+                )
+                # Done once the failover is over: the promoted replica is what SENTINEL
+                # GET-MASTER-ADDR-BY-NAME says early, and SENTINEL MASTERS (what redis-py
+                # reads, like INFO) only once the switch is made.
+                done = f"name={self.SERVICE},status=ok,address=127.0.0.1:{int(port)},"
+                if int(port) != old and done in _info(self.sentinel_port):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no failover within {timeout} s")
+                time.sleep(0.05)
+        finally:
+            sentinel.close()
+        self.replica_ports.remove(int(port))
+        self.master_port = int(port)
 
     def stop(self) -> None:
         _stop(self.processes)

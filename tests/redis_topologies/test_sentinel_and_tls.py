@@ -56,6 +56,7 @@ async def test_cache_idempotency_and_budgets_through_sentinel_or_tls(
     gateway = spawn(
         GATEWAY_CACHE="redis", GATEWAY_REDIS_URL=url, GATEWAY_REDIS_TIMEOUT="2",
         GATEWAY_BUDGETS=str(policy), GATEWAY_CALLER="search",
+        GATEWAY_CACHE_LOCAL_ENTRIES="0",  # every hit read from that Redis
     )  # fmt: skip
     await gateway.start()
     async with grpc.aio.insecure_channel(gateway.target) as channel:
@@ -108,3 +109,64 @@ async def test_a_tls_redis_whose_certificate_is_not_trusted_is_not_used(
         while unreachable not in (await http.get(url)).text:  # its first check may be on its way
             await asyncio.sleep(0.05)
     assert redis_keys(redis.Redis.from_url(redis_tls.url("gateway"))) == []
+
+
+async def test_when_the_master_dies_the_gateway_follows_the_sentinel_to_the_new_one(
+    spawn: Callable[..., GatewayProcess], emulator: Emulator, tmp_path: Path
+) -> None:
+    """The master is killed and the Sentinel promotes its replica: the gateway follows
+    (new entries and spending are written there), and what it kept before (an entry, a
+    record, a budget's spending) is there, replicated before the failover. The test
+    waits for that (WAIT): Redis replicates asynchronously, and what a dying master had
+    not passed on is lost (RELIABILITY.md)."""
+    (tmp_path / "redis").mkdir()
+    servers = RedisSentinelServers(tmp_path / "redis", replicas=1)
+    servers.start()
+    try:
+        policy = tmp_path / "budgets.yaml"
+        policy.write_text(POLICY)
+        gateway = spawn(
+            GATEWAY_CACHE="redis", GATEWAY_REDIS_URL=servers.url, GATEWAY_REDIS_TIMEOUT="2",
+            GATEWAY_BUDGETS=str(policy), GATEWAY_CALLER="search", GATEWAY_CACHE_LOCAL_ENTRIES="0",
+        )  # fmt: skip
+        await gateway.start()
+        keyed = (("idempotency-key", "order-10"),)
+        async with grpc.aio.insecure_channel(gateway.target) as channel:
+            stub = Stub(channel)
+            _, before = await call(stub, request_of(seed=23))
+            made, _ = await call_trailers(stub, request_of(), metadata=keyed)
+            old_master = servers.master_port
+            await asyncio.to_thread(servers.kill_master)
+            assert servers.master_port != old_master
+            # Connections to the dead master fail (once each), and the gateway asks the
+            # Sentinel again; GetBudget (free) is the probe.
+            budget = await until_answered(stub)
+            _, after = await call(stub, request_of(seed=23))
+            again, again_trailers = await call_trailers(stub, request_of(), metadata=keyed)
+            # New writes land on the new master.
+            written = [(await call(stub, request_of(seed=24)))[1] for _ in range(2)]
+            spent = await stub.GetBudget(generation_pb2.GetBudgetRequest(), timeout=10)
+        assert (before, after) == ("miss", "hit")
+        assert again_trailers["x-idempotent-replay"] == "true"
+        assert list(again.outputs) == list(made.outputs)
+        assert budget.shared and [(w.spent, w.reserved) for w in budget.windows] == [(2, 0)]
+        assert written == ["miss", "hit"]
+        assert [w.spent for w in spent.windows] == [BUDGET]
+        assert upstream_calls(emulator) == 3
+        new_master = redis.Redis.from_url(servers.master_url)
+        kinds = {key.split(":")[2] for key in redis_keys(new_master)}
+        assert {"gen", "balance", "idem", "budget"} <= kinds, kinds
+    finally:
+        servers.stop()
+
+
+async def until_answered(stub: Stub, attempts: int = 20) -> generation_pb2.GetBudgetResponse:
+    """GetBudget, asked again (at most `attempts` times) while Redis is failing over."""
+    for _ in range(attempts - 1):
+        try:
+            return await stub.GetBudget(generation_pb2.GetBudgetRequest(), timeout=10)
+        except grpc.aio.AioRpcError as error:
+            if error.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise
+            await asyncio.sleep(0.1)  # a retry pause, not an ordering
+    return await stub.GetBudget(generation_pb2.GetBudgetRequest(), timeout=10)
