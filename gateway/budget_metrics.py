@@ -53,7 +53,8 @@ class BudgetMetrics:
         )
         self.in_flight = gauge(
             "stablecog_budget_generations_in_flight",
-            "A caller's reserved generations in flight (all replicas, with Redis).",
+            "A caller's reserved paid calls (generations and upscales) in flight (all replicas, "
+            "with Redis); named for generations, kept for dashboards.",
             ("caller",),
         )
         self.rejections = counter(
