@@ -162,6 +162,7 @@ class GatewayApp:
             # Inside the cache: only calls that really go upstream pay.
             upstream = BudgetedGenerator(upstream, self.budgets)
         self.catalog = ModelCatalog(self.client, clock=seams.clock)
+        self._catalog_defaults: tuple[object, CatalogDefaults | None] = (None, None)
         probes: list[Probe] = [
             UpstreamProbe(
                 settings.upstream_url,
@@ -353,9 +354,17 @@ class GatewayApp:
             )
 
     def catalog_defaults(self) -> CatalogDefaults | None:
-        """The catalog's defaults for the cache key, when the catalog is known."""
+        """The catalog's defaults for the cache key, when the catalog is known: derived
+        once per snapshot (a refresh replaces the snapshot, never modifies it), not per
+        call (it was 2.6% of a cache hit's samples)."""
         snapshot = self.catalog.snapshot()
-        return CatalogDefaults.of(snapshot) if snapshot is not None else None
+        if snapshot is None:
+            return None
+        derived_from, defaults = self._catalog_defaults
+        if derived_from is not snapshot:
+            defaults = CatalogDefaults.of(snapshot)
+            self._catalog_defaults = (snapshot, defaults)
+        return defaults
 
     def _key_rotated(self, old_key: str, new_key: str) -> None:
         # The old key's balance series would stay frozen (and could keep a low-credits
