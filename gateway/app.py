@@ -27,9 +27,6 @@ from prometheus_client import CollectorRegistry
 
 from gateway.account import account_fingerprint
 from gateway.auth import KeyFile, KeyResolver, looks_like_a_stablecog_key
-from gateway.budget_metrics import BudgetMetrics
-from gateway.budget_policy import parse_policy
-from gateway.budgets import LEASE_MARGIN_SECONDS, BudgetedGenerator, BudgetedUpscaler, Budgets
 from gateway.cache import CachingGenerator
 from gateway.cache_key import CatalogDefaults
 from gateway.cache_store import EntryStore, MemoryStore
@@ -75,6 +72,7 @@ from gateway.version import VERSION
 from gateway.watched_file import WatchedFile
 
 if TYPE_CHECKING:
+    from gateway.budgets import Budgets
     from gateway.cache_backend import BackendGuard
     from gateway.cache_redis import RedisBackend
 
@@ -159,6 +157,8 @@ class GatewayApp:
         )
         self.budgets = _build_budgets(settings, seams.clock, self.registry)
         if self.budgets is not None:
+            from gateway.budgets import BudgetedGenerator
+
             # Inside the cache: only calls that really go upstream pay.
             upstream = BudgetedGenerator(upstream, self.budgets)
         self.catalog = ModelCatalog(self.client, clock=seams.clock)
@@ -189,6 +189,8 @@ class GatewayApp:
             circuit=circuit,
         )
         if self.budgets is not None:
+            from gateway.budgets import BudgetedUpscaler
+
             upscaler = BudgetedUpscaler(upscaler, self.budgets)  # inside the cache, as above
         self.upscale_cache = CachingUpscaler(
             upscaler,
@@ -520,6 +522,11 @@ def _build_budgets(settings: Settings, clock: Clock, registry: CollectorRegistry
     (shared by every replica) with --budgets-redis or --cache redis, else per process."""
     if settings.budgets is None:
         return None
+    # Imported only with a policy (their YAML parser and ledger cost ~30 ms of start-up).
+    from gateway.budget_metrics import BudgetMetrics
+    from gateway.budget_policy import parse_policy
+    from gateway.budgets import LEASE_MARGIN_SECONDS, Budgets
+
     try:
         policy = WatchedFile(settings.budgets, parse_policy, what="budget policy file", clock=clock)
     except ValueError as exc:
