@@ -98,6 +98,12 @@ class Identifier:
         self.policy = policy
         self._tokens = tokens
 
+    @property
+    def needs_auth_context(self) -> bool:
+        """Whether `__call__` reads the auth context (only mTLS does: building it costs
+        every call a dict from grpc's C core)."""
+        return self.policy.mode == "mtls"
+
     def __call__(self, metadata: Mapping[str, str], auth_context: AuthContext) -> Identified:
         policy = self.policy
         x_caller = sanitize_label(metadata.get("x-caller")) or None
