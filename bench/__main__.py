@@ -334,7 +334,11 @@ class Bench:
         await self.emulator.start()
         seeded = generation_pb2.GenerationRequest(prompt="bench hit", seed=1, num_outputs=1)
         miss = generation_pb2.GenerationRequest(prompt="bench miss", num_outputs=1)
-        gateway = await self.gateway()
+        try:
+            gateway = await self.gateway()
+        except BaseException:  # a gateway that never came up was killed by its start
+            self.emulator.kill()
+            raise
         bare: BareServer | None = None
         try:
             async with grpc.aio.insecure_channel(gateway.target) as channel:

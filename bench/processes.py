@@ -12,14 +12,16 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 KEY = "sc-" + hashlib.sha256(b"bench account").hexdigest()
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -67,6 +69,15 @@ class Child:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    async def started(self, waiting: Awaitable[T]) -> T:
+        """`waiting` (for the child to be up); the child is killed if that fails, so a
+        child that never comes up is not left running."""
+        try:
+            return await waiting
+        except BaseException:
+            self.kill()
+            raise
 
     def spawn(self) -> None:
         with self.log_path.open("wb") as log:
@@ -207,11 +218,13 @@ class GatewayProcess(Child):
         says SERVING and the first reachability check is done), then checked SERVING."""
         self.spawn()
         assert self.process is not None
-        serving = await line_in(self.log_path, r'^\{.*"gateway serving".*\}$', self.process, within)
+        serving = await self.started(
+            line_in(self.log_path, r'^\{.*"gateway serving".*\}$', self.process, within)
+        )
         seconds = time.perf_counter() - self.started_at
         line = json.loads(serving.group(0))
         self.port, self.metrics_port = int(line["grpc_port"]), int(line["metrics_port"])
-        await wait_serving(self.target, self, within)
+        await self.started(wait_serving(self.target, self, within))
         return seconds
 
     async def counters(self) -> dict[str, float]:
@@ -246,8 +259,10 @@ class BareServer(Child):
     async def start(self, within: float = 20.0) -> float:
         self.spawn()
         assert self.process is not None
-        found = await line_in(self.log_path, r"listening on (\d+)", self.process, within)
+        found = await self.started(
+            line_in(self.log_path, r"listening on (\d+)", self.process, within)
+        )
         seconds = time.perf_counter() - self.started_at
         self.port = int(found.group(1))
-        await wait_serving(self.target, self, within)
+        await self.started(wait_serving(self.target, self, within))
         return seconds

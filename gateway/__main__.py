@@ -13,6 +13,10 @@ from gateway.capacity import ensure_capacity
 from gateway.config import ConfigError, load_settings
 
 GC_YOUNG_THRESHOLD = 10_000
+# Older generations collected every 50 young collections (not 10), the oldest every 100
+# middle ones (not 10): with 10,000 calls in flight each of those scans the calls' objects,
+# and together they were ~1.3 s of the 10.6 s of CPU the calls cost (BENCHMARKS.md).
+GC_OLDER_THRESHOLDS = (50, 100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,10 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # What start-up made lives as long as the process: out of the collector's way,
         # so a full collection scans only what calls make (its pauses were the tail of
         # the miss path's latency). And collect the young generation every 10,000
-        # allocations, not 700: with thousands of calls in flight the collector took
-        # 19% of the loop's time (BENCHMARKS.md).
+        # allocations, not 700, and the older ones more rarely still: with thousands of
+        # calls in flight the collector took 19% of the loop's time (BENCHMARKS.md).
         gc.freeze()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
         await app.serve_until_signalled()
 
     asyncio.run(run())

@@ -7,10 +7,14 @@ limits. Costs nothing; never reaches the upstream.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gateway._gen.stablecog.v1 import generation_pb2
-from gateway.budgets import Budgets
 from gateway.call import Call, CallReport
 from gateway.call_runner import Answer
+
+if TYPE_CHECKING:
+    from gateway.budgets import Budgets
 
 
 async def get_budget(

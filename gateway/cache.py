@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 CacheResult = generation_pb2.CacheResult
 _NAMES = {value: cache_result_name(value) for value in CacheResult.values()}
+# The memo of cache keys (`CachingGenerator._key`): entries, and the largest request kept.
+KEY_MEMO_ENTRIES = 1024
+KEY_MEMO_MAX_BYTES = 2048
 
 
 class CachingGenerator:
@@ -89,6 +92,8 @@ class CachingGenerator:
         # The span of the call each flight was started for (waiters link to it).
         self._flight_traces: dict[str, SpanContext] = {}
         self._balances: BalanceBook[str] = BalanceBook()
+        # (request bytes, scope) -> (the catalog defaults used, the key).
+        self._keys: dict[tuple[bytes, str], tuple[CatalogDefaults | None, str]] = {}
 
     @property
     def flights(self) -> int:
@@ -166,7 +171,22 @@ class CachingGenerator:
         return filled.generated.served_as(result)
 
     def _key(self, call: GenerationCall) -> str:
-        return cache_key(call.request, call.key.cache_scope, self._catalog_defaults())
+        """The call's cache key, remembered by the request's exact bytes and the account
+        scope for the catalog defaults it was derived with (hits repeat a request: the
+        canonical form, its JSON and digest were ~6% of a hit's samples). Bounded."""
+        defaults = self._catalog_defaults()
+        raw = call.request.SerializeToString(deterministic=True)
+        if len(raw) > KEY_MEMO_MAX_BYTES:
+            return cache_key(call.request, call.key.cache_scope, defaults)
+        memo = (raw, call.key.cache_scope)
+        known = self._keys.get(memo)
+        if known is not None and known[0] is defaults:
+            return known[1]
+        key = cache_key(call.request, call.key.cache_scope, defaults)
+        if len(self._keys) >= KEY_MEMO_ENTRIES:
+            self._keys.clear()
+        self._keys[memo] = (defaults, key)
+        return key
 
     def _decided(
         self, result: generation_pb2.CacheResult.ValueType, span: TraceParent | None = None

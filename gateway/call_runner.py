@@ -298,7 +298,8 @@ class CallRunner:
 
     def _start(self, service: str, method: str, context: Context) -> Call:
         metadata = parse_metadata(context.invocation_metadata())
-        identified = self._identify(metadata, context.auth_context())
+        auth_context = context.auth_context() if self._identify.needs_auth_context else {}
+        identified = self._identify(metadata, auth_context)
         raw_caller = identified.name
         caller = self._caller_label(raw_caller)
         # Counted as `other` (past --max-callers): the log still says who it was.

@@ -28,9 +28,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import yaml
-
-from gateway import strict_yaml
 from gateway.errors import CallerUnauthenticated
 from gateway.labels import distinct_label, sanitize_label
 
@@ -101,6 +98,12 @@ class Identifier:
         self.policy = policy
         self._tokens = tokens
 
+    @property
+    def needs_auth_context(self) -> bool:
+        """Whether `__call__` reads the auth context (only mTLS does: building it costs
+        every call a dict from grpc's C core)."""
+        return self.policy.mode == "mtls"
+
     def __call__(self, metadata: Mapping[str, str], auth_context: AuthContext) -> Identified:
         policy = self.policy
         x_caller = sanitize_label(metadata.get("x-caller")) or None
@@ -160,6 +163,10 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 def parse_tokens(text: str) -> dict[str, str]:
     """The tokens file (`caller: <sha256 hex>` or `caller: [<digest>, ...]`, YAML) as a
     digest -> caller table; ValueError saying what is wrong."""
+    import yaml  # only with a tokens file (~10 ms of start-up otherwise)
+
+    from gateway import strict_yaml
+
     try:
         document = strict_yaml.load(text)
     except yaml.YAMLError as exc:

@@ -51,6 +51,8 @@ from gateway.upstream_defaults import (
 )
 from gateway.upstream_errors import STATIC_REASONS
 
+# How many raw `x-caller` values `caller_label` remembers the label of.
+CALLER_LABEL_MEMO = 1024
 # Generations take seconds to minutes (the upstream's worker gives up after 240 s, the
 # gateway after --upstream-timeout, 600 s by default); cache hits take milliseconds. The
 # gateway and upstream histograms share buckets so their quantiles compare.
@@ -153,6 +155,9 @@ class GatewayMetrics:
         self.default_caller = sanitize_label(default_caller) or UNKNOWN
         # The default caller is always admitted, on top of `max_callers` others.
         self._callers = BoundedLabel(max_callers + 1, [self.default_caller])
+        # raw `x-caller` value -> its label, for the values seen (two to three lookups a
+        # call); bounded, as the raw values are the callers' to choose.
+        self._caller_labels: dict[str | None, str] = {}
         # Known models and reasons are always admitted, on top of `max_*` others.
         models = {sanitize_label(m) for m in known_models}
         self._models = BoundedLabel(len(models) + max_models, models)
@@ -322,10 +327,15 @@ class GatewayMetrics:
 
     def caller_label(self, raw: str | None) -> str:
         """The bounded caller label for an `x-caller` value (None: the configured caller)."""
+        known = self._caller_labels.get(raw)
+        if known is not None:
+            return known
         value = sanitize_label(raw)
-        if not value:
-            return self.default_caller
-        return self._callers(value)
+        label = self._callers(value) if value else self.default_caller
+        if len(self._caller_labels) >= CALLER_LABEL_MEMO:
+            self._caller_labels.clear()
+        self._caller_labels[raw] = label
+        return label
 
     # --- gateway.events.Telemetry ---
 

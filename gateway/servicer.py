@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -16,7 +17,6 @@ from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.account import account_fingerprint
 from gateway.auth import KeyResolver
 from gateway.budget_service import get_budget
-from gateway.budgets import Budgets
 from gateway.call import (
     SAVED_RESULTS,
     Call,
@@ -31,6 +31,9 @@ from gateway.events import NULL_TELEMETRY, CreditsSaved, Telemetry, ValidationFa
 from gateway.generation import GenerationCall, Generator
 from gateway.idempotency import REPLAY_METADATA, REPLAY_TRAILER
 from gateway.validation import RequestValidator
+
+if TYPE_CHECKING:
+    from gateway.budgets import Budgets
 
 _log = logging.getLogger(__name__)
 

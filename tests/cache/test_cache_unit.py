@@ -500,3 +500,24 @@ def test_outcomes_round_trip() -> None:
     empty = answer(outputs=0).response
     assert decode_outcome(encode_outcome(empty)) == empty
     assert decode_outcome(b"[]") is None
+
+
+def test_the_remembered_key_follows_new_catalog_defaults() -> None:
+    from gateway.cache_key import CatalogDefaults
+
+    current: list[CatalogDefaults | None] = [None]
+    cache = CachingGenerator(
+        ManualGenerator(),
+        MemoryStore(max_entries=100, max_bytes=1 << 20, clock=FakeClock()),
+        ttl=60,
+        upstream_timeout=600,
+        catalog_defaults=lambda: current[0],
+    )
+    call = generation_call(seed=5)
+    scope = call.key.cache_scope
+    assert cache._key(call) == cache._key(call) == cache_key(call.request, scope)
+    for model, size in (("model-a", (512, 512)), ("model-b", (768, 768))):
+        current[0] = CatalogDefaults(model, {model: size})
+        expected = cache_key(call.request, scope, current[0])
+        assert cache._key(call) == cache._key(call) == expected
+    assert len({cache_key(call.request, scope, d) for d in (None, current[0])}) == 2

@@ -67,3 +67,12 @@ def test_the_defaults_load_neither_redis_nor_opentelemetry() -> None:
     assert "gateway.idempotency_redis" not in loaded
     # Tracing is off by default: the OpenTelemetry packages are not even imported.
     assert not {m for m in loaded if m.split(".")[0] == "opentelemetry"}
+    # Budgets and token files are off by default: their modules and YAML are not imported.
+    assert not {m for m in loaded if m.split(".")[0] == "yaml"}
+    budgets = (
+        "gateway.budgets",
+        "gateway.budget_policy",
+        "gateway.budget_ledger",
+        "gateway.budget_m",
+    )
+    assert not {m for m in loaded if m.startswith(budgets)}

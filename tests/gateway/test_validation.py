@@ -38,3 +38,25 @@ def test_pixel_steps_description_names_the_rule() -> None:
 
 def test_valid_request_passes() -> None:
     VALIDATOR.check(request(width=512, height=768, num_outputs=4, seed=0))
+
+
+def test_a_remembered_valid_request_lets_no_invalid_one_through() -> None:
+    validator = RequestValidator()
+    valid = request(width=512, height=768, seed=3)
+    for _ in range(2):  # the second check is answered from the memo of valid requests
+        validator.check(valid)
+    for fields in ({"width": 248, "height": 768, "seed": 3}, {"prompt": "", "seed": 3}):
+        with pytest.raises(InvalidRequest):
+            validator.check(request(**fields))
+    validator.check(valid)
+
+
+def test_the_memo_of_valid_requests_is_bounded() -> None:
+    from gateway import validation
+
+    validator = RequestValidator()
+    for seed in range(validation.VALID_MEMO_ENTRIES + 10):
+        validator.check(request(seed=seed))
+    assert len(validator._valid) <= validation.VALID_MEMO_ENTRIES
+    validator.check(request(prompt="x" * validation.VALID_MEMO_MAX_BYTES))
+    assert all(len(raw) <= validation.VALID_MEMO_MAX_BYTES for _, raw in validator._valid)
