@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +17,8 @@ from emulator.server import Emulator
 from gateway._gen.stablecog.v1 import generation_pb2_grpc
 from gateway.app import GatewayApp, Seams
 from gateway.config import Settings
-from tests.services import RedisServer
+from tests.processes import GatewayProcess
+from tests.services import RedisClusterServers, RedisServer
 
 ACCOUNT_KEY = "sc-" + hashlib.sha256(b"tests account").hexdigest()
 OTHER_KEY = "sc-" + hashlib.sha256(b"tests other account").hexdigest()
@@ -107,6 +109,37 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def spawn(emulator: Emulator, tmp_path: Path) -> AsyncIterator[Callable[..., GatewayProcess]]:
+    """Gateway processes against the emulator with the test account's key; killed by
+    process id at teardown."""
+    started: list[GatewayProcess] = []
+
+    def factory(**env: str) -> GatewayProcess:
+        process = GatewayProcess(
+            {"STABLECOG_API_URL": emulator.base_url, "STABLECOG_API_KEY": ACCOUNT_KEY, **env},
+            tmp_path / f"gateway-{len(started)}.log",
+        )
+        started.append(process)
+        return process
+
+    try:
+        yield factory
+    finally:
+        for process in started:
+            process.kill()
 
 
 class FakeClock:

@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-# One copy each: gateway child processes (tests/lifecycle), the cluster (tests/budgets).
-from tests.budgets.conftest import redis_cluster  # noqa: F401
 from tests.fixtures import make_pki
-from tests.lifecycle.conftest import spawn  # noqa: F401
 from tests.services import RedisSentinelServers, RedisTlsServer
 
 
