@@ -40,6 +40,7 @@ from gateway.cache_tier import LocalTier
 from gateway.call import CallBudget, cache_result_name
 from gateway.errors import CallTimedOut, DeadlineTooShort, GatewayError
 from gateway.events import NULL_TELEMETRY, CacheBackendFailed, CacheDecided, Telemetry
+from gateway.flights import Flights, wait_for
 from gateway.generation import (
     MIN_GENERATION_SECONDS,
     Generated,
@@ -88,7 +89,7 @@ class CachingGenerator:
         self._local = local
         self._write_back: asyncio.Task[int] | None = None
         self._telemetry = telemetry
-        self._flights: dict[str, asyncio.Task[Filled]] = {}
+        self._flights: Flights[Filled] = Flights("cache-fill")
         # The span of the call each flight was started for (waiters link to it).
         self._flight_traces: dict[str, SpanContext] = {}
         self._balances: BalanceBook[str] = BalanceBook()
@@ -152,11 +153,10 @@ class CachingGenerator:
             span,
             {"stablecog.cache_result": "miss", "stablecog.cache_backend_failed": backend_failed},
         )
-        flight = asyncio.create_task(self._fill(key, call), name=f"cache-fill {key[-12:]}")
-        self._flights[key] = flight
+        flight = self._flights.start(key, lambda: self._fill(key, call))
         if call.trace is not None:
             self._flight_traces[key] = call.trace.context
-        flight.add_done_callback(lambda done: self._landed(key, done))
+        flight.add_done_callback(lambda _: self._flight_traces.pop(key, None))
         # Counted once the flight tells: another gateway's generation makes it coalesced,
         # as the response says; a miss otherwise (an error or a cut call included).
         result = CacheResult.CACHE_RESULT_MISS
@@ -194,16 +194,9 @@ class CachingGenerator:
         self._telemetry.emit(CacheDecided(_NAMES[result]))
         tracing.end(span, {"stablecog.cache_result": _NAMES[result]})
 
-    def _landed(self, key: str, flight: asyncio.Task[Filled]) -> None:
-        self._flights.pop(key, None)
-        self._flight_traces.pop(key, None)
-        if not flight.cancelled():
-            flight.exception()  # retrieved here too, for when every waiter has gone
-
     async def wait_idle(self) -> None:
         """Return when no flight is running (each ends by its own upstream timeout)."""
-        while self._flights:
-            await asyncio.wait(list(self._flights.values()))
+        await self._flights.wait_idle()
 
     async def _uncached(
         self,
@@ -247,16 +240,7 @@ class CachingGenerator:
 
     async def _wait(self, flight: asyncio.Task[Filled], budget: CallBudget) -> Filled:
         """Wait for a flight without letting this caller's cancellation cancel it."""
-        if not budget.caller_deadline:
-            return await asyncio.shield(flight)
-        try:
-            async with asyncio.timeout(budget.seconds):
-                return await asyncio.shield(flight)
-        except TimeoutError:
-            raise CallTimedOut(
-                "the call's deadline ran out before Stablecog answered; the generation "
-                "continues and will be served from the cache"
-            ) from None
+        return await wait_for(flight, budget, _still_generating)
 
     async def _fill(self, key: str, call: GenerationCall) -> Filled:
         """The one upstream call for `key`, coordinated with other gateways when shared."""
@@ -328,9 +312,13 @@ class CachingGenerator:
             self._write_back.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._write_back
-        flights = list(self._flights.values())
-        for flight in flights:
-            flight.cancel()
-        if flights:  # let them publish that they were abandoned and release their locks
-            await asyncio.wait(flights, timeout=PUBLISH_WITHIN_SECONDS * 2)
+        # Let the cut flights publish that they were abandoned and release their locks.
+        await self._flights.aclose(within=PUBLISH_WITHIN_SECONDS * 2)
         await self._entries.aclose()
+
+
+def _still_generating() -> CallTimedOut:
+    return CallTimedOut(
+        "the call's deadline ran out before Stablecog answered; the generation "
+        "continues and will be served from the cache"
+    )

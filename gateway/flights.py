@@ -2,8 +2,8 @@
 
 A flight runs in a task of its own, so the caller that started it may cancel or run out of
 deadline while it goes on for the others (and, paid for, still fills its cache). Waiters
-share its outcome, errors included. gateway.cache keeps its own flights, tied to its
-cross-replica coordinator; this is the same rule for the upscale cache.
+share its outcome, errors included. Used by the generation cache (gateway.cache) and the
+upscale cache (gateway.upscale_cache).
 """
 
 from __future__ import annotations
