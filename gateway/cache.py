@@ -107,10 +107,10 @@ class CachingGenerator:
 
     async def generate(self, call: GenerationCall) -> Generated:
         if not is_cacheable(call.request):
-            return await self._uncached(call, CacheResult.CACHE_RESULT_UNCACHEABLE)
+            return await self._uncached(call, generation_pb2.CACHE_RESULT_UNCACHEABLE)
         if not call.cache_control.lookup:
             key = self._key(call) if call.cache_control.store else None
-            return await self._uncached(call, CacheResult.CACHE_RESULT_BYPASS, key)
+            return await self._uncached(call, generation_pb2.CACHE_RESULT_BYPASS, key)
 
         key = self._key(call)
         span = self._tracing.child(call.trace, "cache lookup")
@@ -124,12 +124,12 @@ class CachingGenerator:
             tracing.end(span, {})
             raise
         if hit is not None:
-            self._decided(CacheResult.CACHE_RESULT_HIT, span)
+            self._decided(generation_pb2.CACHE_RESULT_HIT, span)
             return hit
 
         flight = self._flights.get(key)
         if flight is not None:
-            self._decided(CacheResult.CACHE_RESULT_COALESCED, span)
+            self._decided(generation_pb2.CACHE_RESULT_COALESCED, span)
             tracing.link_to(call.trace, self._flight_traces.get(key))
             try:
                 filled = await self._wait(flight, call.budget)
@@ -139,7 +139,7 @@ class CachingGenerator:
                 # The leader's own refusal (its budget), not this caller's: try again,
                 # as the leader of a new flight or a waiter on another.
                 return await self.generate(call)
-            return filled.generated.served_as(CacheResult.CACHE_RESULT_COALESCED)
+            return filled.generated.served_as(generation_pb2.CACHE_RESULT_COALESCED)
 
         # A flight is not bound by the caller's deadline, so refuse here what the upstream
         # generator would refuse (a caller that can never receive the answer), before the
@@ -159,11 +159,11 @@ class CachingGenerator:
         flight.add_done_callback(lambda _: self._flight_traces.pop(key, None))
         # Counted once the flight tells: another gateway's generation makes it coalesced,
         # as the response says; a miss otherwise (an error or a cut call included).
-        result = CacheResult.CACHE_RESULT_MISS
+        result = generation_pb2.CACHE_RESULT_MISS
         try:
             filled = await self._wait(flight, call.budget)
             if filled.from_other_replica:
-                result = CacheResult.CACHE_RESULT_COALESCED
+                result = generation_pb2.CACHE_RESULT_COALESCED
                 tracing.annotate(call.trace, {"stablecog.generated_by": filled.generated_by})
                 tracing.link_to(call.trace, tracing.remote_context(filled.leader_trace))
         finally:
@@ -236,7 +236,7 @@ class CachingGenerator:
                 balance = shared
         if balance is not None:
             response.remaining_credits = balance.credits
-        return Generated(response=response, cache_result=CacheResult.CACHE_RESULT_HIT)
+        return Generated(response=response, cache_result=generation_pb2.CACHE_RESULT_HIT)
 
     async def _wait(self, flight: asyncio.Task[Filled], budget: CallBudget) -> Filled:
         """Wait for a flight without letting this caller's cancellation cancel it."""

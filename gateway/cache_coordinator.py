@@ -317,7 +317,7 @@ class CrossReplicaCoordinator:
             return None
         if isinstance(outcome, GatewayError):
             raise outcome
-        return Generated(response=outcome, cache_result=CacheResult.CACHE_RESULT_HIT)
+        return Generated(response=outcome, cache_result=generation_pb2.CACHE_RESULT_HIT)
 
     async def _await_holder(self, key: str, lookup: Lookup, deadline: float) -> Filled | HolderGone:
         """Wait while another gateway holds the lease. Returns its result, raises its

@@ -15,7 +15,6 @@ Health checks and reflection are not run through it (as go-grpc-prometheus users
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import traceback
@@ -51,7 +50,7 @@ from gateway.errors import (
 from gateway.events import CallHandled, CallStarted, Telemetry
 from gateway.identity import Identifier, IdentityPolicy
 from gateway.labels import sanitize_label
-from gateway.logs import REDACTED
+from gateway.logs import REDACTED, log_fields
 from gateway.tracing import Tracing
 
 _log = logging.getLogger(__name__)
@@ -96,16 +95,17 @@ class InFlight:
     def count(self) -> int:
         return len(self.tasks)
 
-    def __enter__(self) -> None:
+    def enter(self) -> asyncio.Task[object]:
+        """Count the current task in flight; give it back to `leave`. (A context manager
+        would look it up twice: on Python 3.11 each lookup is a getpid() system call.)"""
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
         self._idle.clear()
+        return task
 
-    def __exit__(self, *_: object) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self.tasks.discard(task)
+    def leave(self, task: asyncio.Task[object]) -> None:
+        self.tasks.discard(task)
         if not self.tasks:
             self._idle.set()
 
@@ -193,7 +193,8 @@ class CallRunner:
             self._max_concurrent_calls is None or self.in_flight.count < self._max_concurrent_calls
         )
         try:
-            with self.in_flight if admitted else contextlib.nullcontext():
+            held = self.in_flight.enter() if admitted else None
+            try:
                 outcome = await self._outcome(
                     raw, decode, call, report, pipeline, admitted, max_request_bytes
                 )
@@ -207,6 +208,9 @@ class CallRunner:
                 await context.abort(
                     status.code, status.details, (*status.trailing_metadata, request_id)
                 )
+            finally:
+                if held is not None:
+                    self.in_flight.leave(held)
         except asyncio.CancelledError:
             if self._abandoning:  # the gateway cut it, not the caller: say what that means
                 error = _ABANDONED
@@ -430,4 +434,4 @@ def _log_call(
         entry["caller_raw"] = call.caller_raw
     if call.trace is not None:
         entry["trace_id"] = call.trace.trace_id
-    access_log.log(level, "call", extra=entry)
+    log_fields(access_log, level, "call", entry)

@@ -53,7 +53,7 @@ class Generated:
     def served_as(self, result: generation_pb2.CacheResult.ValueType) -> Generated:
         """This result as served to a call with cache result `result` (a coalesced
         waiter made no upstream call of its own)."""
-        seconds = None if result == CacheResult.CACHE_RESULT_COALESCED else self.upstream_seconds
+        seconds = None if result == generation_pb2.CACHE_RESULT_COALESCED else self.upstream_seconds
         return replace(self, cache_result=result, upstream_seconds=seconds)
 
 

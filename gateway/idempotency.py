@@ -516,7 +516,7 @@ class _IdempotentCalls(Generic[C, R, Inner]):
             self._telemetry.emit(IdempotentReplayed(caller, "error"))
             raise _copy(outcome, {REPLAY_METADATA: "true"})
         self._telemetry.emit(IdempotentReplayed(caller, "ok"))
-        self._telemetry.emit(CacheDecided(cache_result_name(CacheResult.CACHE_RESULT_REPLAYED)))
+        self._telemetry.emit(CacheDecided(cache_result_name(generation_pb2.CACHE_RESULT_REPLAYED)))
         return self._replayed(outcome)
 
     async def _keep_lease(self, record: str, fingerprint: str, token: str) -> None:
@@ -620,7 +620,7 @@ class IdempotentGenerator(_IdempotentCalls[GenerationCall, Generated, Generator]
         assert isinstance(response, generation_pb2.GenerationResponse)  # as `_decode` read it
         copy = generation_pb2.GenerationResponse()
         copy.CopyFrom(response)
-        return Generated(response=copy, cache_result=CacheResult.CACHE_RESULT_REPLAYED)
+        return Generated(response=copy, cache_result=generation_pb2.CACHE_RESULT_REPLAYED)
 
 
 class IdempotentUpscaler(_IdempotentCalls[UpscaleCall, Upscaled, Upscaler]):
@@ -651,7 +651,7 @@ class IdempotentUpscaler(_IdempotentCalls[UpscaleCall, Upscaled, Upscaler]):
         assert isinstance(response, generation_pb2.CreateUpscaleResponse)  # as `_decode` read it
         copy = generation_pb2.CreateUpscaleResponse()
         copy.CopyFrom(response)
-        return Upscaled(response=copy, cache_result=CacheResult.CACHE_RESULT_REPLAYED)
+        return Upscaled(response=copy, cache_result=generation_pb2.CACHE_RESULT_REPLAYED)
 
 
 def _copy(error: GatewayError, metadata: dict[str, str]) -> GatewayError:

@@ -3,13 +3,17 @@
 Every line passes through `redact`, a last line of defence: nothing that looks like a
 Stablecog API key or a bearer token is ever written, whatever a message or extra holds.
 
-A call's access-log line must cost the event loop as little as possible: the loop only
-makes the record and appends it to a queue (the standard library's `QueueHandler`, without
-its per-record copy and pre-formatting); a `QueueListener` thread formats and writes it.
-The queue wakes nobody: the writer looks every 20 ms and writes what came in one write
-(waking a thread per line costs the loop a lock hand-off and a GIL switch per call). The
-records' caller, thread and process fields are not collected (no line shows them).
-`configure` stops the listener at exit, so every line queued is written.
+A call's access-log line must cost the event loop as little as possible. `log_fields` is
+the access log's way in: while `configure`'s writer is the only handler in its way, the
+loop formats the line itself (one JSON encoding; no LogRecord, no handler chain) and
+queues the finished text. Every other line is logged as usual, and the root logger's one
+handler queues the record itself. A writer thread takes everything queued every 20 ms,
+formats the records among it and writes the lot with one write. Nothing wakes a thread
+per line, and nothing hands items over one at a time: the standard library's
+QueueHandler/QueueListener pair did both, and that per-line work on the GIL was most of an
+access line's cost (BENCHMARKS.md). The records' caller, thread and process fields are not
+collected (no line shows them). `configure` stops the writer at exit, so every line queued
+is written.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import atexit
 import collections
 import json
 import logging
-import logging.handlers
-import queue
 import re
 import sys
+import threading
 import time
+import traceback
+from collections.abc import Mapping
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed through `extra=`.
@@ -45,22 +50,41 @@ def redact(text: str) -> str:
     )
 
 
+class _Stamps:
+    """UTC timestamps with milliseconds, `2026-12-01T12:00:00.123Z` (strftime once a
+    second, not once a line). One per thread that formats lines."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._stamp = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        # As LogRecord.msecs: the milliseconds truncated.
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
+
+# One encoder for every line: json.dumps with options builds a new one per call.
+_ENCODE = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
+def _json_line(entry: dict[str, Any]) -> str:
+    return redact(_ENCODE(entry))
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON line: time, level, logger, message, then the extras."""
 
-    _second = -1
-    _stamp = ""
-
-    def _time(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        if second != self._second:  # strftime once a second, not once a line
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int(record.msecs):03d}Z"
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamps = _Stamps()
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": self._time(record),
+            "time": self._stamps(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -72,49 +96,49 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_info[0].__name__
             # Redacted with the rest of the line below; never sent to a caller.
             entry["traceback"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str, separators=(",", ":")))
+        return _json_line(entry)
 
 
-class _Enqueue(logging.handlers.QueueHandler):
-    """Puts the record itself on the queue: the listener formats it. (The standard
-    `prepare` copies and pre-formats each record in the caller's thread; our records are
-    not changed after they are logged, and tracebacks are formatted by the listener.)"""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
+# What the writer's queue holds: a record to format, or a finished line.
+_Item = logging.LogRecord | str
 
 
 class _Lines:
     """The queue between the loop and the writer: `put_nowait` appends (a deque append is
-    atomic and wakes no thread); `get` takes the oldest record, looking every `interval`
-    seconds while there is none."""
+    atomic and wakes no thread); the writer takes everything queued at once."""
 
-    def __init__(self, interval: float = 0.02) -> None:
-        self._records: collections.deque[logging.LogRecord | None] = collections.deque()
-        self._interval = interval
+    def __init__(self) -> None:
+        self._items: collections.deque[_Item] = collections.deque()
 
-    def put_nowait(self, record: logging.LogRecord | None) -> None:
-        self._records.append(record)
+    def put_nowait(self, item: _Item) -> None:
+        self._items.append(item)
 
-    def get(self, block: bool = True) -> logging.LogRecord | None:
+    def take_all(self) -> list[_Item]:
+        taken = []
         while True:
             try:
-                return self._records.popleft()
+                taken.append(self._items.popleft())
             except IndexError:
-                if not block:
-                    raise queue.Empty from None
-                time.sleep(self._interval)
-
-    def empty(self) -> bool:
-        return not self._records
+                return taken
 
 
-class _BatchedStream(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes each line to a buffer of its own over stderr's file descriptor (sys.stderr
-    is line-buffered) and flushes it when the queue is empty: one write per burst of
-    lines, not one per line."""
+class _Enqueue(logging.Handler):
+    """The root logger's handler: puts each record itself on the writer's queue (no copy,
+    no pre-formatting: the writer formats it; records are not changed once logged)."""
 
-    def __init__(self, records: _Lines) -> None:
+    def __init__(self, lines: _Lines) -> None:
+        super().__init__()
+        self._lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._lines.put_nowait(record)
+
+
+class _Stream(logging.StreamHandler):  # type: ignore[type-arg]
+    """The writer's handler: a buffer of its own over stderr's file descriptor (sys.stderr
+    is line-buffered), written and flushed once per batch of lines."""
+
+    def __init__(self) -> None:
         sys.stderr.flush()
         super().__init__(
             open(  # noqa: SIM115 (lives as long as the process; stderr itself stays open)
@@ -126,27 +150,111 @@ class _BatchedStream(logging.StreamHandler):  # type: ignore[type-arg]
                 closefd=False,
             )
         )
-        self._records = records
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.stream.write(self.format(record) + "\n")
-            if self._records.empty():
-                self.stream.flush()
-        except Exception:
-            self.handleError(record)
+    def write_lines(self, lines: list[str]) -> None:
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
 
 
-_listener: logging.handlers.QueueListener | None = None
+class _Writer:
+    """The writer thread: every `interval` seconds it takes everything queued, formats the
+    records among it and writes the lot with one write. (The standard QueueListener hands
+    over and writes one item at a time: that per-item work, on the GIL the loop needs,
+    was most of an access line's cost; BENCHMARKS.md.)"""
+
+    def __init__(self, lines: _Lines, stream: _Stream, interval: float = 0.02) -> None:
+        self._lines = lines
+        self._stream = stream
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is queued, then end the thread."""
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            self._write_queued()
+        self._write_queued()
+
+    def _write_queued(self) -> None:
+        lines: list[str] = []
+        for item in self._lines.take_all():
+            if isinstance(item, str):
+                lines.append(item)
+                continue
+            try:
+                lines.append(self._stream.format(item))
+            except Exception:  # a record that cannot be formatted: reported, not fatal
+                self._stream.handleError(item)
+        if lines:
+            try:
+                self._stream.write_lines(lines)
+            except Exception:  # as Handler.handleError: never kill the writer
+                traceback.print_exc(file=sys.stderr)
+
+
+class _Sink:
+    """Where `log_fields` puts finished lines while `configure`'s writer is in charge."""
+
+    def __init__(self, records: _Lines, enqueue: _Enqueue) -> None:
+        self.records = records
+        self.enqueue = enqueue
+        self.stamps = _Stamps()  # the event loop's (the writer thread has its own)
+
+
+_writer: _Writer | None = None
+_sink: _Sink | None = None
+_ROOT = logging.getLogger()
+
+
+def log_fields(logger: logging.Logger, level: int, message: str, fields: Mapping[str, Any]) -> None:
+    """Write what `logger.log(level, message, extra=fields)` would, for a caller that has
+    checked `logger.isEnabledFor(level)`. While `configure`'s writer is the only handler
+    between `logger` and the stream, the line is formatted here and queued finished;
+    otherwise (tests capturing records, a handler added by an embedding program) it is
+    logged as a record."""
+    sink = _sink
+    if sink is None or not _only_writer(logger, sink.enqueue):
+        logger.log(level, message, extra=fields)
+        return
+    entry: dict[str, Any] = {
+        "time": sink.stamps(time.time()),
+        "level": logging.getLevelName(level).lower(),
+        "logger": logger.name,
+        "message": message,
+    }
+    entry.update(fields)
+    sink.records.put_nowait(_json_line(entry))
+
+
+def _only_writer(logger: logging.Logger, enqueue: _Enqueue) -> bool:
+    """Whether `logger`'s record would reach only `enqueue` (root's one handler), unfiltered."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters or current.disabled:
+            return False
+        if current is _ROOT:
+            return len(current.handlers) == 1 and current.handlers[0] is enqueue
+        if current.handlers or not current.propagate:
+            return False
+        current = current.parent
+    return False
 
 
 def stop() -> None:
     """Write every line queued and stop the writer thread (at exit, or before `configure`
     starts another)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+    global _writer, _sink
+    _sink = None
+    if _writer is not None:
+        _writer.stop()
+        _writer = None
 
 
 atexit.register(stop)
@@ -154,19 +262,21 @@ atexit.register(stop)
 
 def configure(level: str) -> None:
     """Log JSON lines at `level` to stderr through a writer thread (stopped at exit)."""
-    global _listener
+    global _writer, _sink
     stop()
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # no caller lookup per record (the logging HOWTO's advice)
     records = _Lines()
-    stream = _BatchedStream(records)
+    stream = _Stream()
     stream.setFormatter(JsonFormatter())
-    _listener = logging.handlers.QueueListener(records, stream)
-    _listener.start()
+    _writer = _Writer(records, stream)
+    _writer.start()
     root = logging.getLogger()
-    root.handlers[:] = [_Enqueue(records)]
+    enqueue = _Enqueue(records)
+    root.handlers[:] = [enqueue]
+    _sink = _Sink(records, enqueue)
     root.setLevel(level)
     # httpx logs every request line at INFO; keep it for DEBUG.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -87,7 +87,7 @@ LATENCY_BUCKETS = (
 CACHE_RESULTS = tuple(
     cache_result_name(value)
     for value in generation_pb2.CacheResult.values()
-    if value != generation_pb2.CacheResult.CACHE_RESULT_UNSPECIFIED
+    if value != generation_pb2.CACHE_RESULT_UNSPECIFIED
 )
 UPSTREAM_ENDPOINTS = (
     CREATE_ENDPOINT,

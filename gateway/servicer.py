@@ -39,7 +39,7 @@ _log = logging.getLogger(__name__)
 
 SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
 REJECTED_KEY_LOG_EVERY = 60.0
-REPLAYED = cache_result_name(generation_pb2.CacheResult.CACHE_RESULT_REPLAYED)
+REPLAYED = cache_result_name(generation_pb2.CACHE_RESULT_REPLAYED)
 
 
 class GenerationServicer:

@@ -56,7 +56,7 @@ class Upscaled:
         response: waiters sharing a flight each get their own)."""
         response = generation_pb2.CreateUpscaleResponse()
         response.CopyFrom(self.response)
-        seconds = None if result == CacheResult.CACHE_RESULT_COALESCED else self.upstream_seconds
+        seconds = None if result == generation_pb2.CACHE_RESULT_COALESCED else self.upstream_seconds
         return replace(self, response=response, cache_result=result, upstream_seconds=seconds)
 
 

@@ -71,17 +71,17 @@ class CachingUpscaler:
             else None
         )
         if key is None:
-            return await self._uncached(call, CacheResult.CACHE_RESULT_UNCACHEABLE, None)
+            return await self._uncached(call, generation_pb2.CACHE_RESULT_UNCACHEABLE, None)
         if not call.cache_control.lookup:
             stored_as = key if call.cache_control.store else None
-            return await self._uncached(call, CacheResult.CACHE_RESULT_BYPASS, stored_as)
+            return await self._uncached(call, generation_pb2.CACHE_RESULT_BYPASS, stored_as)
         hit = await self._lookup(key, call.key.cache_scope)
         if hit is not None:
-            self._decided(CacheResult.CACHE_RESULT_HIT)
+            self._decided(generation_pb2.CACHE_RESULT_HIT)
             return hit
         flight = self._flights.get(key)
         if flight is not None:
-            self._decided(CacheResult.CACHE_RESULT_COALESCED)
+            self._decided(generation_pb2.CACHE_RESULT_COALESCED)
             try:
                 upscaled = await wait_for(flight, call.budget, _timed_out)
             except GatewayError as error:
@@ -89,14 +89,14 @@ class CachingUpscaler:
                     raise
                 # The leader's own refusal (its budget), not this caller's: try again.
                 return await self.upscale(call)
-            return upscaled.served_as(CacheResult.CACHE_RESULT_COALESCED)
+            return upscaled.served_as(generation_pb2.CACHE_RESULT_COALESCED)
         # A flight is not bound by the caller's deadline: refuse here a caller that could
         # never receive the answer, before it is counted as a miss.
         ensure_time_to_upscale(call.budget, self._min_upscale_seconds)
-        self._decided(CacheResult.CACHE_RESULT_MISS)
+        self._decided(generation_pb2.CACHE_RESULT_MISS)
         flight = self._flights.start(key, lambda: self._fill(key, call))
         upscaled = await wait_for(flight, call.budget, _timed_out)
-        return upscaled.served_as(CacheResult.CACHE_RESULT_MISS)
+        return upscaled.served_as(generation_pb2.CACHE_RESULT_MISS)
 
     async def _uncached(
         self, call: UpscaleCall, result: generation_pb2.CacheResult.ValueType, key: str | None
@@ -136,7 +136,7 @@ class CachingUpscaler:
         balance = self._balances.get(scope)
         if balance is not None:
             response.remaining_credits = balance.credits
-        return Upscaled(response=response, cache_result=CacheResult.CACHE_RESULT_HIT)
+        return Upscaled(response=response, cache_result=generation_pb2.CACHE_RESULT_HIT)
 
     def _decided(self, result: generation_pb2.CacheResult.ValueType) -> None:
         self._telemetry.emit(CacheDecided(cache_result_name(result)))

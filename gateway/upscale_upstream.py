@@ -80,7 +80,7 @@ class UpstreamUpscaler:
         self._spent(call, response.settings.model_id, len(response.outputs), balance)
         return Upscaled(
             response=response,
-            cache_result=CacheResult.CACHE_RESULT_UNCACHEABLE,
+            cache_result=generation_pb2.CACHE_RESULT_UNCACHEABLE,
             upstream_seconds=answer.seconds,
             balance=balance,
         )

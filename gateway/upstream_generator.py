@@ -107,7 +107,7 @@ class UpstreamGenerator:
         )
         return Generated(
             response=response,
-            cache_result=CacheResult.CACHE_RESULT_BYPASS,
+            cache_result=generation_pb2.CACHE_RESULT_BYPASS,
             upstream_seconds=answer.seconds,
             balance=balance,
         )

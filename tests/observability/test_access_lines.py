@@ -1,0 +1,108 @@
+"""The access log's fast path (gateway.logs.log_fields) writes exactly the line the record
+path writes, redacted the same way, and steps aside for any other handler."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway import logs
+
+KEY = "sc-" + "ab" * 32
+FIELDS = {
+    "request_id": "r-1",
+    "method": "CreateGeneration",
+    "grpc_code": "OK",
+    "latency_seconds": 0.001234,
+    "upstream_seconds": None,
+    "invalid_fields": ["prompt"],
+    "note": f"Bearer {KEY}",
+}
+
+
+@pytest.fixture
+def configured(capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """logs.configure for one test (its writer on the captured stderr), then pytest's own
+    handlers back on the root logger."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure("INFO")
+    try:
+        yield
+    finally:
+        logs.stop()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
+def only_the_writer() -> Iterator[None]:
+    """The root logger as in the gateway's process: the writer's handler alone (pytest
+    adds its own capturing handlers for each test)."""
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    root.handlers[:] = [h for h in handlers if isinstance(h, logs._Enqueue)]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+
+
+def _lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_the_fast_line_is_the_record_line(
+    configured: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logger = logging.getLogger("gateway.access")
+    made: list[str] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        made.append(record.name)
+        return record
+
+    logging.setLogRecordFactory(counting)
+    try:
+        with only_the_writer():
+            logs.log_fields(logger, logging.INFO, "call", FIELDS)
+            logger.log(logging.INFO, "call", extra=FIELDS)
+            logs.log_fields(logger, logging.ERROR, "call", FIELDS)
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert made == ["gateway.access"]  # only the standard path made a record
+    logs.stop()  # writes every queued line
+    fast, record, error = _lines(capfd.readouterr().err)
+    assert list(fast) == list(record)  # the same keys in the same order
+    assert {k: v for k, v in fast.items() if k != "time"} == {
+        k: v for k, v in record.items() if k != "time"
+    }
+    assert fast["logger"] == "gateway.access" and fast["level"] == "info"
+    assert error["level"] == "error"
+    assert fast["note"] == "Bearer [REDACTED]"
+    assert KEY not in json.dumps([fast, record, error])
+    assert isinstance(fast["time"], str) and fast["time"].endswith("Z") and "T" in fast["time"]
+
+
+def test_another_handler_gets_a_record(
+    configured: None, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logger = logging.getLogger("gateway.access")
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        logs.log_fields(logger, logging.INFO, "call", FIELDS)
+    records = [r for r in caplog.records if r.name == "gateway.access"]
+    assert len(records) == 1 and records[0].grpc_code == "OK"  # type: ignore[attr-defined]
+
+
+def test_without_configure_it_is_a_record(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("gateway.access")
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        logs.log_fields(logger, logging.INFO, "call", FIELDS)
+    assert [r.getMessage() for r in caplog.records if r.name == "gateway.access"] == ["call"]
