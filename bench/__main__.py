@@ -18,6 +18,9 @@ Rows:
   5. 1,000 identical concurrent seeded calls: upstream requests (must be 1), time;
   6. cold start: process start to SERVING, beside the bare server's.
 
+Rows 3, 4 and 6 also measure the floor (bench.floor): grpc.aio forwarding each call to the
+same upstream with aiohttp and nothing else, the least any gateway on this stack costs.
+
 `--quick` is the smoke version run by the test suite: the same code, tiny counts, one run.
 """
 
@@ -45,6 +48,7 @@ from bench.processes import (
     KEY,
     BareServer,
     Emulator,
+    FloorServer,
     GatewayProcess,
     cpu_seconds,
     memory_mb,
@@ -87,6 +91,8 @@ class Bench:
         self.emulator = Emulator(tmp / "emulator.log")
         self.results: dict[str, Any] = {}
         self._gateways = 0
+        # The floor server's upstream body and response (set by `run`).
+        self._floor_files: tuple[Path, Path] | None = None
 
     # --- helpers ---
 
@@ -120,6 +126,26 @@ class Bench:
         if delta.get("OK", 0) < result.done or result.succeeded != result.done:
             raise RuntimeError(f"not every call ended OK: h2load {result}, gateway {delta}")
         return result, delta, cpu
+
+    async def floor(self, name: str) -> FloorServer:
+        assert self._floor_files is not None
+        body, response = self._floor_files
+        floor = FloorServer(self.emulator.url, body, response, self.tmp / f"{name}.log")
+        await floor.start()
+        return floor
+
+    async def checked_floor(
+        self, floor: FloorServer, load: Callable[[], Awaitable[Load]]
+    ) -> tuple[Load, float]:
+        """As `checked`, for the floor server: its own count of upstream 200s."""
+        before, cpu = await floor.counts(), cpu_seconds(floor.pid)
+        result = await load()
+        cpu = cpu_seconds(floor.pid) - cpu
+        after = await floor.counts()
+        ok, failed = after["ok"] - before["ok"], after["failed"] - before["failed"]
+        if ok < result.done or failed or result.succeeded != result.done:
+            raise RuntimeError(f"not every call ended OK: h2load {result}, floor {after}")
+        return result, cpu
 
     @staticmethod
     def url(target: str) -> str:
@@ -155,7 +181,35 @@ class Bench:
             "-H",
             "content-type: application/json",
         )
-        saturation, direct_saturation = [], []
+        saturation, direct_saturation, floor_saturation = [], [], []
+        floor = await self.floor("floor-misses")
+        try:
+            await self._misses(
+                gateway,
+                floor,
+                grpc_body,
+                rest_body,
+                rest_url,
+                rest_headers,
+                saturation,
+                direct_saturation,
+                floor_saturation,
+            )
+        finally:
+            floor.stop()
+
+    async def _misses(
+        self,
+        gateway: GatewayProcess,
+        floor: FloorServer,
+        grpc_body: Path,
+        rest_body: Path,
+        rest_url: str,
+        rest_headers: tuple[str, ...],
+        saturation: list[float],
+        direct_saturation: list[float],
+        floor_saturation: list[float],
+    ) -> None:
         for _ in range(self.shape.runs):
             # Over the open-loop phases' layout (8 connections), so that 90% of it is
             # below what they can carry.
@@ -180,10 +234,22 @@ class Bench:
                 headers=rest_headers,
             )
             direct_saturation.append(direct.rate)
+            floor_load, _ = await self.checked_floor(
+                floor,
+                lambda: h2load.closed(
+                    self.url(floor.target),
+                    grpc_body,
+                    clients=8,
+                    streams=2,
+                    duration=self.shape.seconds,
+                ),
+            )
+            floor_saturation.append(floor_load.rate)
         saturating = median(saturation)
         row: dict[str, Any] = {
             "saturating_calls_per_second": saturating,
             "direct_saturating_calls_per_second": median(direct_saturation),
+            "floor_saturating_calls_per_second": median(floor_saturation),
             "saturation_ratio": saturating / median(direct_saturation),
         }
         for fraction in (0.25, 0.5, 0.9):
@@ -199,6 +265,15 @@ class Bench:
                     streams=1,
                     headers=rest_headers,
                 )
+                through_floor, _ = await self.checked_floor(
+                    floor,
+                    lambda rate=rate: h2load.open_loop(
+                        self.url(floor.target),
+                        grpc_body,
+                        rate=rate,
+                        duration=self.shape.seconds,
+                    ),
+                )
                 through, _, _ = await self.checked(
                     gateway,
                     lambda rate=rate: h2load.open_loop(
@@ -212,6 +287,12 @@ class Bench:
                     {
                         "direct_p50_ms": direct.percentile(0.5),
                         "direct_p99_ms": direct.percentile(0.99),
+                        "floor_p50_ms": through_floor.percentile(0.5),
+                        "floor_p99_ms": through_floor.percentile(0.99),
+                        "floor_added_p50_ms": through_floor.percentile(0.5)
+                        - direct.percentile(0.5),
+                        "floor_added_p99_ms": through_floor.percentile(0.99)
+                        - direct.percentile(0.99),
                         "gateway_p50_ms": through.percentile(0.5),
                         "gateway_p99_ms": through.percentile(0.99),
                         "added_p50_ms": through.percentile(0.5) - direct.percentile(0.5),
@@ -229,8 +310,14 @@ class Bench:
         await self.emulator.set_latency(self.shape.held_latency)
         runs: list[dict[str, float]] = []
         codes: dict[str, float] = {}
+        floor_runs: list[dict[str, float]] = []
         try:
-            for _ in range(self.shape.runs):
+            for i in range(self.shape.runs):
+                floor = await self.floor(f"floor-held{i}")
+                try:
+                    floor_runs.append(await self._held_floor(floor, grpc_body))
+                finally:
+                    floor.stop()
                 gateway = await self.gateway()
                 try:
                     idle_mb = memory_mb(gateway.pid, "VmRSS")
@@ -271,6 +358,32 @@ class Bench:
             "upstream_seconds": self.shape.held_latency,
             "codes_last_run": codes,
             **_medians(runs),
+            "floor": _medians(floor_runs),
+        }
+
+    async def _held_floor(self, floor: FloorServer, grpc_body: Path) -> dict[str, float]:
+        n = self.shape.held
+        idle_mb = memory_mb(floor.pid, "VmRSS")
+        clients = max(1, n // 1000)
+        load, cpu = await self.checked_floor(
+            floor,
+            lambda: h2load.closed(
+                self.url(floor.target),
+                grpc_body,
+                clients=clients,
+                streams=n // clients,
+                requests=n,
+                within=120,
+            ),
+        )
+        peak_mb = memory_mb(floor.pid, "VmHWM")
+        return {
+            "seconds_until_all_answered": load.seconds,
+            "seconds_over_upstream": load.seconds - self.shape.held_latency,
+            "peak_rss_mb": peak_mb,
+            "idle_rss_mb": idle_mb,
+            "mb_per_held_call": (peak_mb - idle_mb) / n,
+            "cpu_seconds": cpu,
         }
 
     # --- row 5 ---
@@ -310,13 +423,21 @@ class Bench:
     # --- row 6 ---
 
     async def cold_starts(self, response_file: Path) -> None:
-        bare_s, gateway_s = [], []
+        bare_s, floor_s, gateway_s = [], [], []
         for i in range(self.shape.cold_starts):
             bare = BareServer(response_file, self.tmp / f"bare-cold{i}.log")
             try:
                 bare_s.append(await bare.start())
             finally:
                 bare.stop()
+            assert self._floor_files is not None
+            floor = FloorServer(
+                self.emulator.url, *self._floor_files, self.tmp / f"floor-cold{i}.log"
+            )
+            try:
+                floor_s.append(await floor.start())
+            finally:
+                floor.stop()
             gateway = GatewayProcess(self.emulator.url, self.tmp / f"gateway-cold{i}.log", self.env)
             try:
                 gateway_s.append(await gateway.start())
@@ -324,6 +445,8 @@ class Bench:
                 gateway.stop()
         self.results["6_cold_start"] = {
             "bare_ms": median(bare_s) * 1000,
+            "floor_ms": median(floor_s) * 1000,
+            "floor_ratio": median(floor_s) / median(bare_s),
             "gateway_ms": median(gateway_s) * 1000,
             "ratio": median(gateway_s) / median(bare_s),
         }
@@ -351,6 +474,7 @@ class Bench:
             miss_body = self.body("miss.bin", grpc_frame(miss.SerializeToString()))
             rest_body = self.body("miss.json", json.dumps(request_to_json(miss)).encode())
             self.results["response_bytes"] = len(response.SerializeToString())
+            self._floor_files = (rest_body, response_file)
 
             if "hits" in phases:
                 bare = BareServer(response_file, self.tmp / "bare.log")
@@ -473,14 +597,16 @@ def _hit_lines(one: dict[str, Any], two: dict[str, Any]) -> list[str]:
 
 def _miss_lines(three: dict[str, Any]) -> list[str]:
     lines = [
-        f"| 3 miss saturation | REST direct {three['direct_saturating_calls_per_second']:,.0f}/s | "
+        f"| 3 miss saturation | REST direct {three['direct_saturating_calls_per_second']:,.0f}/s; "
+        f"floor {three['floor_saturating_calls_per_second']:,.0f}/s | "
         f"{three['saturating_calls_per_second']:,.0f}/s | x{three['saturation_ratio']:.2f} |",
     ]
     for load in ("load_25", "load_50", "load_90"):
         x = three[load]
         lines.append(
             f"| 3 miss at {load[5:]}% ({x['rate']:,.0f}/s open loop) | REST direct p50 "
-            f"{x['direct_p50_ms']:.2f} ms, p99 {x['direct_p99_ms']:.2f} ms | p50 "
+            f"{x['direct_p50_ms']:.2f} ms, p99 {x['direct_p99_ms']:.2f} ms; floor adds "
+            f"+{x['floor_added_p50_ms']:.2f} / +{x['floor_added_p99_ms']:.2f} ms | p50 "
             f"{x['gateway_p50_ms']:.2f} ms, p99 {x['gateway_p99_ms']:.2f} ms | "
             f"+{x['added_p50_ms']:.2f} ms p50, +{x['added_p99_ms']:.2f} ms p99 |"
         )
@@ -488,9 +614,12 @@ def _miss_lines(three: dict[str, Any]) -> list[str]:
 
 
 def _held_lines(four: dict[str, Any]) -> list[str]:
+    floor = four["floor"]
     return [
         f"| 4 {four['calls']:,} at once, upstream {four['upstream_seconds']:g} s | upstream "
-        f"{four['upstream_seconds']:g} s | all answered in {four['seconds_until_all_answered']:.2f} s, "
+        f"{four['upstream_seconds']:g} s; floor: all answered in "
+        f"{floor['seconds_until_all_answered']:.2f} s, peak RSS {floor['peak_rss_mb']:.0f} MB, "
+        f"CPU {floor['cpu_seconds']:.1f} s | all answered in {four['seconds_until_all_answered']:.2f} s, "
         f"{four['errors']:.0f} errors {four['codes_last_run']}, peak RSS {four['peak_rss_mb']:.0f} MB "
         f"({four['mb_per_held_call'] * 1024:.1f} KB/call), CPU {four['gateway_cpu_seconds']:.1f} s "
         f"(emulator {four['emulator_cpu_seconds']:.1f} s) | "
@@ -508,8 +637,8 @@ def _identical_lines(five: dict[str, Any]) -> list[str]:
 
 def _cold_lines(six: dict[str, Any]) -> list[str]:
     return [
-        f"| 6 cold start to SERVING | bare {six['bare_ms']:.0f} ms | {six['gateway_ms']:.0f} ms | "
-        f"x{six['ratio']:.2f} |",
+        f"| 6 cold start to SERVING | bare {six['bare_ms']:.0f} ms; floor {six['floor_ms']:.0f} "
+        f"ms (x{six['floor_ratio']:.2f}) | {six['gateway_ms']:.0f} ms | x{six['ratio']:.2f} |",
     ]
 
 

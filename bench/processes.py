@@ -266,3 +266,23 @@ class BareServer(Child):
         self.port = int(found.group(1))
         await self.started(wait_serving(self.target, self, within))
         return seconds
+
+
+class FloorServer(BareServer):
+    """bench.floor: grpc.aio forwarding each call to the upstream with aiohttp, nothing else."""
+
+    def __init__(self, upstream_url: str, body_file: Path, response_file: Path, log_path: Path):
+        Child.__init__(
+            self,
+            [sys.executable, "-m", "bench.floor", upstream_url, str(body_file), str(response_file)],
+            log_path,
+            _env({"STABLECOG_API_KEY": KEY}),
+        )
+        self.port = 0
+
+    async def counts(self) -> dict[str, int]:
+        """How many calls it forwarded with a 200 (`ok`) and how many failed."""
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            reply = await channel.unary_unary("/stablecog.v1.GenerationService/Counts")(b"")
+        counts: dict[str, int] = json.loads(reply)
+        return counts

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 CacheResult = generation_pb2.CacheResult
 _NAMES = {value: cache_result_name(value) for value in CacheResult.values()}
+# The events are immutable: one per result, made once.
+_DECIDED = {value: CacheDecided(name) for value, name in _NAMES.items()}
 # The memo of cache keys (`CachingGenerator._key`): entries, and the largest request kept.
 KEY_MEMO_ENTRIES = 1024
 KEY_MEMO_MAX_BYTES = 2048
@@ -167,7 +169,7 @@ class CachingGenerator:
                 tracing.annotate(call.trace, {"stablecog.generated_by": filled.generated_by})
                 tracing.link_to(call.trace, tracing.remote_context(filled.leader_trace))
         finally:
-            self._telemetry.emit(CacheDecided(_NAMES[result]))
+            self._telemetry.emit(_DECIDED[result])
         return filled.generated.served_as(result)
 
     def _key(self, call: GenerationCall) -> str:
@@ -191,7 +193,7 @@ class CachingGenerator:
     def _decided(
         self, result: generation_pb2.CacheResult.ValueType, span: TraceParent | None = None
     ) -> None:
-        self._telemetry.emit(CacheDecided(_NAMES[result]))
+        self._telemetry.emit(_DECIDED[result])
         tracing.end(span, {"stablecog.cache_result": _NAMES[result]})
 
     async def wait_idle(self) -> None:

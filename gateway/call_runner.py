@@ -154,6 +154,8 @@ class CallRunner:
         decoded here, so an undecodable one is answered and recorded like any other.
         `max_request_bytes` raises the limit for a method that needs it (UploadImage)."""
 
+        started = CallStarted(service, method)  # immutable: made once per method
+
         async def handle(raw: bytes, context: Context) -> Message:
             return await self.run(
                 service,
@@ -163,6 +165,7 @@ class CallRunner:
                 request_type.FromString,
                 pipeline,
                 max_request_bytes=max_request_bytes,
+                started=started,
             )
 
         return grpc.unary_unary_rpc_method_handler(
@@ -181,11 +184,12 @@ class CallRunner:
         pipeline: Pipeline[RequestT],
         *,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        started: CallStarted | None = None,
     ) -> Message:
-        started = time.perf_counter()
+        began = time.perf_counter()
         call = self._start(service, method, context)
         report = CallReport()
-        self._telemetry.emit(CallStarted(service, method))
+        self._telemetry.emit(started or CallStarted(service, method))
         code = "UNKNOWN"
         error: GatewayError | None = None
         # Admission is decided here, before any await, and a refused call holds no slot.
@@ -226,7 +230,7 @@ class CallRunner:
                 code = "DEADLINE_EXCEEDED"
             raise
         finally:
-            seconds = time.perf_counter() - started
+            seconds = time.perf_counter() - began
             trace_id = call.trace.trace_id if call.trace is not None else None
             self._telemetry.emit(CallHandled(service, method, code, seconds, trace_id))
             _end_span(call, report, code, error)

@@ -599,6 +599,8 @@ class IdempotentGenerator(_IdempotentCalls[GenerationCall, Generated, Generator]
     upstream when the cache is off)."""
 
     async def generate(self, call: GenerationCall) -> Generated:
+        if call.idempotency_key is None:  # most calls: straight through, no extra frames
+            return await self._inner.generate(call)
         return await self._call(call)
 
     async def _perform(self, call: GenerationCall) -> Generated:

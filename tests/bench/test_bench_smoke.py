@@ -46,8 +46,9 @@ def test_the_quick_bench_completes_with_sane_figures(tmp_path: Path) -> None:
     positive("2_cache_hit", "ratio")
     misses = results["3_miss_added_latency"]
     positive("3_miss_added_latency", "saturating_calls_per_second")
+    positive("3_miss_added_latency", "floor_saturating_calls_per_second")
     for load in ("load_25", "load_50", "load_90"):
-        for key in ("direct_p50_ms", "gateway_p50_ms", "gateway_p99_ms"):
+        for key in ("direct_p50_ms", "floor_p50_ms", "gateway_p50_ms", "gateway_p99_ms"):
             positive("3_miss_added_latency", load, key)
         assert math.isfinite(misses[load]["added_p50_ms"])
     held = results["4_held_open"]
@@ -55,7 +56,11 @@ def test_the_quick_bench_completes_with_sane_figures(tmp_path: Path) -> None:
     assert held["seconds_until_all_answered"] >= held["upstream_seconds"]
     positive("4_held_open", "peak_rss_mb")
     positive("4_held_open", "gateway_cpu_seconds")
+    # The floor forwarded every call with a 200 (its own count, checked by the bench).
+    assert held["floor"]["seconds_until_all_answered"] >= held["upstream_seconds"]
+    positive("4_held_open", "floor", "peak_rss_mb")
     assert results["5_identical_seeded"]["upstream_requests_max"] == 1
     positive("5_identical_seeded", "seconds_until_all_answered")
     positive("6_cold_start", "bare_ms")
     positive("6_cold_start", "gateway_ms")
+    positive("6_cold_start", "floor_ms")
