@@ -30,6 +30,8 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 # Attributes every LogRecord has; anything else was passed through `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -67,12 +69,21 @@ class _Stamps:
         return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
 
 
-# One encoder for every line: json.dumps with options builds a new one per call.
-_ENCODE = json.JSONEncoder(default=str, separators=(",", ":")).encode
+# The standard library's encoder, for what orjson refuses (an int past 64 bits, a key
+# that is not a string).
+_FALLBACK = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 
 def _json_line(entry: dict[str, Any]) -> str:
-    return redact(_ENCODE(entry))
+    """One compact JSON object, redacted. orjson, not json: the line is encoded on the event
+    loop for every call, and orjson takes ~0.6 us where json takes ~4-7 (BENCHMARKS.md).
+    Both write the same JSON for what lines hold (strings, numbers, None, lists), except
+    that orjson leaves non-ASCII text as UTF-8 instead of escaping it."""
+    try:
+        text = orjson.dumps(entry, default=str).decode()
+    except TypeError:
+        text = _FALLBACK(entry)
+    return redact(text)
 
 
 class JsonFormatter(logging.Formatter):
