@@ -90,15 +90,20 @@ class InFlight:
         self.tasks: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def count(self) -> int:
         return len(self.tasks)
 
     def enter(self) -> asyncio.Task[object]:
-        """Count the current task in flight; give it back to `leave`. (A context manager
-        would look it up twice: on Python 3.11 each lookup is a getpid() system call.)"""
-        task = asyncio.current_task()
+        """Count the current task in flight; give it back to `leave`. The task is looked up
+        on the loop seen last (on Python 3.11, finding the running loop is a getpid()
+        system call), and on the running loop when that is another."""
+        task = asyncio.current_task(self._loop) if self._loop is not None else None
+        if task is None:
+            self._loop = asyncio.get_running_loop()
+            task = asyncio.current_task(self._loop)
         assert task is not None
         self.tasks.add(task)
         self._idle.clear()
