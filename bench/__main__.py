@@ -42,7 +42,7 @@ from typing import Any
 
 import grpc
 
-from bench import h2load
+from bench import h2load, processes
 from bench.h2load import Load, grpc_frame
 from bench.processes import (
     KEY,
@@ -663,7 +663,20 @@ async def main() -> int:
     parser.add_argument(
         "--uvloop", action="store_true", help="run the gateway on uvloop (to measure it)"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="servers on the last CPU, h2load and the bench on the others: steadier "
+        "A/B figures (the shipped rows let the kernel place them)",
+    )
     args = parser.parse_args()
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            print("--pin needs at least 2 CPUs", file=sys.stderr)
+            return 2
+        processes.SERVER_CPUS.update(cpus[-1:])
+        os.sched_setaffinity(0, set(cpus[:-1]))
     env = dict(item.split("=", 1) for item in args.gateway_env)
     shape = QUICK if args.quick else FULL
     if args.runs:
@@ -679,6 +692,7 @@ async def main() -> int:
         "method": method(shape),
         "gateway_env": env,
         "uvloop": args.uvloop,
+        "pinned": args.pin,
         "results": results,
         "wall_seconds": time.perf_counter() - started,
     }

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 KEY = "sc-" + hashlib.sha256(b"bench account").hexdigest()
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The CPUs children run on (`python -m bench --pin`); empty: wherever the kernel puts them.
+SERVER_CPUS: set[int] = set()
 
 
 async def line_in(
@@ -80,10 +82,16 @@ class Child:
             raise
 
     def spawn(self) -> None:
+        cpus = SERVER_CPUS
         with self.log_path.open("wb") as log:
             self.started_at = time.perf_counter()
             self.process = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             )
 
     def stop(self, within: float = 15.0) -> None:

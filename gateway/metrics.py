@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.balance import BalanceBook
 from gateway.call import cache_result_name
+from gateway.call_series import CallSeries
 from gateway.errors import GRPC_CODES as ERROR_CLASSES
 from gateway.errors import CallTimedOut, UpstreamError
 from gateway.events import (
@@ -170,25 +171,13 @@ class GatewayMetrics:
         counter = functools.partial(Counter, registry=registry)
         gauge = functools.partial(Gauge, registry=registry)
         histogram = functools.partial(Histogram, registry=registry, buckets=LATENCY_BUCKETS)
-        grpc_labels = ("grpc_type", "grpc_service", "grpc_method")
         per_model = ("model", "caller")
 
-        self.grpc_started = counter(
-            "grpc_server_started_total", "RPCs started on the server.", grpc_labels
-        )
-        self.grpc_handled = counter(
-            "grpc_server_handled_total",
-            "RPCs completed on the server, regardless of success or failure.",
-            (*grpc_labels, "grpc_code"),
-        )
-        self.grpc_handling = histogram(
-            "grpc_server_handling_seconds",
-            "Response latency (seconds) of gRPC calls handled by the server.",
-            grpc_labels,
-        )
-        self.inflight = gauge(
-            "stablecog_inflight_requests",
-            "gRPC calls (other than health checks and reflection) being handled now.",
+        # grpc_server_started_total, grpc_server_handled_total, grpc_server_handling_seconds
+        # and stablecog_inflight_requests: updated on every call, so counted in plain
+        # numbers and exported when scraped (gateway.call_series).
+        self.calls = CallSeries(
+            registry, buckets=LATENCY_BUCKETS, codes=GRPC_CODES, methods=grpc_methods
         )
         self.upstream_duration = histogram(
             "stablecog_upstream_request_duration_seconds",
@@ -284,12 +273,6 @@ class GatewayMetrics:
     def _initialise(
         self, grpc_methods: Sequence[tuple[str, str]], known_models: Sequence[str]
     ) -> None:
-        for service, method in grpc_methods:
-            labels = ("unary", service, method)
-            self.grpc_started.labels(*labels)
-            self.grpc_handling.labels(*labels)
-            for code in GRPC_CODES:
-                self.grpc_handled.labels(*labels, code)
         for endpoint in UPSTREAM_ENDPOINTS:
             for status_class in STATUS_CLASSES:
                 self.upstream_duration.labels(endpoint, status_class)
@@ -343,15 +326,14 @@ class GatewayMetrics:
         self._handlers[type(event)](self, event)
 
     def _call_started(self, event: CallStarted) -> None:
-        self._child(self.grpc_started, "unary", event.service, event.method).inc()
-        self.inflight.inc()
+        self.calls.of(event.service, event.method).started += 1
+        self.calls.in_flight += 1
 
     def _call_handled(self, event: CallHandled) -> None:
-        self.inflight.dec()
-        self._child(self.grpc_handled, "unary", event.service, event.method, event.code).inc()
-        exemplar = {"trace_id": event.trace_id} if event.trace_id else None
-        handling = self._child(self.grpc_handling, "unary", event.service, event.method)
-        handling.observe(event.seconds, exemplar)
+        self.calls.in_flight -= 1
+        series = self.calls.of(event.service, event.method)
+        series.handled[event.code] = series.handled.get(event.code, 0.0) + 1
+        series.observe(event.seconds, {"trace_id": event.trace_id} if event.trace_id else None)
 
     def _upstream_request_ended(self, event: UpstreamRequestEnded) -> None:
         self._child(self.upstream_duration, event.endpoint, event.status_class).observe(
