@@ -15,6 +15,10 @@ CHECKOV := .tools/checkov/bin/checkov
 # protos/vX.Y.Z.binpb` (v0.1.0's from commit e858546). A committed file, so a clean clone
 # or a shallow CI checkout needs no tag.
 RELEASED_CONTRACT := protos/v0.1.0.binpb
+# Bytecode for our own packages, as the image has it (pip compiles what it installs; an
+# editable install is never compiled, and with PYTHONDONTWRITEBYTECODE=1, as on our CI
+# machines, Python never writes it either, so every process start compiled every module).
+BYTECODE = $(PY) -m compileall -q gateway emulator bench
 
 .PHONY: venv dev-venv run test proto proto-check clients client-tools lint bench soak services k8s-sync clean
 
@@ -22,6 +26,7 @@ $(RUNTIME): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) -r requirements.lock
 	$(PIP) --no-deps -e .
+	$(BYTECODE)
 	touch $@
 
 $(DEV): $(RUNTIME) requirements-dev.lock
