@@ -18,8 +18,10 @@ Rows:
   5. 1,000 identical concurrent seeded calls: upstream requests (must be 1), time;
   6. cold start: process start to SERVING, beside the bare server's.
 
-Rows 3, 4 and 6 also measure the floor (bench.floor): grpc.aio forwarding each call to the
-same upstream with aiohttp and nothing else, the least any gateway on this stack costs.
+Rows 2, 3, 4 and 6 also measure the floor (bench.floor), the least any gateway on this stack
+costs: for hits, grpc.aio answering from a dict with a hit's least duties (trailers, the
+grpc_server_* counts, one access line); otherwise grpc.aio forwarding each call to the same
+upstream with aiohttp and nothing else.
 
 `--quick` is the smoke version run by the test suite: the same code, tiny counts, one run.
 """
@@ -132,7 +134,7 @@ class Bench:
     async def floor(self, name: str) -> FloorServer:
         assert self._floor_files is not None
         body, response = self._floor_files
-        floor = FloorServer(self.emulator.url, body, response, self.tmp / f"{name}.log")
+        floor = FloorServer.forwarding(self.emulator.url, body, response, self.tmp / f"{name}.log")
         await floor.start()
         return floor
 
@@ -155,23 +157,33 @@ class Bench:
 
     # --- rows 1 and 2 ---
 
-    async def hits(self, gateway: GatewayProcess, bare: BareServer, body: Path) -> None:
+    async def hits(
+        self, gateway: GatewayProcess, bare: BareServer, floor: FloorServer, body: Path
+    ) -> None:
         bare_runs: list[dict[str, float]] = []
+        floor_runs: list[dict[str, float]] = []
         hit_runs: list[dict[str, float]] = []
         for _ in range(self.shape.runs):
             cpu = cpu_seconds(bare.pid)
             load = await h2load.closed(self.url(bare.target), body, duration=self.shape.seconds)
             cpu = cpu_seconds(bare.pid) - cpu
             bare_runs.append(_throughput(load, cpu))
+            load, cpu = await self.checked_floor(
+                floor,
+                lambda: h2load.closed(self.url(floor.target), body, duration=self.shape.seconds),
+            )
+            floor_runs.append(_throughput(load, cpu))
             load, _, cpu = await self.checked(
                 gateway,
                 lambda: h2load.closed(self.url(gateway.target), body, duration=self.shape.seconds),
             )
             hit_runs.append(_throughput(load, cpu))
-        bare_row, hit_row = _medians(bare_runs), _medians(hit_runs)
+        bare_row, floor_row, hit_row = _medians(bare_runs), _medians(floor_runs), _medians(hit_runs)
         hit_row["ratio"] = hit_row["calls_per_second"] / bare_row["calls_per_second"]
+        floor_row["ratio"] = floor_row["calls_per_second"] / bare_row["calls_per_second"]
         self.results["1_bare_server"] = bare_row
         self.results["2_cache_hit"] = hit_row
+        self.results["2_floor_hit"] = floor_row
 
     # --- row 3 ---
 
@@ -438,7 +450,7 @@ class Bench:
             finally:
                 bare.stop()
             assert self._floor_files is not None
-            floor = FloorServer(
+            floor = FloorServer.forwarding(
                 self.emulator.url, *self._floor_files, self.tmp / f"floor-cold{i}.log"
             )
             try:
@@ -486,7 +498,15 @@ class Bench:
             if "hits" in phases:
                 bare = BareServer(response_file, self.tmp / "bare.log")
                 await bare.start()
-                await self.hits(gateway, bare, hit_body)
+                request_file = self.body("hit-request.bin", seeded.SerializeToString())
+                floor_hits = FloorServer.hits(
+                    request_file, response_file, self.tmp / "floor-hits.log"
+                )
+                await floor_hits.start()
+                try:
+                    await self.hits(gateway, bare, floor_hits, hit_body)
+                finally:
+                    floor_hits.stop()
                 bare.stop()
             if "misses" in phases:
                 await self.misses(gateway, miss_body, rest_body)
@@ -573,7 +593,7 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     if "2_cache_hit" in r:
-        lines += _hit_lines(r["1_bare_server"], r["2_cache_hit"])
+        lines += _hit_lines(r["1_bare_server"], r["2_cache_hit"], r.get("2_floor_hit"))
     if "3_miss_added_latency" in r:
         lines += _miss_lines(r["3_miss_added_latency"])
     if "4_held_open" in r:
@@ -593,10 +613,18 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _hit_lines(one: dict[str, Any], two: dict[str, Any]) -> list[str]:
+def _hit_lines(
+    one: dict[str, Any], two: dict[str, Any], floor: dict[str, Any] | None = None
+) -> list[str]:
+    at_floor = (
+        f"; floor {floor['calls_per_second']:,.0f}/s (x{floor['ratio']:.2f}), "
+        f"{floor['cpu_us_per_call']:.0f} us CPU/call"
+        if floor
+        else ""
+    )
     return [
         f"| 1-2 cache hit, 1 conn x 16 streams | bare grpc.aio {one['calls_per_second']:,.0f}/s, "
-        f"p50 {one['p50_ms']:.2f} ms, {one['cpu_us_per_call']:.0f} us CPU/call | "
+        f"p50 {one['p50_ms']:.2f} ms, {one['cpu_us_per_call']:.0f} us CPU/call{at_floor} | "
         f"{two['calls_per_second']:,.0f}/s, p50 {two['p50_ms']:.2f} ms, "
         f"{two['cpu_us_per_call']:.0f} us CPU/call | x{two['ratio']:.2f} |",
     ]

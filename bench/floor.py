@@ -1,5 +1,12 @@
 """The floor: the least a Python gRPC-to-REST gateway does, on the gateway's own stack.
 
+`python -m bench.floor --hits REQUEST_FILE RESPONSE_FILE` serves cache hits with the least a
+gateway's hit must do: find the caller's key in the metadata, look the request's bytes up
+in a dict, answer RESPONSE_FILE's bytes with the `x-cache` and `x-request-id` trailers,
+count the call in prometheus_client's grpc_server_* series and a cache counter (label
+children resolved once), and queue one orjson access line for a writer thread. A request
+other than REQUEST_FILE's bytes is NOT_FOUND.
+
 `python -m bench.floor UPSTREAM_URL BODY_FILE RESPONSE_FILE` serves CreateGeneration by
 POSTing the bytes of BODY_FILE (the gateway's own upstream JSON for the bench's miss
 request) to UPSTREAM_URL's create endpoint with aiohttp (one session, a pool as large as
@@ -16,16 +23,25 @@ them can do better, so a gateway figure beside it shows what the gateway's own w
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
+import random
 import resource
 import signal
 import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import grpc
+import orjson
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gateway.metrics import LATENCY_BUCKETS
 
 SERVICE = "stablecog.v1.GenerationService"
 CREATE_PATH = "/v1/image/generation/create"
@@ -44,8 +60,10 @@ def raise_open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(upstream: str, body: bytes, response: bytes) -> None:
-    counts = {"ok": 0, "failed": 0}
+Handler = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
+
+
+def forwarder(upstream: str, body: bytes, response: bytes, counts: dict[str, int]) -> Handler:
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=POOL),
         timeout=aiohttp.ClientTimeout(total=120),
@@ -70,6 +88,72 @@ async def serve(upstream: str, body: bytes, response: bytes) -> None:
         counts["ok"] += 1
         return response
 
+    return create
+
+
+def hits(request: bytes, response: bytes, counts: dict[str, int]) -> Handler:
+    registry = CollectorRegistry()
+    labels = ("unary", SERVICE, "CreateGeneration")
+    grpc_labels = ("grpc_type", "grpc_service", "grpc_method")
+    started = Counter("grpc_server_started_total", "", grpc_labels, registry=registry)
+    handled = Counter(
+        "grpc_server_handled_total", "", (*grpc_labels, "grpc_code"), registry=registry
+    )
+    handling = Histogram(
+        "grpc_server_handling_seconds", "", grpc_labels, registry=registry, buckets=LATENCY_BUCKETS
+    )
+    cache = Counter("stablecog_cache_requests_total", "", ("result",), registry=registry)
+    started_child, handled_ok = started.labels(*labels), handled.labels(*labels, "OK")
+    handling_child, cache_hits = handling.labels(*labels), cache.labels("hit")
+    entries = {request: response}
+    ids = random.Random()
+    lines: collections.deque[str] = collections.deque()
+
+    def write_lines() -> None:
+        while True:
+            time.sleep(0.02)
+            batch = []
+            while lines:
+                batch.append(lines.popleft())
+            if batch:
+                os.write(2, ("\n".join(batch) + "\n").encode())
+
+    threading.Thread(target=write_lines, daemon=True).start()
+
+    async def hit(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        began = time.perf_counter()
+        started_child.inc()
+        key = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), "")
+        found = entries.get(raw)
+        if found is None:
+            counts["failed"] += 1
+            await context.abort(grpc.StatusCode.NOT_FOUND, "not the bench's request")
+        request_id = f"{ids.getrandbits(128):032x}"
+        context.set_trailing_metadata((("x-cache", "hit"), ("x-request-id", request_id)))
+        counts["ok"] += 1
+        seconds = time.perf_counter() - began
+        handled_ok.inc()
+        handling_child.observe(seconds)
+        cache_hits.inc()
+        entry = {
+            "time": time.time(),
+            "level": "info",
+            "logger": "gateway.access",
+            "message": "call",
+            "request_id": request_id,
+            "method": "CreateGeneration",
+            "grpc_code": "OK",
+            "latency_seconds": round(seconds, 6),
+            "cache_result": "hit",
+            "account": str(len(key)),
+        }
+        lines.append(orjson.dumps(entry).decode())
+        return found
+
+    return hit
+
+
+async def serve(create: Handler, counts: dict[str, int]) -> None:
     async def report(_request: bytes, _context: object) -> bytes:
         return json.dumps(counts).encode()
 
@@ -95,10 +179,22 @@ async def serve(upstream: str, body: bytes, response: bytes) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await server.stop(grace=None)
-    await session.close()
+
+
+async def main(argv: list[str]) -> None:
+    counts = {"ok": 0, "failed": 0}
+    if argv[0] == "--hits":
+        request, response = Path(argv[1]).read_bytes(), Path(argv[2]).read_bytes()
+        await serve(hits(request, response, counts), counts)
+    else:
+        upstream_url, body, response = (
+            argv[0],
+            Path(argv[1]).read_bytes(),
+            Path(argv[2]).read_bytes(),
+        )
+        await serve(forwarder(upstream_url, body, response, counts), counts)
 
 
 if __name__ == "__main__":
     raise_open_files()
-    upstream_url, body_file, response_file = sys.argv[1:4]
-    asyncio.run(serve(upstream_url, Path(body_file).read_bytes(), Path(response_file).read_bytes()))
+    asyncio.run(main(sys.argv[1:4]))

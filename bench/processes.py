@@ -277,19 +277,30 @@ class BareServer(Child):
 
 
 class FloorServer(BareServer):
-    """bench.floor: grpc.aio forwarding each call to the upstream with aiohttp, nothing else."""
+    """bench.floor: grpc.aio forwarding each call to the upstream with aiohttp, nothing
+    else; or (`hits`) answering one request from a dict with a hit's least duties."""
 
-    def __init__(self, upstream_url: str, body_file: Path, response_file: Path, log_path: Path):
+    def __init__(self, argv: Sequence[str], log_path: Path) -> None:
         Child.__init__(
             self,
-            [sys.executable, "-m", "bench.floor", upstream_url, str(body_file), str(response_file)],
+            [sys.executable, "-m", "bench.floor", *argv],
             log_path,
             _env({"STABLECOG_API_KEY": KEY}),
         )
         self.port = 0
 
+    @classmethod
+    def forwarding(
+        cls, upstream_url: str, body_file: Path, response_file: Path, log_path: Path
+    ) -> FloorServer:
+        return cls([upstream_url, str(body_file), str(response_file)], log_path)
+
+    @classmethod
+    def hits(cls, request_file: Path, response_file: Path, log_path: Path) -> FloorServer:
+        return cls(["--hits", str(request_file), str(response_file)], log_path)
+
     async def counts(self) -> dict[str, int]:
-        """How many calls it forwarded with a 200 (`ok`) and how many failed."""
+        """How many calls it answered (`ok`: forwarded with a 200, or hits) and failed."""
         async with grpc.aio.insecure_channel(self.target) as channel:
             reply = await channel.unary_unary("/stablecog.v1.GenerationService/Counts")(b"")
         counts: dict[str, int] = json.loads(reply)

@@ -39,7 +39,7 @@ def test_the_quick_bench_completes_with_sane_figures(tmp_path: Path) -> None:
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, path
         return float(value)
 
-    for row in ("1_bare_server", "2_cache_hit"):
+    for row in ("1_bare_server", "2_cache_hit", "2_floor_hit"):
         positive(row, "calls_per_second")
         positive(row, "p50_ms")
         positive(row, "cpu_us_per_call")
