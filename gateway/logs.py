@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import json
 import logging
 import re
@@ -37,15 +38,16 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"m
 
 # Stablecog keys are `sc-` and 64 hex digits; match any long token after `sc-` to be safe.
 _SECRETS = re.compile(
-    r"(?P<key>\bsc-[A-Za-z0-9_-]{16,})|(?P<bearer>\b(?i:bearer)\s+[A-Za-z0-9._~+/=-]+)"
+    r"(?P<key>sc-[A-Za-z0-9_-]{16,})|(?P<bearer>(?i:bearer)\s+[A-Za-z0-9._~+/=-]+)"
 )
 REDACTED = "[REDACTED]"
 
 
 def redact(text: str) -> str:
-    """`text` with anything that looks like an API key or bearer token replaced."""
+    """`text` with anything that looks like an API key or bearer token replaced, wherever
+    it starts (glued to a word too: `key_sc-...`), whatever the case of "bearer"."""
     # Substring tests are cheap; the regex runs only on the rare line that may hold a secret.
-    if "sc-" not in text and "earer" not in text and "EARER" not in text:
+    if "sc-" not in text and "bearer" not in text.lower():
         return text
     return _SECRETS.sub(
         lambda m: "sc-" + REDACTED if m.group("key") else "Bearer " + REDACTED, text
@@ -74,15 +76,27 @@ class _Stamps:
 _FALLBACK = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 
+# orjson serialises these itself, field by field; as before, they are written as `str()`
+# gives them (a dataclass's repr hides its `repr=False` fields, where secrets live).
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+# Characters str.splitlines() breaks lines at that orjson, unlike json, leaves unescaped
+# (it escapes the ASCII ones, as JSON requires): escaped, one line stays one line.
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
 def _json_line(entry: dict[str, Any]) -> str:
     """One compact JSON object, redacted. orjson, not json: the line is encoded on the event
     loop for every call, and orjson takes ~0.6 us where json takes ~4-7 (BENCHMARKS.md).
-    Both write the same JSON for what lines hold (strings, numbers, None, lists), except
-    that orjson leaves non-ASCII text as UTF-8 instead of escaping it."""
+    They write the same JSON for what lines hold (strings, numbers, None, lists, dicts),
+    except that orjson leaves non-ASCII text as UTF-8 instead of `\\u` escapes (but for
+    the line breaks above), writes NaN and infinities as null, and an enum as its value."""
     try:
-        text = orjson.dumps(entry, default=str).decode()
-    except TypeError:
+        text = orjson.dumps(entry, default=str, option=_OPTIONS).decode()
+    except TypeError:  # an int past 64 bits, a key that is not a string
         text = _FALLBACK(entry)
+    if not text.isascii():
+        for char, escaped in _LINE_BREAKS.items():
+            text = text.replace(char, escaped)
     return redact(text)
 
 
@@ -206,8 +220,9 @@ class _Writer:
         if lines:
             try:
                 self._stream.write_lines(lines)
-            except Exception:  # as Handler.handleError: never kill the writer
-                traceback.print_exc(file=sys.stderr)
+            except Exception:  # never kill the writer: these lines are lost, not the next
+                with contextlib.suppress(Exception):  # stderr itself may be what failed
+                    traceback.print_exc(file=sys.stderr)
 
 
 class _Sink:
@@ -241,7 +256,12 @@ def log_fields(logger: logging.Logger, level: int, message: str, fields: Mapping
         "message": message,
     }
     entry.update(fields)
-    sink.records.put_nowait(_json_line(entry))
+    try:
+        line = _json_line(entry)
+    except Exception:  # never fail the call over its log line: the writer reports it
+        logger.log(level, message, extra=fields)
+        return
+    sink.records.put_nowait(line)
 
 
 def _only_writer(logger: logging.Logger, enqueue: _Enqueue) -> bool:

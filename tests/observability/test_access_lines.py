@@ -4,8 +4,11 @@ path writes, redacted the same way, and steps aside for any other handler."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,3 +109,89 @@ def test_without_configure_it_is_a_record(caplog: pytest.LogCaptureFixture) -> N
     with caplog.at_level(logging.INFO, logger="gateway.access"):
         logs.log_fields(logger, logging.INFO, "call", FIELDS)
     assert [r.getMessage() for r in caplog.records if r.name == "gateway.access"] == ["call"]
+
+
+class _BrokenStream(logs._Stream):
+    """A stream whose every write fails, as stderr does when its reader is gone."""
+
+    def write_lines(self, lines: list[str]) -> None:
+        self.attempts = getattr(self, "attempts", 0) + 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+class _BrokenStderr:
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def _drained(lines: logs._Lines, within: float = 10.0) -> bool:
+    """Whether the writer took everything queued within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not lines._items:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_the_writer_outlives_a_stderr_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed write loses that batch, not the writer: later lines are still taken (and
+    memory does not grow), even when reporting the failure on stderr fails too."""
+    lines, stream = logs._Lines(), _BrokenStream()
+    stream.setFormatter(logs.JsonFormatter())
+    monkeypatch.setattr(sys, "stderr", _BrokenStderr())
+    writer = logs._Writer(lines, stream, interval=0.01)
+    writer.start()
+    try:
+        for batch in range(3):
+            lines.put_nowait(f'{{"batch":{batch}}}')
+            lines.put_nowait(logging.LogRecord("gateway.x", logging.INFO, "", 0, "m", (), None))
+            assert _drained(lines), f"batch {batch} was never taken"
+        assert writer._thread.is_alive()
+        assert stream.attempts >= 3
+    finally:
+        writer.stop()
+
+
+def test_a_line_stays_one_line_and_hides_what_repr_hides() -> None:
+    @dataclasses.dataclass
+    class Holder:
+        name: str
+        token: str = dataclasses.field(repr=False, default="tok_live_0123456789")
+
+    line = logs._json_line(
+        {"prompt": "a\u2028b\x85c\u2029d \u00e9", "holder": Holder("n"), "nan": float("nan")}
+    )
+    assert len(line.splitlines()) == 1
+    assert json.loads(line) == {
+        "prompt": "a\u2028b\x85c\u2029d \u00e9",
+        "holder": str(Holder("n")),
+        "nan": None,
+    }
+    assert "tok_live" not in line
+
+
+@pytest.mark.parametrize(
+    "text",
+    [f"key_{KEY}", f"x{KEY}", f"BeArEr {KEY[3:]}", f"authorization: bearer {KEY[3:]}"],
+)
+def test_keys_glued_to_words_and_bearer_in_any_case_are_redacted(text: str) -> None:
+    assert KEY[3:] not in logs.redact(text)
+
+
+def test_a_field_that_cannot_be_encoded_does_not_fail_the_call(
+    configured: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    logger = logging.getLogger("gateway.access")
+    with only_the_writer():
+        logs.log_fields(logger, logging.INFO, "call", {"odd": Unprintable()})  # no raise
+        logs.log_fields(logger, logging.INFO, "call", {"after": 1})
+    logs.stop()
+    assert '"after":1' in capfd.readouterr().err
