@@ -8,6 +8,7 @@ about a call travels in ambient state. Pure: no I/O.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -28,6 +29,8 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 # cost of a cache hit). A request id is a correlation token, not a secret: it is echoed to
 # the caller and logged.
 _REQUEST_IDS = random.Random()
+# A forked child would repeat its parent's ids: it seeds its own.
+os.register_at_fork(after_in_child=_REQUEST_IDS.seed)
 
 
 def parse_metadata(pairs: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str]:

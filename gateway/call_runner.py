@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -90,7 +91,9 @@ class InFlight:
         self.tasks: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        # The loop seen last, and the thread it ran on.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
 
     @property
     def count(self) -> int:
@@ -98,11 +101,14 @@ class InFlight:
 
     def enter(self) -> asyncio.Task[object]:
         """Count the current task in flight; give it back to `leave`. The task is looked up
-        on the loop seen last (on Python 3.11, finding the running loop is a getpid()
-        system call), and on the running loop when that is another."""
-        task = asyncio.current_task(self._loop) if self._loop is not None else None
+        on the loop seen last when this is its thread (on Python 3.11, finding the running
+        loop is a getpid() system call; a thread runs one loop at a time, and a loop that
+        stopped has no current task), else on the running loop."""
+        task = None
+        if self._loop is not None and self._thread == threading.get_ident():
+            task = asyncio.current_task(self._loop)
         if task is None:
-            self._loop = asyncio.get_running_loop()
+            self._loop, self._thread = asyncio.get_running_loop(), threading.get_ident()
             task = asyncio.current_task(self._loop)
         assert task is not None
         self.tasks.add(task)

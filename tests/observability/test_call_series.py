@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
@@ -95,9 +96,25 @@ def test_the_exposition_is_prometheus_clients(in_flight_at_scrape: int) -> None:
     assert 'trace_id="' + "a" * 32 in openmetrics.generate_latest(ours_registry).decode()  # type: ignore[no-untyped-call]
 
 
-def test_created_series_follow_prometheus_clients_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_created_series_follow_prometheus_clients_switch() -> None:
     registry = CollectorRegistry()
     CallSeries(registry, buckets=LATENCY_BUCKETS, codes=GRPC_CODES, methods=[KNOWN])
     assert b"grpc_server_started_created" in generate_latest(registry)
-    monkeypatch.setenv("PROMETHEUS_DISABLE_CREATED_SERIES", "true")
-    assert b"_created" not in generate_latest(registry)
+    prometheus_client.disable_created_metrics()
+    try:
+        assert b"_created" not in generate_latest(registry)
+    finally:
+        prometheus_client.enable_created_metrics()
+
+
+def test_the_registry_knows_the_names() -> None:
+    registry = CollectorRegistry()
+    CallSeries(registry, buckets=LATENCY_BUCKETS, codes=GRPC_CODES, methods=[KNOWN])
+    restricted = registry.restricted_registry(
+        ["grpc_server_handled_total", "stablecog_inflight_requests"]
+    )
+    text = generate_latest(restricted).decode()  # type: ignore[arg-type]
+    assert "grpc_server_handled_total{" in text and "stablecog_inflight_requests 0.0" in text
+    assert "grpc_server_started_total" not in text
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Counter("grpc_server_started_total", "again", registry=registry)
