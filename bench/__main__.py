@@ -349,6 +349,7 @@ class Bench:
                         ),
                     )
                     peak_mb = memory_mb(gateway.pid, "VmHWM")
+                    _all_done(load, n)
                     codes = {k: v for k, v in delta.items() if k != "upstream_requests"}
                     runs.append(
                         {
@@ -391,6 +392,7 @@ class Bench:
             ),
         )
         peak_mb = memory_mb(floor.pid, "VmHWM")
+        _all_done(load, n)
         return {
             "seconds_until_all_answered": load.seconds,
             "seconds_over_upstream": load.seconds - self.shape.held_latency,
@@ -525,6 +527,12 @@ class Bench:
         return self.results
 
 
+def _all_done(load: Load, n: int) -> None:
+    """Fail unless h2load finished every one of the `n` calls it was to send."""
+    if load.done != n:
+        raise RuntimeError(f"h2load finished {load.done} of {n} calls: {load}")
+
+
 def _throughput(load: Load, cpu: float) -> dict[str, float]:
     return {
         "calls_per_second": load.rate,
@@ -569,8 +577,10 @@ def method(shape: Shape) -> dict[str, Any]:
         "row_4": f"{shape.held} calls at once over {max(1, shape.held // 1000)} connections, "
         f"upstream {shape.held_latency:g} s, a fresh gateway per run",
         "row_5": f"{shape.identical} identical seeded calls on 1 connection, a new seed per run",
-        "row_6": "spawn to the 'serving' log line (health SERVING), bare then gateway, "
-        f"{shape.cold_starts} pairs",
+        "row_6": "spawn to the 'serving' log line (health SERVING) with bytecode compiled, "
+        f"bare, floor, then gateway, {shape.cold_starts} rounds",
+        "floor": "bench.floor: for hits, grpc.aio answering from a dict with a hit's least "
+        "duties; otherwise grpc.aio forwarding each call with aiohttp and nothing else",
     }
 
 

@@ -81,8 +81,12 @@ class Child:
             self.kill()
             raise
 
+    # Whether `--pin` puts it on the servers' CPUs (the emulator stays off them: it is the
+    # upstream, not a server under test).
+    pinned = True
+
     def spawn(self) -> None:
-        cpus = SERVER_CPUS
+        cpus = SERVER_CPUS if self.pinned else set()
         with self.log_path.open("wb") as log:
             self.started_at = time.perf_counter()
             self.process = subprocess.Popen(
@@ -137,6 +141,8 @@ async def wait_serving(target: str, child: Child, within: float = 20.0) -> None:
 
 class Emulator(Child):
     """The bundled emulator: no rate limit, no account queue, plenty of credits."""
+
+    pinned = False
 
     def __init__(self, log_path: Path, latency: float = 0.0) -> None:
         super().__init__(
