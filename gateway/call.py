@@ -135,13 +135,7 @@ class CallBudget:
     def of(cls, configured: float, caller_remaining: float | None) -> CallBudget:
         if caller_remaining is not None and caller_remaining < configured:
             return cls(max(caller_remaining, 0.0), caller_deadline=True)
-        budget = _CONFIGURED_BUDGETS.get(configured)
-        if budget is None:  # one per configured timeout (immutable): most calls get it
-            budget = _CONFIGURED_BUDGETS[configured] = cls(configured, caller_deadline=False)
-        return budget
-
-
-_CONFIGURED_BUDGETS: dict[float, CallBudget] = {}
+        return cls(configured, caller_deadline=False)
 
 
 @dataclass(frozen=True)

@@ -169,14 +169,12 @@ class CallRunner:
 
         async def handle(raw: bytes, context: Context) -> Message:
             return await self.run(
-                service,
-                method,
+                started,
                 raw,
                 context,
                 request_type.FromString,
                 pipeline,
                 max_request_bytes=max_request_bytes,
-                started=started,
             )
 
         return grpc.unary_unary_rpc_method_handler(
@@ -187,20 +185,20 @@ class CallRunner:
 
     async def run(
         self,
-        service: str,
-        method: str,
+        started: CallStarted,
         raw: bytes,
         context: Context,
         decode: Callable[[bytes], RequestT],
         pipeline: Pipeline[RequestT],
         *,
         max_request_bytes: int = MAX_REQUEST_BYTES,
-        started: CallStarted | None = None,
     ) -> Message:
+        """One call of the method `started` names (its event, made once per method)."""
         began = time.perf_counter()
+        service, method = started.service, started.method
         call = self._start(service, method, context)
         report = CallReport()
-        self._telemetry.emit(started or CallStarted(service, method))
+        self._telemetry.emit(started)
         code = "UNKNOWN"
         error: GatewayError | None = None
         # Admission is decided here, before any await, and a refused call holds no slot.
