@@ -117,18 +117,18 @@ class Bench:
         return gateway
 
     async def checked(
-        self, gateway: GatewayProcess, load: Callable[[], Awaitable[Load]]
+        self, server: GatewayProcess | FloorServer, load: Callable[[], Awaitable[Load]]
     ) -> tuple[Load, dict[str, float], float]:
-        """Run `load` against `gateway`: the load, the counters' deltas, CPU seconds used.
-        Fails unless every call h2load finished ended OK by the gateway's own count."""
-        before, cpu = await gateway.counters(), cpu_seconds(gateway.pid)
+        """Run `load` against `server`: the load, the counters' deltas, CPU seconds used.
+        Fails unless every call h2load finished ended OK by the server's own count."""
+        before, cpu = await server.counters(), cpu_seconds(server.pid)
         result = await load()
-        cpu = cpu_seconds(gateway.pid) - cpu
-        after = await gateway.counters()
+        cpu = cpu_seconds(server.pid) - cpu
+        after = await server.counters()
         delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
         delta = {k: v for k, v in delta.items() if v}
         if delta.get("OK", 0) < result.done or result.succeeded != result.done:
-            raise RuntimeError(f"not every call ended OK: h2load {result}, gateway {delta}")
+            raise RuntimeError(f"not every call ended OK: h2load {result}, server {delta}")
         return result, delta, cpu
 
     async def floor(self, name: str) -> FloorServer:
@@ -137,19 +137,6 @@ class Bench:
         floor = FloorServer.forwarding(self.emulator.url, body, response, self.tmp / f"{name}.log")
         await floor.start()
         return floor
-
-    async def checked_floor(
-        self, floor: FloorServer, load: Callable[[], Awaitable[Load]]
-    ) -> tuple[Load, float]:
-        """As `checked`, for the floor server: its own count of upstream 200s."""
-        before, cpu = await floor.counts(), cpu_seconds(floor.pid)
-        result = await load()
-        cpu = cpu_seconds(floor.pid) - cpu
-        after = await floor.counts()
-        ok, failed = after["ok"] - before["ok"], after["failed"] - before["failed"]
-        if ok < result.done or failed or result.succeeded != result.done:
-            raise RuntimeError(f"not every call ended OK: h2load {result}, floor {after}")
-        return result, cpu
 
     @staticmethod
     def url(target: str) -> str:
@@ -168,7 +155,7 @@ class Bench:
             load = await h2load.closed(self.url(bare.target), body, duration=self.shape.seconds)
             cpu = cpu_seconds(bare.pid) - cpu
             bare_runs.append(_throughput(load, cpu))
-            load, cpu = await self.checked_floor(
+            load, _, cpu = await self.checked(
                 floor,
                 lambda: h2load.closed(self.url(floor.target), body, duration=self.shape.seconds),
             )
@@ -188,6 +175,17 @@ class Bench:
     # --- row 3 ---
 
     async def misses(self, gateway: GatewayProcess, grpc_body: Path, rest_body: Path) -> None:
+        floor = await self.floor("floor-misses")
+        try:
+            self.results["3_miss_added_latency"] = await self._misses(
+                gateway, floor, grpc_body, rest_body
+            )
+        finally:
+            floor.stop()
+
+    async def _misses(
+        self, gateway: GatewayProcess, floor: FloorServer, grpc_body: Path, rest_body: Path
+    ) -> dict[str, Any]:
         rest_url = self.emulator.url + CREATE_PATH
         rest_headers = (
             "-H",
@@ -195,49 +193,23 @@ class Bench:
             "-H",
             "content-type: application/json",
         )
-        saturation, direct_saturation, floor_saturation = [], [], []
-        floor = await self.floor("floor-misses")
-        try:
-            await self._misses(
-                gateway,
-                floor,
-                grpc_body,
-                rest_body,
-                rest_url,
-                rest_headers,
-                saturation,
-                direct_saturation,
-                floor_saturation,
-            )
-        finally:
-            floor.stop()
-
-    async def _misses(
-        self,
-        gateway: GatewayProcess,
-        floor: FloorServer,
-        grpc_body: Path,
-        rest_body: Path,
-        rest_url: str,
-        rest_headers: tuple[str, ...],
-        saturation: list[float],
-        direct_saturation: list[float],
-        floor_saturation: list[float],
-    ) -> None:
+        servers = {"gateway": gateway, "floor": floor}
+        saturation: dict[str, list[float]] = {"gateway": [], "floor": [], "direct": []}
         for _ in range(self.shape.runs):
-            # Over the open-loop phases' layout (8 connections), so that 90% of it is
-            # below what they can carry.
-            load, _, _ = await self.checked(
-                gateway,
-                lambda: h2load.closed(
-                    self.url(gateway.target),
-                    grpc_body,
-                    clients=8,
-                    streams=2,
-                    duration=self.shape.seconds,
-                ),
-            )
-            saturation.append(load.rate)
+            for name, server in servers.items():
+                # Over the open-loop phases' layout (8 connections), so that 90% of it is
+                # below what they can carry.
+                load, _, _ = await self.checked(
+                    server,
+                    lambda server=server: h2load.closed(
+                        self.url(server.target),
+                        grpc_body,
+                        clients=8,
+                        streams=2,
+                        duration=self.shape.seconds,
+                    ),
+                )
+                saturation[name].append(load.rate)
             direct = await h2load.closed(
                 rest_url,
                 rest_body,
@@ -247,24 +219,13 @@ class Bench:
                 duration=self.shape.seconds,
                 headers=rest_headers,
             )
-            direct_saturation.append(direct.rate)
-            floor_load, _ = await self.checked_floor(
-                floor,
-                lambda: h2load.closed(
-                    self.url(floor.target),
-                    grpc_body,
-                    clients=8,
-                    streams=2,
-                    duration=self.shape.seconds,
-                ),
-            )
-            floor_saturation.append(floor_load.rate)
-        saturating = median(saturation)
+            saturation["direct"].append(direct.rate)
+        saturating = median(saturation["gateway"])
         row: dict[str, Any] = {
             "saturating_calls_per_second": saturating,
-            "direct_saturating_calls_per_second": median(direct_saturation),
-            "floor_saturating_calls_per_second": median(floor_saturation),
-            "saturation_ratio": saturating / median(direct_saturation),
+            "direct_saturating_calls_per_second": median(saturation["direct"]),
+            "floor_saturating_calls_per_second": median(saturation["floor"]),
+            "saturation_ratio": saturating / median(saturation["direct"]),
         }
         for fraction in (0.25, 0.5, 0.9):
             rate = fraction * saturating
@@ -279,111 +240,77 @@ class Bench:
                     streams=1,
                     headers=rest_headers,
                 )
-                through_floor, _ = await self.checked_floor(
-                    floor,
-                    lambda rate=rate: h2load.open_loop(
-                        self.url(floor.target),
-                        grpc_body,
-                        rate=rate,
-                        duration=self.shape.seconds,
-                    ),
-                )
-                through, _, _ = await self.checked(
-                    gateway,
-                    lambda rate=rate: h2load.open_loop(
-                        self.url(gateway.target),
-                        grpc_body,
-                        rate=rate,
-                        duration=self.shape.seconds,
-                    ),
-                )
-                runs.append(
-                    {
-                        "direct_p50_ms": direct.percentile(0.5),
-                        "direct_p99_ms": direct.percentile(0.99),
-                        "floor_p50_ms": through_floor.percentile(0.5),
-                        "floor_p99_ms": through_floor.percentile(0.99),
-                        "floor_added_p50_ms": through_floor.percentile(0.5)
-                        - direct.percentile(0.5),
-                        "floor_added_p99_ms": through_floor.percentile(0.99)
-                        - direct.percentile(0.99),
-                        "gateway_p50_ms": through.percentile(0.5),
-                        "gateway_p99_ms": through.percentile(0.99),
-                        "added_p50_ms": through.percentile(0.5) - direct.percentile(0.5),
-                        "added_p99_ms": through.percentile(0.99) - direct.percentile(0.99),
-                        "achieved_calls_per_second": through.rate,
-                    }
-                )
+                run = {
+                    "direct_p50_ms": direct.percentile(0.5),
+                    "direct_p99_ms": direct.percentile(0.99),
+                }
+                # The floor's keys carry its name; the gateway's are the row's own.
+                for name, prefix in (("floor", "floor_"), ("gateway", "")):
+                    through, _, _ = await self.checked(
+                        servers[name],
+                        lambda rate=rate, server=servers[name]: h2load.open_loop(
+                            self.url(server.target),
+                            grpc_body,
+                            rate=rate,
+                            duration=self.shape.seconds,
+                        ),
+                    )
+                    run[f"{name}_p50_ms"] = through.percentile(0.5)
+                    run[f"{name}_p99_ms"] = through.percentile(0.99)
+                    for p in (50, 99):
+                        added = through.percentile(p / 100) - direct.percentile(p / 100)
+                        run[f"{prefix}added_p{p}_ms"] = added
+                    if name == "gateway":
+                        run["achieved_calls_per_second"] = through.rate
+                runs.append(run)
             row[f"load_{round(fraction * 100)}"] = {"rate": rate, **_medians(runs)}
-        self.results["3_miss_added_latency"] = row
+        return row
 
     # --- row 4 ---
 
     async def held_open(self, grpc_body: Path) -> None:
-        n = self.shape.held
         await self.emulator.set_latency(self.shape.held_latency)
         runs: list[dict[str, float]] = []
-        codes: dict[str, float] = {}
         floor_runs: list[dict[str, float]] = []
+        codes: dict[str, float] = {}
         try:
             for i in range(self.shape.runs):
                 floor = await self.floor(f"floor-held{i}")
                 try:
-                    floor_runs.append(await self._held_floor(floor, grpc_body))
+                    floor_runs.append((await self._held(floor, grpc_body))[0])
                 finally:
                     floor.stop()
                 gateway = await self.gateway()
                 try:
-                    idle_mb = memory_mb(gateway.pid, "VmRSS")
                     emulator_cpu = cpu_seconds(self.emulator.pid)
-                    clients = max(1, n // 1000)
-                    load, delta, cpu = await self.checked(
-                        gateway,
-                        lambda clients=clients, gateway=gateway: h2load.closed(
-                            self.url(gateway.target),
-                            grpc_body,
-                            clients=clients,
-                            streams=n // clients,
-                            requests=n,
-                            within=120,
-                        ),
-                    )
-                    peak_mb = memory_mb(gateway.pid, "VmHWM")
-                    _all_done(load, n)
-                    codes = {k: v for k, v in delta.items() if k != "upstream_requests"}
-                    runs.append(
-                        {
-                            "seconds_until_all_answered": load.seconds,
-                            "seconds_over_upstream": load.seconds - self.shape.held_latency,
-                            "errors": sum(v for k, v in codes.items() if k != "OK"),
-                            "peak_rss_mb": peak_mb,
-                            "idle_rss_mb": idle_mb,
-                            "mb_per_held_call": (peak_mb - idle_mb) / n,
-                            "gateway_cpu_seconds": cpu,
-                            "emulator_cpu_seconds": cpu_seconds(self.emulator.pid) - emulator_cpu,
-                            "p50_ms": load.percentile(0.5),
-                        }
-                    )
+                    run, codes = await self._held(gateway, grpc_body)
+                    run["gateway_cpu_seconds"] = run.pop("cpu_seconds")
+                    run["emulator_cpu_seconds"] = cpu_seconds(self.emulator.pid) - emulator_cpu
+                    runs.append(run)
                 finally:
                     gateway.stop()
         finally:
             await self.emulator.set_latency(0.0)
         self.results["4_held_open"] = {
-            "calls": n,
+            "calls": self.shape.held,
             "upstream_seconds": self.shape.held_latency,
             "codes_last_run": codes,
             **_medians(runs),
             "floor": _medians(floor_runs),
         }
 
-    async def _held_floor(self, floor: FloorServer, grpc_body: Path) -> dict[str, float]:
+    async def _held(
+        self, server: GatewayProcess | FloorServer, grpc_body: Path
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """One run of row 4 against a fresh `server`: its figures, and its answers by code.
+        Fails unless h2load finished all the calls, each answered OK."""
         n = self.shape.held
-        idle_mb = memory_mb(floor.pid, "VmRSS")
+        idle_mb = memory_mb(server.pid, "VmRSS")
         clients = max(1, n // 1000)
-        load, cpu = await self.checked_floor(
-            floor,
+        load, delta, cpu = await self.checked(
+            server,
             lambda: h2load.closed(
-                self.url(floor.target),
+                self.url(server.target),
                 grpc_body,
                 clients=clients,
                 streams=n // clients,
@@ -391,16 +318,21 @@ class Bench:
                 within=120,
             ),
         )
-        peak_mb = memory_mb(floor.pid, "VmHWM")
-        _all_done(load, n)
-        return {
+        peak_mb = memory_mb(server.pid, "VmHWM")
+        if load.done != n:
+            raise RuntimeError(f"h2load finished {load.done} of {n} calls: {load}")
+        codes = {k: v for k, v in delta.items() if k != "upstream_requests"}
+        figures = {
             "seconds_until_all_answered": load.seconds,
             "seconds_over_upstream": load.seconds - self.shape.held_latency,
+            "errors": sum(v for k, v in codes.items() if k != "OK"),
             "peak_rss_mb": peak_mb,
             "idle_rss_mb": idle_mb,
             "mb_per_held_call": (peak_mb - idle_mb) / n,
             "cpu_seconds": cpu,
+            "p50_ms": load.percentile(0.5),
         }
+        return figures, codes
 
     # --- row 5 ---
 
@@ -525,12 +457,6 @@ class Bench:
                 bare.kill()
             self.emulator.kill()
         return self.results
-
-
-def _all_done(load: Load, n: int) -> None:
-    """Fail unless h2load finished every one of the `n` calls it was to send."""
-    if load.done != n:
-        raise RuntimeError(f"h2load finished {load.done} of {n} calls: {load}")
 
 
 def _throughput(load: Load, cpu: float) -> dict[str, float]:

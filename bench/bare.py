@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,16 +22,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 SERVICE = "stablecog.v1.GenerationService"
 
 
-async def serve(response: bytes) -> None:
-    async def create(_request: bytes, _context: object) -> bytes:
-        return response
+Method = Callable[[bytes, Any], Awaitable[bytes]]
 
-    server = grpc.aio.server()
+
+async def serve_methods(
+    methods: Mapping[str, Method], options: Sequence[tuple[str, int]] = ()
+) -> None:
+    """Serve `methods` of GenerationService (raw bytes in and out) and the health service on
+    a free loopback port, log `listening on PORT` once SERVING, and stop at SIGTERM. The
+    bare server and the floor (bench.floor) both run on it."""
+    server = grpc.aio.server(options=list(options))
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
                 SERVICE,
-                {"CreateGeneration": grpc.unary_unary_rpc_method_handler(create)},
+                {name: grpc.unary_unary_rpc_method_handler(m) for name, m in methods.items()},
             ),
         )
     )
@@ -43,6 +50,13 @@ async def serve(response: bytes) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await server.stop(grace=None)
+
+
+async def serve(response: bytes) -> None:
+    async def create(_request: bytes, _context: object) -> bytes:
+        return response
+
+    await serve_methods({"CreateGeneration": create})
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import json
 import os
 import random
 import resource
-import signal
 import sys
 import threading
 import time
@@ -38,9 +37,9 @@ from pathlib import Path
 
 import aiohttp
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-SERVICE = "stablecog.v1.GenerationService"
+from bench.bare import serve_methods
+
 CREATE_PATH = "/v1/image/generation/create"
 # As the gateway's defaults (gateway.app, gateway.capacity): the call cap and grpc's
 # pending-request limits above it.
@@ -150,28 +149,7 @@ async def serve(create: Handler, counts: dict[str, int]) -> None:
     async def report(_request: bytes, _context: object) -> bytes:
         return json.dumps(counts).encode()
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                SERVICE,
-                {
-                    "CreateGeneration": grpc.unary_unary_rpc_method_handler(create),
-                    "Counts": grpc.unary_unary_rpc_method_handler(report),
-                },
-            ),
-        )
-    )
-    checks = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    await checks.set("", health_pb2.HealthCheckResponse.SERVING)
-    print(f"listening on {port}", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(grace=None)
+    await serve_methods({"CreateGeneration": create, "Counts": report}, SERVER_OPTIONS)
 
 
 async def main(argv: list[str]) -> None:

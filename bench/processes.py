@@ -305,9 +305,10 @@ class FloorServer(BareServer):
     def hits(cls, request_file: Path, response_file: Path, log_path: Path) -> FloorServer:
         return cls(["--hits", str(request_file), str(response_file)], log_path)
 
-    async def counts(self) -> dict[str, int]:
-        """How many calls it answered (`ok`: forwarded with a 200, or hits) and failed."""
+    async def counters(self) -> dict[str, float]:
+        """As GatewayProcess.counters: the calls it answered (`OK`: forwarded with a 200,
+        or hits) and those it failed (`FAILED`)."""
         async with grpc.aio.insecure_channel(self.target) as channel:
             reply = await channel.unary_unary("/stablecog.v1.GenerationService/Counts")(b"")
-        counts: dict[str, int] = json.loads(reply)
-        return counts
+        counts = json.loads(reply)
+        return {"OK": float(counts["ok"]), "FAILED": float(counts["failed"])}
