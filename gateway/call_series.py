@@ -44,6 +44,17 @@ def _created_series_on() -> bool:
     return bool(getattr(prometheus_metrics, "_use_created", True))
 
 
+def _counting_families() -> tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily]:
+    """Started, handled and handling, empty."""
+    return (
+        CounterMetricFamily("grpc_server_started", STARTED_HELP, labels=GRPC_LABELS),
+        CounterMetricFamily(
+            "grpc_server_handled", HANDLED_HELP, labels=(*GRPC_LABELS, "grpc_code")
+        ),
+        HistogramMetricFamily("grpc_server_handling_seconds", HANDLING_HELP, labels=GRPC_LABELS),
+    )
+
+
 class MethodSeries:
     """One method's started and handled counts and its latency histogram."""
 
@@ -100,24 +111,12 @@ class CallSeries:
     def describe(self) -> Iterator[Metric]:
         """The families without samples: the registry learns their names (duplicates are
         refused, and a scrape restricted with `name[]` finds them)."""
-        yield CounterMetricFamily("grpc_server_started", STARTED_HELP, labels=GRPC_LABELS)
-        yield CounterMetricFamily(
-            "grpc_server_handled", HANDLED_HELP, labels=(*GRPC_LABELS, "grpc_code")
-        )
-        yield HistogramMetricFamily(
-            "grpc_server_handling_seconds", HANDLING_HELP, labels=GRPC_LABELS
-        )
+        yield from _counting_families()
         yield GaugeMetricFamily("stablecog_inflight_requests", INFLIGHT_HELP, labels=())
 
     def collect(self) -> Iterator[Metric]:
         created = _created_series_on()
-        started = CounterMetricFamily("grpc_server_started", STARTED_HELP, labels=GRPC_LABELS)
-        handled = CounterMetricFamily(
-            "grpc_server_handled", HANDLED_HELP, labels=(*GRPC_LABELS, "grpc_code")
-        )
-        handling = HistogramMetricFamily(
-            "grpc_server_handling_seconds", HANDLING_HELP, labels=GRPC_LABELS
-        )
+        started, handled, handling = _counting_families()
         for (service, method), series in list(self._series.items()):
             labels = ("unary", service, method)
             when = series.created if created else None
