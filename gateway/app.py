@@ -232,6 +232,8 @@ class GatewayApp:
             telemetry=self.metrics,
             clock=seams.clock,
             budgets=self.budgets,
+            # Right behind the idempotency layer, which passes an unkeyed call straight on.
+            hits=self.cache,
         )
         self.catalog_servicer = CatalogServicer(
             runner=self.runner,

@@ -35,7 +35,7 @@ from gateway.balance import BalanceBook
 from gateway.cache_backend import BackendFailure
 from gateway.cache_coordinator import PUBLISH_WITHIN_SECONDS, CrossReplicaCoordinator, Filled
 from gateway.cache_key import CatalogDefaults, cache_key, is_cacheable
-from gateway.cache_store import EntryStore
+from gateway.cache_store import EntryStore, MemoryStore
 from gateway.cache_tier import LocalTier
 from gateway.call import CallBudget, cache_result_name
 from gateway.errors import CallTimedOut, DeadlineTooShort, GatewayError
@@ -61,6 +61,8 @@ _DECIDED = {value: CacheDecided(name) for value, name in _NAMES.items()}
 # The memo of cache keys (`CachingGenerator._key`): entries, and the largest request kept.
 KEY_MEMO_ENTRIES = 1024
 KEY_MEMO_MAX_BYTES = 2048
+# The hits remembered for `CachingGenerator.replay_hit`; cleared when full.
+REPLAY_MEMO_ENTRIES = 1024
 
 
 class CachingGenerator:
@@ -97,6 +99,15 @@ class CachingGenerator:
         self._balances: BalanceBook[str] = BalanceBook()
         # (request bytes, scope) -> (the catalog defaults used, the key).
         self._keys: dict[tuple[bytes, str], tuple[CatalogDefaults | None, str]] = {}
+        # For `replay_hit`: the store, when it is the only one and answers without I/O
+        # (with a shared backend a hit also reads the shared balance); and key -> (the
+        # stored bytes, the balance, the hit served from them).
+        self._memory = (
+            entries
+            if isinstance(entries, MemoryStore) and coordinator is None and local is None
+            else None
+        )
+        self._replays: dict[str, tuple[bytes, float | None, Generated]] = {}
 
     @property
     def flights(self) -> int:
@@ -172,6 +183,39 @@ class CachingGenerator:
             self._telemetry.emit(_DECIDED[result])
         return filled.generated.served_as(result)
 
+    def replay_hit(self, request_bytes: bytes, scope: str) -> Generated | None:
+        """The hit `generate` would serve right now to a call whose request has these
+        deterministic bytes, for this account scope, found without awaiting anything;
+        counted as `generate` counts a hit. None when that cannot be told so (the call then
+        runs `generate`): a shared backend, a request whose key is not remembered or was
+        derived from other catalog defaults, or no entry. The response is shared by every
+        call it answers: never modify it."""
+        memory = self._memory
+        if memory is None:
+            return None
+        known = self._keys.get((request_bytes, scope))
+        if known is None or known[0] is not self._catalog_defaults():
+            return None
+        key = known[1]
+        stored = memory.lookup(key)
+        if stored is None:
+            return None
+        balance = self._balances.get(scope)
+        credits = balance.credits if balance is not None else None
+        replay = self._replays.get(key)
+        if replay is None or replay[0] is not stored or replay[1] != credits:
+            response = _stored_response(stored)
+            if response is None:
+                return None
+            if balance is not None:
+                response.remaining_credits = balance.credits
+            if len(self._replays) >= REPLAY_MEMO_ENTRIES:
+                self._replays.clear()
+            replay = (stored, credits, Generated(response, generation_pb2.CACHE_RESULT_HIT))
+            self._replays[key] = replay
+        self._telemetry.emit(_DECIDED[generation_pb2.CACHE_RESULT_HIT])
+        return replay[2]
+
     def _key(self, call: GenerationCall) -> str:
         """The call's cache key, remembered by the request's exact bytes and the account
         scope for the catalog defaults it was derived with (hits repeat a request: the
@@ -222,12 +266,8 @@ class CachingGenerator:
             stored = await self._entries.get(key)
         if stored is None:
             return None
-        try:
-            response = generation_pb2.GenerationResponse.FromString(stored)
-        except DecodeError:
-            response = None
-        if response is None or len(response.outputs) == 0:  # never stored by us: garbage
-            _log.warning("ignoring an unreadable cache entry")
+        response = _stored_response(stored)
+        if response is None:
             return None
         if from_backend and self._local is not None:
             await self._local.keep(key, stored, self._ttl)
@@ -317,6 +357,18 @@ class CachingGenerator:
         # Let the cut flights publish that they were abandoned and release their locks.
         await self._flights.aclose(within=PUBLISH_WITHIN_SECONDS * 2)
         await self._entries.aclose()
+
+
+def _stored_response(stored: bytes) -> generation_pb2.GenerationResponse | None:
+    """A stored entry's response, or None (logged) for one we never stored: garbage."""
+    try:
+        response = generation_pb2.GenerationResponse.FromString(stored)
+    except DecodeError:
+        response = None
+    if response is None or len(response.outputs) == 0:
+        _log.warning("ignoring an unreadable cache entry")
+        return None
+    return response
 
 
 def _still_generating() -> CallTimedOut:

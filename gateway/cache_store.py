@@ -41,6 +41,10 @@ class MemoryStore:
         return self._bytes
 
     async def get(self, key: str) -> bytes | None:
+        return self.lookup(key)
+
+    def lookup(self, key: str) -> bytes | None:
+        """`get`, synchronously (an entry read counts as a use, as there)."""
         found = self._entries.get(key)
         if found is None:
             return None

@@ -139,6 +139,20 @@ class CallBudget:
 
 
 @dataclass(frozen=True)
+class CallStart:
+    """What a call's metadata alone says about it. Identical metadata gives an identical
+    start (under an identity policy that reads nothing else), so the call runner derives it
+    once per distinct metadata and reuses it."""
+
+    metadata: Mapping[str, str] = field(repr=False)  # holds a forwarded key
+    caller: str
+    caller_raw: str | None
+    principal: str
+    refused: GatewayError | None
+    cache_control: CacheControl
+
+
+@dataclass(frozen=True)
 class Call:
     """What a call is, known when it starts."""
 

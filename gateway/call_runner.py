@@ -9,12 +9,18 @@ trailers carry the request id (`x-request-id`: with the status, so it costs no w
 own, and a caller gets it on errors too). It also counts calls in flight and refuses new
 ones while the gateway drains.
 
+A method may also give a `Replay`: before its pipeline runs, it may answer a call again
+from what it answered an identical one with (a cache hit repeated), synchronously and with
+no I/O. Such a call is recorded exactly as `run` records it (the same metrics, trailers and
+access-log line); it only skips the work whose result is already known.
+
 Health checks and reflection are not run through it (as go-grpc-prometheus users expect).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -34,6 +40,7 @@ from gateway.call import (
     Call,
     CallBudget,
     CallReport,
+    CallStart,
     parse_metadata,
     prompt_digest,
     request_id_from,
@@ -67,6 +74,8 @@ _SERVER_ERROR_CODES = frozenset(
 # The largest request a call may carry (grpc's own limit, set higher in gateway.app,
 # then only cuts what is far beyond it, without details).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# The starts remembered by metadata (`CallRunner._call_start`); cleared when full.
+START_MEMO_ENTRIES = 1024
 
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -82,6 +91,24 @@ class Answer:
 
 
 Pipeline = Callable[[RequestT, Call, CallReport], Awaitable[Answer]]
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A call answered again: the response (shared by every call it answers, so never
+    modified), the trailers to send with it, the report to record (read, never written),
+    and the request's prompt (logged only with --log-prompts)."""
+
+    response: Message
+    trailers: Sequence[tuple[str, str]]
+    report: CallReport
+    prompt: str | None = None
+
+
+# Answers a call (its request's bytes, its start) from what an identical call was answered
+# with, emitting what the pipeline would have emitted for it; or returns None, having
+# emitted nothing, and the call runs in full. Synchronous and without I/O.
+Replay = Callable[[bytes, CallStart], Replayed | None]
 
 
 class InFlight:
@@ -151,6 +178,10 @@ class CallRunner:
         self.in_flight = InFlight()
         self.draining = False
         self._abandoning = False
+        # Metadata -> its start, when the identity policy reads nothing but the metadata.
+        self._starts: dict[object, CallStart] | None = (
+            {} if self._identify.reads_only_metadata else None
+        )
 
     def unary(
         self,
@@ -160,14 +191,20 @@ class CallRunner:
         response_type: type[Message],
         pipeline: Pipeline[RequestT],
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        replay: Replay | None = None,
     ) -> grpc.RpcMethodHandler[bytes, Message]:
         """The grpc handler for one unary method: the request arrives as bytes and is
         decoded here, so an undecodable one is answered and recorded like any other.
-        `max_request_bytes` raises the limit for a method that needs it (UploadImage)."""
+        `max_request_bytes` raises the limit for a method that needs it (UploadImage);
+        `replay`, if given, is tried before the pipeline (see the module docstring)."""
 
         started = CallStarted(service, method)  # immutable: made once per method
 
         async def handle(raw: bytes, context: Context) -> Message:
+            if replay is not None:
+                replayed = self.replayed(started, raw, context, replay)
+                if replayed is not None:
+                    return replayed
             return await self.run(
                 started,
                 raw,
@@ -202,9 +239,7 @@ class CallRunner:
         code = "UNKNOWN"
         error: GatewayError | None = None
         # Admission is decided here, before any await, and a refused call holds no slot.
-        admitted = (
-            self._max_concurrent_calls is None or self.in_flight.count < self._max_concurrent_calls
-        )
+        admitted = self._admits()
         try:
             held = self.in_flight.enter() if admitted else None
             try:
@@ -243,7 +278,64 @@ class CallRunner:
             trace_id = call.trace.trace_id if call.trace is not None else None
             self._telemetry.emit(CallHandled(service, method, code, seconds, trace_id))
             _end_span(call, report, code, error)
-            _log_call(call, report, code, error, seconds)
+            _log_call(
+                call.request_id,
+                method,
+                call.caller,
+                call.caller_raw,
+                trace_id,
+                report,
+                code,
+                error,
+                seconds,
+            )
+
+    def replayed(
+        self, started: CallStarted, raw: bytes, context: Context, replay: Replay
+    ) -> Message | None:
+        """The call answered by `replay` and recorded as `run` records a call, or None to
+        run it. Only a call nothing sets apart is offered: the gateway is not draining and
+        has room for it, tracing is off (the call's span is made on the full path), and its
+        caller is identified. It is answered without awaiting anything, so it is never in
+        flight while the gateway drains or abandons calls."""
+        began = time.perf_counter()
+        if self.draining or self._tracing.enabled or not self._admits():
+            return None
+        start = self._call_start(context)
+        if start.refused is not None:
+            return None
+        try:
+            answer = replay(raw, start)
+        except Exception:  # a bug: the full path answers, and the bug is logged
+            _log.error("replaying a call failed; it runs in full", exc_info=True)
+            return None
+        if answer is None:
+            return None
+        request_id = request_id_from(start.metadata.get("x-request-id"))
+        self._telemetry.emit(started)
+        context.set_trailing_metadata((*answer.trailers, ("x-request-id", request_id)))
+        seconds = time.perf_counter() - began
+        self._telemetry.emit(CallHandled(started.service, started.method, "OK", seconds, None))
+        report = answer.report
+        if self._log_prompts and answer.prompt:
+            report = dataclasses.replace(report, prompt=answer.prompt)
+        _log_call(
+            request_id,
+            started.method,
+            start.caller,
+            start.caller_raw,
+            None,
+            report,
+            "OK",
+            None,
+            seconds,
+        )
+        return answer.response
+
+    def _admits(self) -> bool:
+        return (
+            self._max_concurrent_calls is None or self.in_flight.count < self._max_concurrent_calls
+        )
 
     async def abandon(self, within: float) -> int:
         """Cut every call still in flight (the grace period is over, or a second stop
@@ -314,23 +406,17 @@ class CallRunner:
             ) from None
 
     def _start(self, service: str, method: str, context: Context) -> Call:
-        metadata = parse_metadata(context.invocation_metadata())
-        auth_context = context.auth_context() if self._identify.needs_auth_context else {}
-        identified = self._identify(metadata, auth_context)
-        raw_caller = identified.name
-        caller = self._caller_label(raw_caller)
-        # Counted as `other` (past --max-callers): the log still says who it was.
-        caller_raw = sanitize_label(raw_caller) if raw_caller is not None else None
-        request_id = request_id_from(metadata.get("x-request-id"))
+        start = self._call_start(context)
+        request_id = request_id_from(start.metadata.get("x-request-id"))
         trace = (
             self._tracing.server_span(
                 f"{service}/{method}",
-                metadata,
+                start.metadata,
                 {
                     "rpc.system": "grpc",
                     "rpc.service": service,
                     "rpc.method": method,
-                    "stablecog.caller": caller,
+                    "stablecog.caller": start.caller,
                     "stablecog.request_id": request_id,
                 },
             )
@@ -341,15 +427,46 @@ class CallRunner:
             service=service,
             method=method,
             request_id=request_id,
+            caller=start.caller,
+            caller_raw=start.caller_raw,
+            metadata=start.metadata,
+            budget=CallBudget.of(self._upstream_timeout, context.time_remaining()),
+            cache_control=start.cache_control,
+            trace=trace,
+            principal=start.principal,
+            refused=start.refused,
+        )
+
+    def _call_start(self, context: Context) -> CallStart:
+        """What the call's metadata says: derived once per distinct metadata when the
+        identity policy reads nothing else (callers repeat their metadata call after
+        call), and then shared, so never modified."""
+        pairs = context.invocation_metadata()
+        starts = self._starts
+        if starts is not None:
+            known = starts.get(pairs)
+            if known is not None:
+                return known
+        metadata = parse_metadata(pairs)
+        auth_context = context.auth_context() if self._identify.needs_auth_context else {}
+        identified = self._identify(metadata, auth_context)
+        raw_caller = identified.name
+        caller = self._caller_label(raw_caller)
+        # Counted as `other` (past --max-callers): the log still says who it was.
+        caller_raw = sanitize_label(raw_caller) if raw_caller is not None else None
+        start = CallStart(
+            metadata=metadata,
             caller=caller,
             caller_raw=caller_raw if caller_raw != caller else None,
-            metadata=metadata,
-            budget=CallBudget.of(self._upstream_timeout, context.time_remaining()),
-            cache_control=CacheControl.from_header(metadata.get("cache-control")),
-            trace=trace,
             principal=identified.principal,
             refused=identified.refused,
+            cache_control=CacheControl.from_header(metadata.get("cache-control")),
         )
+        if starts is not None:
+            if len(starts) >= START_MEMO_ENTRIES:
+                starts.clear()
+            starts[pairs] = start
+        return start
 
 
 _INTERNAL = GatewayInternal("the gateway failed unexpectedly; the failure is logged")
@@ -407,15 +524,23 @@ def _end_span(call: Call, report: CallReport, code: str, error: GatewayError | N
 
 
 def _log_call(
-    call: Call, report: CallReport, code: str, error: GatewayError | None, seconds: float
+    request_id: str,
+    method: str,
+    caller: str,
+    caller_raw: str | None,
+    trace_id: str | None,
+    report: CallReport,
+    code: str,
+    error: GatewayError | None,
+    seconds: float,
 ) -> None:
     level = logging.ERROR if code in _ERROR_CODES else logging.INFO
     if not access_log.isEnabledFor(level):
         return
     entry: dict[str, object] = {
-        "request_id": call.request_id,
-        "method": call.method,
-        "caller": call.caller,
+        "request_id": request_id,
+        "method": method,
+        "caller": caller,
         "grpc_code": code,
         "latency_seconds": round(seconds, 6),
         "upstream_seconds": (
@@ -443,8 +568,8 @@ def _log_call(
         entry["prompt_sha256"] = report.prompt_digest
     if report.prompt is not None:
         entry["prompt"] = report.prompt
-    if call.caller_raw is not None:
-        entry["caller_raw"] = call.caller_raw
-    if call.trace is not None:
-        entry["trace_id"] = call.trace.trace_id
+    if caller_raw is not None:
+        entry["caller_raw"] = caller_raw
+    if trace_id is not None:
+        entry["trace_id"] = trace_id
     log_fields(access_log, level, "call", entry)

@@ -61,6 +61,12 @@ class Generator(Protocol):
     async def generate(self, call: GenerationCall) -> Generated: ...
 
 
+class HitReplayer(Protocol):
+    """What serves a hit again without awaiting (gateway.cache's `replay_hit`)."""
+
+    def replay_hit(self, request_bytes: bytes, scope: str) -> Generated | None: ...
+
+
 # No generation is answered faster than this (docs/upstream-api.md#timeouts-and-latency):
 # a caller whose deadline leaves less would pay for an answer it can never receive.
 MIN_GENERATION_SECONDS = 1.0

@@ -99,6 +99,12 @@ class Identifier:
         self._tokens = tokens
 
     @property
+    def reads_only_metadata(self) -> bool:
+        """Whether `__call__` is a function of the metadata alone (sidecar mode: mTLS reads
+        the auth context, token mode a table that can change)."""
+        return self.policy.mode == "sidecar"
+
+    @property
     def needs_auth_context(self) -> bool:
         """Whether `__call__` reads the auth context (only mTLS does: building it costs
         every call a dict from grpc's C core)."""

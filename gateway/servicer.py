@@ -1,5 +1,12 @@
 """GenerationService: per call, validate -> resolve the key -> generate -> answer.
 
+A request served as a cache hit is remembered (its bytes, what its verdict "valid" held
+under, its prompt), so that an identical call is replayed (gateway.call_runner's `Replay`):
+the same checks that would let it through are made (the verdict still holds, no
+idempotency key or cache-control, the caller's key resolves), the cache is asked for the
+hit without awaiting (`HitReplayer`), and the answer and report built from it are reused
+while the cache serves the same entry with the same balance.
+
 No HTTP details here, and nothing about recording: gateway.call_runner starts each call
 and records its outcome; this module is the pipeline in between. Every failure is a
 GatewayError.
@@ -9,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
@@ -18,17 +26,21 @@ from gateway.account import account_fingerprint
 from gateway.auth import KeyResolver
 from gateway.budget_service import get_budget
 from gateway.call import (
+    IDEMPOTENCY_KEY_METADATA,
     SAVED_RESULTS,
+    CacheControl,
     Call,
     CallReport,
+    CallStart,
     cache_result_name,
     idempotency_key_from,
+    prompt_digest,
 )
-from gateway.call_runner import Answer, CallRunner
+from gateway.call_runner import Answer, CallRunner, Replayed
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import ConfiguredKeyRejected, GatewayError, InvalidRequest
 from gateway.events import NULL_TELEMETRY, CreditsSaved, Telemetry, ValidationFailed
-from gateway.generation import GenerationCall, Generator
+from gateway.generation import Generated, GenerationCall, Generator, HitReplayer
 from gateway.idempotency import REPLAY_METADATA, REPLAY_TRAILER
 from gateway.validation import RequestValidator
 
@@ -40,6 +52,22 @@ _log = logging.getLogger(__name__)
 SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
 REJECTED_KEY_LOG_EVERY = 60.0
 REPLAYED = cache_result_name(generation_pb2.CACHE_RESULT_REPLAYED)
+HIT = cache_result_name(generation_pb2.CACHE_RESULT_HIT)
+# The requests remembered for replaying their hits; cleared when full.
+REMEMBERED_REQUESTS = 1024
+
+
+@dataclass
+class _Remembered:
+    """A request once served as a hit: what its verdict "valid" held under, what the
+    report takes from it, and the last answer replayed for it (the hit it was built from,
+    the account it was for, the answer)."""
+
+    valid_under: object
+    outputs_requested: int
+    prompt: str | None
+    prompt_digest: str | None
+    answer: tuple[Generated, str, Replayed] | None = None
 
 
 class GenerationServicer:
@@ -55,7 +83,12 @@ class GenerationServicer:
         telemetry: Telemetry = NULL_TELEMETRY,
         clock: Clock = SYSTEM_CLOCK,
         budgets: Budgets | None = None,
+        hits: HitReplayer | None = None,
     ) -> None:
+        # What serves hits again; only when it sits right behind `generator` for a call
+        # with no idempotency key (the composition root knows).
+        self._hits = hits
+        self._remembered: dict[bytes, _Remembered] = {}
         self._budgets = budgets
         self._runner = runner
         self._telemetry = telemetry
@@ -76,6 +109,7 @@ class GenerationServicer:
                     generation_pb2.GenerationRequest,
                     generation_pb2.GenerationResponse,
                     self._create_generation,
+                    replay=self._replay if self._hits is not None else None,
                 ),
                 "GetBudget": self._runner.unary(
                     SERVICE_NAME,
@@ -90,6 +124,7 @@ class GenerationServicer:
     async def _create_generation(
         self, request: generation_pb2.GenerationRequest, call: Call, report: CallReport
     ) -> Answer:
+        valid_under = self._validator.verdicts_hold()
         self._validate(request, report)
         idempotency_key = idempotency_key_from(call.metadata)
         key = self._keys.resolve(call.metadata)
@@ -130,7 +165,73 @@ class GenerationServicer:
         trailers = [("x-cache", result)]
         if result == REPLAYED:
             trailers.append((REPLAY_TRAILER, "true"))
+        if (
+            result == HIT
+            and valid_under is not None
+            and idempotency_key is None
+            and _cache_allowed(call.cache_control)
+        ):
+            self._remember(request, valid_under)
         return Answer(response, trailers=tuple(trailers))
+
+    def _remember(self, request: generation_pb2.GenerationRequest, valid_under: object) -> None:
+        if self._hits is None:
+            return
+        raw = request.SerializeToString(deterministic=True)
+        known = self._remembered.get(raw)
+        if known is not None and known.valid_under is valid_under:
+            return
+        if len(self._remembered) >= REMEMBERED_REQUESTS:
+            self._remembered.clear()
+        prompt = request.prompt or None
+        self._remembered[raw] = _Remembered(
+            valid_under=valid_under,
+            outputs_requested=request.num_outputs if request.HasField("num_outputs") else 0,
+            prompt=prompt,
+            prompt_digest=prompt_digest(prompt) if prompt else None,
+        )
+
+    def _replay(self, raw: bytes, start: CallStart) -> Replayed | None:
+        """An identical call's hit, answered again (gateway.call_runner's `Replay`), or
+        None: the call then runs in full."""
+        known = self._remembered.get(raw)
+        if known is None or self._validator.verdicts_hold() is not known.valid_under:
+            return None
+        metadata = start.metadata
+        if IDEMPOTENCY_KEY_METADATA in metadata or not _cache_allowed(start.cache_control):
+            return None
+        try:
+            key = self._keys.resolve(metadata)
+        except GatewayError:  # the full path says why
+            return None
+        assert self._hits is not None
+        hit = self._hits.replay_hit(raw, key.cache_scope)
+        if hit is None:
+            return None
+        answer = known.answer
+        if answer is None or answer[0] is not hit or answer[1] != key.fingerprint:
+            response = generation_pb2.GenerationResponse()
+            response.CopyFrom(hit.response)
+            response.cache_result = generation_pb2.CACHE_RESULT_HIT
+            settings = response.settings
+            report = CallReport(
+                account=key.fingerprint,
+                model_id=settings.model_id or None,
+                outputs_requested=settings.num_outputs or known.outputs_requested,
+                outputs_returned=len(response.outputs),
+                remaining_credits=response.remaining_credits,
+                cache_result=HIT,
+                prompt_digest=known.prompt_digest,
+            )
+            answer = (
+                hit,
+                key.fingerprint,
+                Replayed(response, (("x-cache", HIT),), report, known.prompt),
+            )
+            known.answer = answer
+        # The answer is a copy of the hit's response: the same settings.
+        self._telemetry.emit(CreditsSaved(start.caller, hit.response.settings.num_outputs))
+        return answer[2]
 
     def _alarm_rejected_key(self) -> None:
         """An operator problem every caller sees: say so loudly, at most once a minute."""
@@ -153,3 +254,8 @@ class GenerationServicer:
                 self._telemetry.emit(ValidationFailed(field))
             report.invalid_fields = fields
             raise
+
+
+def _cache_allowed(control: CacheControl) -> bool:
+    """Whether the caller lets the cache both answer and store (no `cache-control`)."""
+    return control.lookup and control.store

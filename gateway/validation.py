@@ -38,6 +38,9 @@ _RULE_DESCRIPTIONS = {
 }
 
 
+_NO_CATALOG = object()
+
+
 class RequestValidator:
     """Checks a request of any of the contract's messages against its declared rules.
     Build once; reuse."""
@@ -54,6 +57,15 @@ class RequestValidator:
         self._max_prompt_chars = max_prompt_chars
         self._catalog = catalog
         self._telemetry = telemetry
+
+    def verdicts_hold(self) -> object | None:
+        """What a generation's verdict "valid" depends on beyond its bytes: an object that
+        stays the same while the verdict holds (the catalog snapshot it was checked
+        against; a fixed token with no catalog configured), or None while the catalog is
+        configured but unknown (each check then says its catalog checks were skipped)."""
+        if self._catalog is None:
+            return _NO_CATALOG
+        return self._catalog()
 
     def violations(self, request: Message) -> list[FieldViolation]:
         """Every broken rule, one FieldViolation each; empty when the request is valid."""

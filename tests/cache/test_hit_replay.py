@@ -1,0 +1,216 @@
+"""Replayed hits (gateway.call_runner's `Replay`, gateway.servicer's `_replay`): a call
+identical to one served as a hit is answered again without its pipeline, and recorded
+exactly as the full path records a hit. Each test runs a real gateway with the in-process
+cache against the emulator, and counts the calls that ran the full path by wrapping the
+runner's `run` (the replay is tried before it)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+import pytest
+
+from emulator.server import Emulator
+from gateway._gen.stablecog.v1 import generation_pb2
+from gateway.app import GatewayApp, Seams
+from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS, OTHER_KEY, FakeClock, GatewayFactory
+from tests.fixtures import call, call_trailers, request_with, upstream_calls
+
+request = request_with(num_outputs=2)
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+# Samples that differ between two calls by their latency alone.
+_BY_LATENCY = ("grpc_server_handling_seconds_bucket", "grpc_server_handling_seconds_sum")
+
+
+def full_runs(app: GatewayApp) -> list[str]:
+    """The methods of the calls that ran the full path from now on."""
+    ran: list[str] = []
+    run = app.runner.run
+
+    async def counted(started: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.append(started.method)
+        return await run(started, *args, **kwargs)
+
+    app.runner.run = counted  # type: ignore[method-assign]
+    return ran
+
+
+def samples(app: GatewayApp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in app.registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created") and not s.name.startswith(("process_", "python_"))
+    }
+
+
+def delta(
+    before: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    after: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        key: value - before.get(key, 0.0)
+        for key, value in after.items()
+        if value != before.get(key, 0.0) and key[0] not in _BY_LATENCY
+    }
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in vars(r).items() if k not in _STANDARD}
+        for r in caplog.records
+        if r.name == "gateway.access"
+    ]
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> GatewayApp:
+    return await make_gateway(cache="memory")
+
+
+async def test_a_replayed_hit_is_answered_and_recorded_as_a_full_hit(
+    gateway: GatewayApp, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran = full_runs(gateway)
+    await call(gateway, request(seed=4))  # miss
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        before = samples(gateway)
+        full, full_trailers = await call_trailers(gateway, request(seed=4))
+        middle = samples(gateway)
+        replayed, replayed_trailers = await call_trailers(gateway, request(seed=4))
+        after = samples(gateway)
+    assert ran == ["CreateGeneration", "CreateGeneration"]  # the third was replayed
+    assert replayed.SerializeToString() == full.SerializeToString()
+    assert replayed.cache_result == generation_pb2.CACHE_RESULT_HIT
+    full_id, replayed_id = full_trailers.pop("x-request-id"), replayed_trailers.pop("x-request-id")
+    assert full_id != replayed_id
+    assert full_trailers == replayed_trailers == {"x-cache": "hit"}
+    assert delta(before, middle) == delta(middle, after)
+    assert (
+        delta(middle, after)[
+            (
+                "grpc_server_handled_total",
+                (
+                    ("grpc_code", "OK"),
+                    ("grpc_method", "CreateGeneration"),
+                    ("grpc_service", "stablecog.v1.GenerationService"),
+                    ("grpc_type", "unary"),
+                ),
+            )
+        ]
+        == 1
+    )
+    full_line, replayed_line = access_lines(caplog)
+    for line in (full_line, replayed_line):
+        assert line.pop("latency_seconds") >= 0
+    assert (full_line.pop("request_id"), replayed_line.pop("request_id")) == (full_id, replayed_id)
+    assert replayed_line == full_line
+    assert full_line["cache_result"] == "hit" and full_line["credits_saved"] == 2
+    assert upstream_calls(emulator) == 1
+
+
+async def test_a_replayed_hit_echoes_the_callers_request_id(gateway: GatewayApp) -> None:
+    ran = full_runs(gateway)
+    for _ in range(2):
+        await call(gateway, request(seed=5))
+    _, trailers = await call_trailers(
+        gateway, request(seed=5), metadata=[("x-request-id", "caller-chosen-7")]
+    )
+    _, again = await call_trailers(
+        gateway, request(seed=5), metadata=[("x-request-id", "caller-chosen-7")]
+    )
+    assert trailers["x-request-id"] == again["x-request-id"] == "caller-chosen-7"
+    assert len(ran) == 2  # the miss and the first hit: both calls with an id were replayed
+
+
+async def test_replays_follow_the_cache_entry_and_its_ttl(
+    make_gateway: GatewayFactory, emulator: Emulator
+) -> None:
+    clock = FakeClock()
+    app = await make_gateway(Seams(clock=clock), cache="memory", cache_ttl=60)
+    results = [(await call(app, request(seed=11)))[1] for _ in range(3)]
+    clock.advance(61)
+    _, after_expiry = await call(app, request(seed=11))
+    assert [*results, after_expiry] == ["miss", "hit", "hit", "miss"]
+    assert upstream_calls(emulator) == 2
+
+
+async def test_a_replayed_hit_reports_the_newest_balance(gateway: GatewayApp) -> None:
+    for _ in range(3):
+        await call(gateway, request(seed=1, num_outputs=1))
+    spent, _ = await call(gateway, request(num_outputs=3))  # unseeded: paid
+    hit, result = await call(gateway, request(seed=1, num_outputs=1))
+    assert result == "hit"
+    assert hit.remaining_credits == spent.remaining_credits == INITIAL_CREDITS - 4
+
+
+async def test_what_sets_a_call_apart_runs_it_in_full(
+    gateway: GatewayApp, emulator: Emulator
+) -> None:
+    for _ in range(2):
+        await call(gateway, request(seed=8))
+    ran = full_runs(gateway)
+    _, no_cache = await call(gateway, request(seed=8), metadata=[("cache-control", "no-cache")])
+    _, keyed = await call(gateway, request(seed=8), metadata=[("idempotency-key", "k-8")])
+    _, other_account = await call(
+        gateway, request(seed=8), metadata=[("authorization", f"Bearer {OTHER_KEY}")]
+    )
+    assert (no_cache, keyed) == ("bypass", "hit")
+    assert other_account == "hit"  # the configured key pays here, whatever is forwarded
+    assert len(ran) == 2  # the bypass and the keyed call; the third was replayed
+    gateway.runner.draining = True
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(gateway, request(seed=8))
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    gateway.runner.draining = False
+    assert upstream_calls(emulator) == 2  # the first call, and the one that bypassed
+
+
+async def test_forwarded_keys_never_share_replays(
+    make_gateway: GatewayFactory, emulator: Emulator
+) -> None:
+    app = await make_gateway(api_key=None, cache="memory")
+    mine = [("authorization", f"Bearer {ACCOUNT_KEY}")]
+    theirs = [("authorization", f"Bearer {OTHER_KEY}")]
+    results = [(await call(app, request(seed=5), metadata=mine))[1] for _ in range(3)]
+    _, theirs_first = await call(app, request(seed=5), metadata=theirs)
+    assert results == ["miss", "hit", "hit"] and theirs_first == "miss"
+    assert upstream_calls(emulator) == 2
+    assert emulator.balance(OTHER_KEY) == INITIAL_CREDITS - 2
+
+
+async def test_a_new_catalog_snapshot_checks_the_request_again(
+    gateway: GatewayApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(3):
+        await call(gateway, request(seed=9))
+    ran = full_runs(gateway)
+    current = gateway.catalog.snapshot()
+    assert current is not None
+    refreshed = generation_pb2.ListModelsResponse()
+    refreshed.CopyFrom(current)  # what a refresh makes: a new snapshot
+    monkeypatch.setattr(gateway.catalog, "snapshot", lambda: refreshed)
+    _, result = await call(gateway, request(seed=9))
+    _, again = await call(gateway, request(seed=9))
+    assert (result, again) == ("hit", "hit")
+    assert len(ran) == 1  # checked in full once under the new snapshot, then replayed
+
+
+async def test_no_replay_past_the_call_cap(make_gateway: GatewayFactory) -> None:
+    app = await make_gateway(cache="memory", max_concurrent_calls=1)
+    for _ in range(2):
+        await call(app, request(seed=3))
+    ran = full_runs(app)
+    await call(app, request(seed=3))
+    assert ran == []
+    held = object()
+    app.runner.in_flight.tasks.add(held)  # type: ignore[arg-type]  # a call in flight
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(app, request(seed=3))
+    finally:
+        app.runner.in_flight.tasks.discard(held)  # type: ignore[arg-type]
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ran == ["CreateGeneration"]
