@@ -183,6 +183,17 @@ class CachingGenerator:
             self._telemetry.emit(_DECIDED[result])
         return filled.generated.served_as(result)
 
+    @property
+    def replays(self) -> bool:
+        """Whether `replay_hit` can ever answer (only with the in-process store alone)."""
+        return self._memory is not None
+
+    @property
+    def largest_replayed_request(self) -> int:
+        """The largest request (in bytes) whose key is remembered, so whose hit can be
+        replayed."""
+        return KEY_MEMO_MAX_BYTES
+
     def replay_hit(self, request_bytes: bytes, scope: str) -> Generated | None:
         """The hit `generate` would serve right now to a call whose request has these
         deterministic bytes, for this account scope, found without awaiting anything;
@@ -198,7 +209,8 @@ class CachingGenerator:
             return None
         key = known[1]
         stored = memory.lookup(key)
-        if stored is None:
+        if stored is None:  # expired or evicted: its answer is not kept past the entry
+            self._replays.pop(key, None)
             return None
         balance = self._balances.get(scope)
         credits = balance.credits if balance is not None else None

@@ -25,8 +25,9 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import grpc
@@ -58,7 +59,7 @@ from gateway.errors import (
 from gateway.events import CallHandled, CallStarted, Telemetry
 from gateway.identity import Identifier, IdentityPolicy
 from gateway.labels import sanitize_label
-from gateway.logs import REDACTED, log_fields
+from gateway.logs import REDACTED, LineTemplate, log_fields
 from gateway.tracing import Tracing
 
 _log = logging.getLogger(__name__)
@@ -76,6 +77,12 @@ _SERVER_ERROR_CODES = frozenset(
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # The starts remembered by metadata (`CallRunner._call_start`); cleared when full.
 START_MEMO_ENTRIES = 1024
+# Metadata that names one call, so a start that carries it is not remembered.
+PER_CALL_METADATA = frozenset(
+    {"x-request-id", "traceparent", "tracestate", "grpc-trace-bin", "b3", "x-b3-traceid"}
+)
+# The access-line templates of replayed calls (`CallRunner._log_replayed`); cleared when full.
+LINE_TEMPLATES = 1024
 
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -182,6 +189,10 @@ class CallRunner:
         self._starts: dict[object, CallStart] | None = (
             {} if self._identify.reads_only_metadata else None
         )
+        # (answer, start) ids -> (answer, start, their access-line template, its fields).
+        self._lines: dict[
+            tuple[int, int], tuple[Replayed, CallStart, LineTemplate, dict[str, object]]
+        ] = {}
 
     def unary(
         self,
@@ -295,11 +306,14 @@ class CallRunner:
     ) -> Message | None:
         """The call answered by `replay` and recorded as `run` records a call, or None to
         run it. Only a call nothing sets apart is offered: the gateway is not draining and
-        has room for it, tracing is off (the call's span is made on the full path), and its
-        caller is identified. It is answered without awaiting anything, so it is never in
+        has room for it, tracing is off (the call's span is made on the full path), the
+        identity policy reads only the metadata (sidecar mode), and its caller is
+        identified. It is answered without awaiting anything, so it is never in
         flight while the gateway drains or abandons calls."""
         began = time.perf_counter()
         if self.draining or self._tracing.enabled or not self._admits():
+            return None
+        if self._starts is None:  # its start would be derived twice for a call not replayed
             return None
         start = self._call_start(context)
         if start.refused is not None:
@@ -307,7 +321,7 @@ class CallRunner:
         try:
             answer = replay(raw, start)
         except Exception:  # a bug: the full path answers, and the bug is logged
-            _log.error("replaying a call failed; it runs in full", exc_info=True)
+            _log_bug("replaying a call failed; it runs in full", started.method, start.metadata)
             return None
         if answer is None:
             return None
@@ -316,21 +330,36 @@ class CallRunner:
         context.set_trailing_metadata((*answer.trailers, ("x-request-id", request_id)))
         seconds = time.perf_counter() - began
         self._telemetry.emit(CallHandled(started.service, started.method, "OK", seconds, None))
-        report = answer.report
-        if self._log_prompts and answer.prompt:
-            report = dataclasses.replace(report, prompt=answer.prompt)
-        _log_call(
-            request_id,
-            started.method,
-            start.caller,
-            start.caller_raw,
-            None,
-            report,
-            "OK",
-            None,
-            seconds,
-        )
+        self._log_replayed(request_id, started.method, start, answer, seconds)
         return answer.response
+
+    def _log_replayed(
+        self, request_id: str, method: str, start: CallStart, answer: Replayed, seconds: float
+    ) -> None:
+        """The access line of a replayed call: the one `_log_call` writes, from a template
+        made once per answer and start (every field but the time, request id and latency
+        is theirs)."""
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        key = (id(answer), id(start))
+        known = self._lines.get(key)
+        if known is None or known[0] is not answer or known[1] is not start:
+            report = answer.report
+            if self._log_prompts and answer.prompt:
+                report = dataclasses.replace(report, prompt=answer.prompt)
+            entry = _access_entry(
+                "", method, start.caller, start.caller_raw, None, report, "OK", None, 0.0
+            )
+            template = LineTemplate(
+                access_log, logging.INFO, "call", entry, ("request_id", "latency_seconds")
+            )
+            if len(self._lines) >= LINE_TEMPLATES:
+                self._lines.clear()
+            known = self._lines[key] = (answer, start, template, entry)
+        latency = round(seconds, 6)
+        if not known[2].write(request_id, latency):  # another handler: a record, as usual
+            entry = dict(known[3], request_id=request_id, latency_seconds=latency)
+            log_fields(access_log, logging.INFO, "call", entry)
 
     def _admits(self) -> bool:
         return (
@@ -384,7 +413,7 @@ class CallRunner:
         except GatewayError as failed:
             return failed
         except Exception:  # a bug: never let it leave as UNKNOWN with internals
-            _log_bug(call, "unexpected failure")
+            _log_bug("unexpected failure", call.method, call.metadata, call.request_id)
             return _INTERNAL
 
     def _decoded(
@@ -455,14 +484,16 @@ class CallRunner:
         # Counted as `other` (past --max-callers): the log still says who it was.
         caller_raw = sanitize_label(raw_caller) if raw_caller is not None else None
         start = CallStart(
-            metadata=metadata,
+            metadata=MappingProxyType(metadata),  # shared by the calls it starts
             caller=caller,
             caller_raw=caller_raw if caller_raw != caller else None,
             principal=identified.principal,
             refused=identified.refused,
             cache_control=CacheControl.from_header(metadata.get("cache-control")),
         )
-        if starts is not None:
+        # Not kept for metadata that changes call by call (a proxy's request id, a trace
+        # context): it would never be asked for again.
+        if starts is not None and PER_CALL_METADATA.isdisjoint(metadata):
             if len(starts) >= START_MEMO_ENTRIES:
                 starts.clear()
             starts[pairs] = start
@@ -486,18 +517,17 @@ def _status_of(error: GatewayError) -> tuple[str, Any]:
         return grpc_code(_INTERNAL).name, rpc_status.to_status(to_status(_INTERNAL))
 
 
-def _log_bug(call: Call, message: str) -> None:
+def _log_bug(
+    message: str, method: str, metadata: Mapping[str, str], request_id: str | None = None
+) -> None:
     """Log the exception being handled with its traceback, the call's own forwarded key
     cut out by exact match (gateway.logs then redacts anything that looks like a key)."""
     text = traceback.format_exc()
-    token = call.metadata.get("authorization", "").strip()
+    token = metadata.get("authorization", "").strip()
     for secret in {token, token.partition(" ")[2].strip()}:
         if len(secret) >= 8:
             text = text.replace(secret, REDACTED)
-    _log.error(
-        message,
-        extra={"method": call.method, "request_id": call.request_id, "traceback": text},
-    )
+    _log.error(message, extra={"method": method, "request_id": request_id, "traceback": text})
 
 
 def _end_span(call: Call, report: CallReport, code: str, error: GatewayError | None) -> None:
@@ -537,12 +567,30 @@ def _log_call(
     level = logging.ERROR if code in _ERROR_CODES else logging.INFO
     if not access_log.isEnabledFor(level):
         return
+    entry = _access_entry(
+        request_id, method, caller, caller_raw, trace_id, report, code, error, round(seconds, 6)
+    )
+    log_fields(access_log, level, "call", entry)
+
+
+def _access_entry(
+    request_id: str,
+    method: str,
+    caller: str,
+    caller_raw: str | None,
+    trace_id: str | None,
+    report: CallReport,
+    code: str,
+    error: GatewayError | None,
+    latency: object,
+) -> dict[str, object]:
+    """A call's access-log fields, in the order every line has them."""
     entry: dict[str, object] = {
         "request_id": request_id,
         "method": method,
         "caller": caller,
         "grpc_code": code,
-        "latency_seconds": round(seconds, 6),
+        "latency_seconds": latency,
         "upstream_seconds": (
             None if report.upstream_seconds is None else round(report.upstream_seconds, 6)
         ),
@@ -572,4 +620,4 @@ def _log_call(
         entry["caller_raw"] = caller_raw
     if trace_id is not None:
         entry["trace_id"] = trace_id
-    log_fields(access_log, level, "call", entry)
+    return entry

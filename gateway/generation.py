@@ -64,6 +64,12 @@ class Generator(Protocol):
 class HitReplayer(Protocol):
     """What serves a hit again without awaiting (gateway.cache's `replay_hit`)."""
 
+    @property
+    def replays(self) -> bool: ...
+
+    @property
+    def largest_replayed_request(self) -> int: ...
+
     def replay_hit(self, request_bytes: bytes, scope: str) -> Generated | None: ...
 
 

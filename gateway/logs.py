@@ -61,14 +61,21 @@ class _Stamps:
     def __init__(self) -> None:
         self._second = -1
         self._stamp = ""
+        self._millisecond = -1
+        self._last = ""
 
     def __call__(self, created: float) -> str:
         second = int(created)
+        # As LogRecord.msecs: the milliseconds truncated.
+        millisecond = int((created - second) * 1000)
+        if millisecond == self._millisecond and second == self._second:
+            return self._last  # lines come several a millisecond when busy
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        # As LogRecord.msecs: the milliseconds truncated.
-        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+        self._millisecond = millisecond
+        self._last = f"{self._stamp}.{millisecond:03d}Z"
+        return self._last
 
 
 # The standard library's encoder, for what orjson refuses (an int past 64 bits, a key
@@ -262,6 +269,75 @@ def log_fields(logger: logging.Logger, level: int, message: str, fields: Mapping
         logger.log(level, message, extra=fields)
         return
     sink.records.put_nowait(line)
+
+
+class LineTemplate:
+    """The line `log_fields(logger, level, message, fields)` writes, for lines that differ
+    only in the time and the values of the fields named `variable`: encoded and redacted
+    once, with each variable value encoded and redacted per line (a key or token never
+    spans two JSON values, so redacting the parts is redacting the line). `write` queues
+    the line and returns True while `configure`'s writer is the only handler in the way;
+    else it returns False and the caller logs the line with `log_fields`."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        level: int,
+        message: str,
+        fields: Mapping[str, Any],
+        variable: tuple[str, ...],
+    ) -> None:
+        self._logger = logger
+        # Unique strings in place of the time and the variable values (NUL is escaped in
+        # JSON, so nothing logged can encode like them), split off the encoded line.
+        marks = [f"\x00{i}-{id(self)}\x00" for i in range(len(variable) + 1)]
+        entry: dict[str, Any] = {
+            "time": marks[0],
+            "level": logging.getLevelName(level).lower(),
+            "logger": logger.name,
+            "message": message,
+        }
+        entry.update(fields)
+        for name, mark in zip(variable, marks[1:], strict=True):
+            entry[name] = mark
+        text = _json_line(entry)
+        parts = []
+        for mark in marks:
+            encoded = orjson.dumps(mark).decode()
+            before, found, text = text.partition(encoded)
+            if not found:
+                raise ValueError(f"field order unknown for {variable}")
+            parts.append(before)
+        parts.append(text)
+        self._parts = tuple(parts)
+
+    def write(self, *values: Any) -> bool:
+        """Queue the line with these values of the variable fields, in their order."""
+        sink = _sink
+        if sink is None or not _only_writer(self._logger, sink.enqueue):
+            return False
+        parts = self._parts
+        out = [parts[0], f'"{sink.stamps(time.time())}"']  # digits, '-', ':', '.', 'T', 'Z'
+        for value, part in zip(values, parts[1:-1], strict=True):
+            out.append(part)
+            out.append(_value(value))
+        out.append(parts[-1])
+        sink.records.put_nowait("".join(out))
+        return True
+
+
+def _value(value: Any) -> str:
+    """One value as `_json_line` writes it inside a line."""
+    if type(value) is float or type(value) is int:  # no text: nothing to escape or redact
+        return orjson.dumps(value).decode()
+    try:
+        text = orjson.dumps(value, default=str, option=_OPTIONS).decode()
+    except TypeError:
+        text = _FALLBACK(value)
+    if not text.isascii():
+        for char, escaped in _LINE_BREAKS.items():
+            text = text.replace(char, escaped)
+    return redact(text)
 
 
 def _only_writer(logger: logging.Logger, enqueue: _Enqueue) -> bool:

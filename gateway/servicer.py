@@ -85,9 +85,9 @@ class GenerationServicer:
         budgets: Budgets | None = None,
         hits: HitReplayer | None = None,
     ) -> None:
-        # What serves hits again; only when it sits right behind `generator` for a call
-        # with no idempotency key (the composition root knows).
-        self._hits = hits
+        # What serves hits again, when it can; it must sit right behind `generator` for a
+        # call with no idempotency key (the composition root knows).
+        self._hits = hits if hits is not None and hits.replays else None
         self._remembered: dict[bytes, _Remembered] = {}
         self._budgets = budgets
         self._runner = runner
@@ -178,6 +178,8 @@ class GenerationServicer:
         if self._hits is None:
             return
         raw = request.SerializeToString(deterministic=True)
+        if len(raw) > self._hits.largest_replayed_request:  # never replayed: not kept
+            return
         known = self._remembered.get(raw)
         if known is not None and known.valid_under is valid_under:
             return
@@ -207,6 +209,7 @@ class GenerationServicer:
         assert self._hits is not None
         hit = self._hits.replay_hit(raw, key.cache_scope)
         if hit is None:
+            known.answer = None  # not kept past the entry
             return None
         answer = known.answer
         if answer is None or answer[0] is not hit or answer[1] != key.fingerprint:

@@ -6,17 +6,21 @@ runner's `run` (the replay is tried before it)."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
 
 from emulator.server import Emulator
+from gateway import logs
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.app import GatewayApp, Seams
 from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS, OTHER_KEY, FakeClock, GatewayFactory
 from tests.fixtures import call, call_trailers, request_with, upstream_calls
+from tests.services import RedisServer
 
 request = request_with(num_outputs=2)
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -130,20 +134,111 @@ async def test_replays_follow_the_cache_entry_and_its_ttl(
 ) -> None:
     clock = FakeClock()
     app = await make_gateway(Seams(clock=clock), cache="memory", cache_ttl=60)
+    ran = full_runs(app)
     results = [(await call(app, request(seed=11)))[1] for _ in range(3)]
+    assert len(ran) == 2  # the third was replayed
     clock.advance(61)
     _, after_expiry = await call(app, request(seed=11))
     assert [*results, after_expiry] == ["miss", "hit", "hit", "miss"]
+    assert len(ran) == 3
     assert upstream_calls(emulator) == 2
 
 
+async def test_replays_follow_the_caches_eviction(
+    make_gateway: GatewayFactory, emulator: Emulator
+) -> None:
+    app = await make_gateway(cache="memory", cache_max_entries=1)
+    ran = full_runs(app)
+    first = [(await call(app, request(seed=12)))[1] for _ in range(3)]
+    _, other = await call(app, request(seed=13))  # stored: the only entry now
+    _, evicted = await call(app, request(seed=12))
+    assert first == ["miss", "hit", "hit"] and (other, evicted) == ("miss", "miss")
+    assert len(ran) == 4  # all but the third
+    assert upstream_calls(emulator) == 3
+
+
 async def test_a_replayed_hit_reports_the_newest_balance(gateway: GatewayApp) -> None:
+    ran = full_runs(gateway)
     for _ in range(3):
         await call(gateway, request(seed=1, num_outputs=1))
+    assert len(ran) == 2
     spent, _ = await call(gateway, request(num_outputs=3))  # unseeded: paid
     hit, result = await call(gateway, request(seed=1, num_outputs=1))
     assert result == "hit"
+    assert len(ran) == 3  # the paid call; the hit was replayed, with the new balance
     assert hit.remaining_credits == spent.remaining_credits == INITIAL_CREDITS - 4
+
+
+async def test_a_request_too_large_to_replay_is_not_remembered(gateway: GatewayApp) -> None:
+    long = request(seed=14, prompt="a lighthouse at dawn, " * 140)  # > 2,048 bytes
+    ran = full_runs(gateway)
+    results = [(await call(gateway, long))[1] for _ in range(3)]
+    assert results == ["miss", "hit", "hit"]
+    assert len(ran) == 3
+
+
+async def test_a_failing_replay_falls_back_to_the_full_path(
+    gateway: GatewayApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(2):
+        await call(gateway, request(seed=15))
+    assert gateway.cache is not None
+
+    def broken(request_bytes: bytes, scope: str) -> None:
+        raise RuntimeError(f"a bug near {ACCOUNT_KEY}")
+
+    monkeypatch.setattr(gateway.cache, "replay_hit", broken)
+    ran = full_runs(gateway)
+    with caplog.at_level(logging.ERROR, logger="gateway.call_runner"):
+        _, result = await call(
+            gateway, request(seed=15), metadata=[("authorization", f"Bearer {ACCOUNT_KEY}")]
+        )
+    assert result == "hit" and len(ran) == 1
+    [failure] = [r for r in caplog.records if r.name == "gateway.call_runner"]
+    assert "runs in full" in failure.getMessage()
+    assert ACCOUNT_KEY not in failure.traceback  # type: ignore[attr-defined]
+    assert "a bug near" in failure.traceback  # type: ignore[attr-defined]
+
+
+async def test_with_redis_hits_are_not_replayed(
+    make_gateway: GatewayFactory, redis_server: RedisServer
+) -> None:
+    app = await make_gateway(cache="redis", redis_url=redis_server.url)
+    ran = full_runs(app)
+    results = [(await call(app, request(seed=16)))[1] for _ in range(3)]
+    assert results == ["miss", "hit", "hit"]
+    assert len(ran) == 3
+
+
+async def test_an_unusable_request_id_is_replaced_on_a_replay(gateway: GatewayApp) -> None:
+    for _ in range(2):
+        await call(gateway, request(seed=17))
+    ran = full_runs(gateway)
+    _, trailers = await call_trailers(
+        gateway, request(seed=17), metadata=[("x-request-id", f"id-{ACCOUNT_KEY}")]
+    )
+    assert ran == []
+    assert ACCOUNT_KEY not in trailers["x-request-id"] and len(trailers["x-request-id"]) == 32
+
+
+async def test_prompts_logged_on_a_replay_with_log_prompts(
+    make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = await make_gateway(cache="memory", log_prompts=True, max_callers=1)
+    await call(app, request(seed=19), metadata=[("x-caller", "the-one-admitted")])
+    ran = full_runs(app)
+    metadata = [("x-caller", "caller-past-the-bound")]
+    await call(app, request(seed=18), metadata=metadata)
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        for _ in range(2):
+            await call(app, request(seed=18), metadata=metadata)
+    assert len(ran) == 2
+    full_line, replayed_line = access_lines(caplog)
+    for line in (full_line, replayed_line):
+        line.pop("latency_seconds"), line.pop("request_id")
+    assert replayed_line == full_line
+    assert full_line["prompt"] == request(seed=18).prompt
+    assert (full_line["caller"], full_line["caller_raw"]) == ("other", "caller-past-the-bound")
 
 
 async def test_what_sets_a_call_apart_runs_it_in_full(
@@ -191,11 +286,16 @@ async def test_a_new_catalog_snapshot_checks_the_request_again(
     assert current is not None
     refreshed = generation_pb2.ListModelsResponse()
     refreshed.CopyFrom(current)  # what a refresh makes: a new snapshot
-    monkeypatch.setattr(gateway.catalog, "snapshot", lambda: refreshed)
-    _, result = await call(gateway, request(seed=9))
-    _, again = await call(gateway, request(seed=9))
-    assert (result, again) == ("hit", "hit")
+    # What the validator checks against (the cache's key defaults still the old ones).
+    monkeypatch.setattr(gateway.servicer._validator, "_catalog", lambda: refreshed)
+    results = [(await call(gateway, request(seed=9)))[1] for _ in range(2)]
+    assert results == ["hit", "hit"]
     assert len(ran) == 1  # checked in full once under the new snapshot, then replayed
+    # The snapshot the cache key's defaults come from.
+    monkeypatch.setattr(gateway.catalog, "snapshot", lambda: refreshed)
+    results = [(await call(gateway, request(seed=9)))[1] for _ in range(2)]
+    assert results == ["hit", "hit"]
+    assert len(ran) == 2
 
 
 async def test_no_replay_past_the_call_cap(make_gateway: GatewayFactory) -> None:
@@ -214,3 +314,47 @@ async def test_no_replay_past_the_call_cap(make_gateway: GatewayFactory) -> None
         app.runner.in_flight.tasks.discard(held)  # type: ignore[arg-type]
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert ran == ["CreateGeneration"]
+
+
+@pytest.fixture
+def configured_logs(capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """logs.configure for one test (its writer on the captured stderr), then pytest's own
+    handlers back on the root logger."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure("INFO")
+    try:
+        yield
+    finally:
+        logs.stop()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+async def test_a_replayed_hits_line_is_the_full_hits_line(
+    gateway: GatewayApp, configured_logs: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """As in the gateway's process: the writer's handler alone, so the full hit's line is
+    formatted by `log_fields` and the replayed one's from its template."""
+    await call(gateway, request(seed=20))
+    ran = full_runs(gateway)
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    root.handlers[:] = [h for h in handlers if isinstance(h, logs._Enqueue)]
+    try:
+        for _ in range(3):
+            await call(gateway, request(seed=20))
+    finally:
+        root.handlers[:] = handlers
+    logs.stop()  # everything queued is written
+    assert len(ran) == 1
+    texts = [line for line in capfd.readouterr().err.splitlines() if '"gateway.access"' in line]
+    full, *replayed = [json.loads(text) for text in texts[-3:]]
+    assert len(replayed) == 2
+    for line in (full, *replayed):
+        assert line.pop("latency_seconds") >= 0
+        assert len(line.pop("request_id")) == 32
+        assert line.pop("time").endswith("Z")
+    for line in replayed:
+        assert list(line.items()) == list(full.items())  # the same fields, in the same order
+    assert full["cache_result"] == "hit" and full["logger"] == "gateway.access"

@@ -195,3 +195,36 @@ def test_a_field_that_cannot_be_encoded_does_not_fail_the_call(
         logs.log_fields(logger, logging.INFO, "call", {"after": 1})
     logs.stop()
     assert '"after":1' in capfd.readouterr().err
+
+
+def test_a_template_writes_the_line_log_fields_writes(
+    configured: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logger = logging.getLogger("gateway.access")
+    fields = dict(FIELDS, prompt="one line\u2028not two, caf\u00e9", caller_raw=None)
+    template = logs.LineTemplate(
+        logger, logging.INFO, "call", fields, ("request_id", "latency_seconds")
+    )
+    with only_the_writer():
+        assert template.write(f"r-{KEY}", 0.000012)
+        logs.log_fields(
+            logger,
+            logging.INFO,
+            "call",
+            dict(fields, request_id=f"r-{KEY}", latency_seconds=0.000012),
+        )
+    logs.stop()
+    templated, logged = [line for line in capfd.readouterr().err.splitlines() if line][-2:]
+    # The same text after the time (each line stamps its own).
+    assert templated[templated.index(',"level"') :] == logged[logged.index(',"level"') :]
+    assert KEY not in templated and "\u2028" not in templated
+    assert json.loads(templated)["request_id"] == "r-sc-[REDACTED]"
+
+
+def test_a_template_steps_aside_for_another_handler(
+    configured: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("gateway.access")
+    template = logs.LineTemplate(logger, logging.INFO, "call", FIELDS, ("request_id",))
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        assert template.write("r-2") is False
