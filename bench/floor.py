@@ -4,7 +4,8 @@
 gateway's hit must do: find the caller's key in the metadata, look the request's bytes up
 in a dict, answer RESPONSE_FILE's bytes with the `x-cache` and `x-request-id` trailers,
 count the call (started, handled, a cache hit, its latency in a histogram's buckets) in
-plain numbers, and queue one orjson access line for a writer thread. A request
+plain numbers, and queue one access line's fields for a writer thread that encodes them
+with orjson (in batches, as the gateway's writer does). A request
 other than REQUEST_FILE's bytes is NOT_FOUND.
 
 `python -m bench.floor UPSTREAM_URL BODY_FILE RESPONSE_FILE` serves CreateGeneration by
@@ -98,14 +99,14 @@ def hits(request: bytes, response: bytes, counts: dict[str, int]) -> Handler:
     buckets = [0] * (len(bounds) + 1)
     entries = {request: response}
     ids = random.Random()
-    lines: collections.deque[str] = collections.deque()
+    lines: collections.deque[dict[str, object]] = collections.deque()
 
     def write_lines() -> None:
         while True:
             time.sleep(0.02)
             batch = []
             while lines:
-                batch.append(lines.popleft())
+                batch.append(orjson.dumps(lines.popleft()).decode())
             if batch:
                 os.write(2, ("\n".join(batch) + "\n").encode())
 
@@ -139,7 +140,7 @@ def hits(request: bytes, response: bytes, counts: dict[str, int]) -> Handler:
             "cache_result": "hit",
             "account": str(len(key)),
         }
-        lines.append(orjson.dumps(entry).decode())
+        lines.append(entry)
         return found
 
     return hit

@@ -142,3 +142,57 @@ class CallSeries:
         yield handled
         yield handling
         yield GaugeMetricFamily("stablecog_inflight_requests", INFLIGHT_HELP, self.in_flight)
+
+
+class PlainCount:
+    """One labelled child of a `PlainCounter`."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self, created: float) -> None:
+        self.value = 0.0
+        self.created = created
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add `amount` (callers pass what is not negative, as prometheus_client requires)."""
+        self.value += amount
+
+
+class PlainCounter:
+    """A labelled counter in plain numbers, exported when scraped as prometheus_client's
+    Counter exports it (`_total` and `_created`), for a counter a cache hit updates (cache
+    results, credits saved): `labels(...)` is looked up once by the caller and kept."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+    ) -> None:
+        self._name = name.removesuffix("_total")
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], PlainCount] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> PlainCount:
+        if len(values) != len(self._labelnames):
+            raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = PlainCount(time.time())
+        return child
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        created = _created_series_on()
+        family = self._family()
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value, created=child.created if created else None)
+        yield family

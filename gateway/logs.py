@@ -5,10 +5,13 @@ Stablecog API key or a bearer token is ever written, whatever a message or extra
 
 A call's access-log line must cost the event loop as little as possible. `log_fields` is
 the access log's way in: while `configure`'s writer is the only handler in its way, the
-loop formats the line itself (one JSON encoding; no LogRecord, no handler chain) and
-queues the finished text. Every other line is logged as usual, and the root logger's one
-handler queues the record itself. A writer thread takes everything queued every 20 ms,
-formats the records among it and writes the lot with one write. Nothing wakes a thread
+loop queues the line's fields as they are (no LogRecord, no handler chain) and the writer
+thread encodes them; a `LineTemplate` queues only the values that change from line to
+line. Formatted in batches, many lines in one go, lines cost the interpreter less than
+formatted one at a time between calls (BENCHMARKS.md). Every other line is logged as
+usual, and the root logger's one handler queues the record itself. A writer thread takes
+everything queued every 20 ms, formats what is among it and writes the lot with one
+write. Nothing wakes a thread
 per line, and nothing hands items over one at a time: the standard library's
 QueueHandler/QueueListener pair did both, and that per-line work on the GIL was most of an
 access line's cost (BENCHMARKS.md). The records' caller, thread and process fields are not
@@ -29,7 +32,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -131,8 +134,13 @@ class JsonFormatter(logging.Formatter):
         return _json_line(entry)
 
 
-# What the writer's queue holds: a record to format, or a finished line.
-_Item = logging.LogRecord | str
+class _Renders(Protocol):
+    def render(self, stamps: _Stamps, created: float, values: tuple[Any, ...]) -> str: ...
+
+
+# What the writer's queue holds: a record to format, a finished line, or a line to put
+# together (what renders it, the time, its values).
+_Item = logging.LogRecord | str | tuple[_Renders, float, tuple[Any, ...]]
 
 
 class _Lines:
@@ -197,6 +205,7 @@ class _Writer:
     def __init__(self, lines: _Lines, stream: _Stream, interval: float = 0.02) -> None:
         self._lines = lines
         self._stream = stream
+        self._stamps = _Stamps()  # the writer's own (templates' lines are stamped here)
         self._interval = interval
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
@@ -219,6 +228,14 @@ class _Writer:
         for item in self._lines.take_all():
             if isinstance(item, str):
                 lines.append(item)
+                continue
+            if isinstance(item, tuple):
+                renders, created, values = item
+                try:
+                    lines.append(renders.render(self._stamps, created, values))
+                except Exception:  # reported (redacted), not fatal; stderr may be what failed
+                    with contextlib.suppress(Exception):
+                        sys.stderr.write(redact(traceback.format_exc()))
                 continue
             try:
                 lines.append(self._stream.format(item))
@@ -249,26 +266,33 @@ _ROOT = logging.getLogger()
 def log_fields(logger: logging.Logger, level: int, message: str, fields: Mapping[str, Any]) -> None:
     """Write what `logger.log(level, message, extra=fields)` would, for a caller that has
     checked `logger.isEnabledFor(level)`. While `configure`'s writer is the only handler
-    between `logger` and the stream, the line is formatted here and queued finished;
-    otherwise (tests capturing records, a handler added by an embedding program) it is
-    logged as a record."""
+    between `logger` and the stream, the fields are queued as they are and the writer
+    thread formats the line (so never modify `fields` afterwards); otherwise (tests
+    capturing records, a handler added by an embedding program) it is logged as a
+    record."""
     sink = _sink
     if sink is None or not _only_writer(logger, sink.enqueue):
         logger.log(level, message, extra=fields)
         return
-    entry: dict[str, Any] = {
-        "time": sink.stamps(time.time()),
-        "level": logging.getLevelName(level).lower(),
-        "logger": logger.name,
-        "message": message,
-    }
-    entry.update(fields)
-    try:
-        line = _json_line(entry)
-    except Exception:  # never fail the call over its log line: the writer reports it
-        logger.log(level, message, extra=fields)
-        return
-    sink.records.put_nowait(line)
+    sink.records.put_nowait((_FIELDS_LINE, time.time(), (level, logger.name, message, fields)))
+
+
+class _FieldsLine:
+    """Puts `log_fields`' lines together in the writer thread."""
+
+    def render(self, stamps: _Stamps, created: float, values: tuple[Any, ...]) -> str:
+        level, name, message, fields = values
+        entry: dict[str, Any] = {
+            "time": stamps(created),
+            "level": logging.getLevelName(level).lower(),
+            "logger": name,
+            "message": message,
+        }
+        entry.update(fields)
+        return _json_line(entry)
+
+
+_FIELDS_LINE = _FieldsLine()
 
 
 class LineTemplate:
@@ -312,18 +336,24 @@ class LineTemplate:
         self._parts = tuple(parts)
 
     def write(self, *values: Any) -> bool:
-        """Queue the line with these values of the variable fields, in their order."""
+        """Queue the line with these values of the variable fields, in their order (the
+        writer thread puts it together: formatting many lines in one go, it costs the
+        interpreter less than one at a time between calls)."""
         sink = _sink
         if sink is None or not _only_writer(self._logger, sink.enqueue):
             return False
+        sink.records.put_nowait((self, time.time(), values))
+        return True
+
+    def render(self, stamps: _Stamps, created: float, values: tuple[Any, ...]) -> str:
+        """The line, stamped `created`, with these values."""
         parts = self._parts
-        out = [parts[0], f'"{sink.stamps(time.time())}"']  # digits, '-', ':', '.', 'T', 'Z'
+        out = [parts[0], f'"{stamps(created)}"']  # digits, '-', ':', '.', 'T', 'Z'
         for value, part in zip(values, parts[1:-1], strict=True):
             out.append(part)
             out.append(_value(value))
         out.append(parts[-1])
-        sink.records.put_nowait("".join(out))
-        return True
+        return "".join(out)
 
 
 def _value(value: Any) -> str:

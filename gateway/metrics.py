@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.balance import BalanceBook
 from gateway.call import cache_result_name
-from gateway.call_series import CallSeries
+from gateway.call_series import CallSeries, PlainCounter
 from gateway.errors import GRPC_CODES as ERROR_CLASSES
 from gateway.errors import CallTimedOut, UpstreamError
 from gateway.events import (
@@ -218,14 +218,17 @@ class GatewayMetrics:
             "Images requested but not returned (the upstream silently drops filtered outputs).",
             per_model,
         )
-        self.saved_credits = counter(
+        # Updated by every cache hit: plain numbers (gateway.call_series).
+        self.saved_credits = PlainCounter(
+            registry,
             "stablecog_credits_saved_total",
             "Credits a call would have cost had it not been served by the cache, "
             "coalesced with an identical call in flight, or replayed for a repeated "
             "idempotency key.",
             ("caller",),
         )
-        self.cache_requests = counter(
+        self.cache_requests = PlainCounter(
+            registry,
             "stablecog_cache_requests_total",
             "Calls by how the cache served them (the response's cache_result).",
             ("result",),

@@ -17,6 +17,7 @@ from gateway.call_series import (
     INFLIGHT_HELP,
     STARTED_HELP,
     CallSeries,
+    PlainCounter,
 )
 from gateway.metrics import GRPC_CODES, LATENCY_BUCKETS
 
@@ -118,3 +119,28 @@ def test_the_registry_knows_the_names() -> None:
     assert "grpc_server_started_total" not in text
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         Counter("grpc_server_started_total", "again", registry=registry)
+
+
+def test_a_plain_counter_exports_what_a_counter_does() -> None:
+    ours_registry, reference_registry = CollectorRegistry(), CollectorRegistry()
+    ours = PlainCounter(ours_registry, "stablecog_things_total", "Things.", ("result",))
+    reference = Counter(
+        "stablecog_things_total", "Things.", ("result",), registry=reference_registry
+    )
+    for result, amount in [("hit", 1.0), ("miss", 0.0), ("hit", 2.5), ("other", 1.0)]:
+        ours.labels(result).inc(amount)
+        reference.labels(result).inc(amount)
+    for generate in (generate_latest, openmetrics.generate_latest):
+        expected = masked(generate(reference_registry).decode())  # type: ignore[no-untyped-call]
+        assert masked(generate(ours_registry).decode()) == expected  # type: ignore[no-untyped-call]
+    prometheus_client.disable_created_metrics()
+    try:
+        assert b"_created" not in generate_latest(ours_registry)
+    finally:
+        prometheus_client.enable_created_metrics()
+    restricted = ours_registry.restricted_registry(["stablecog_things_total"])
+    assert 'stablecog_things_total{result="hit"} 3.5' in generate_latest(restricted).decode()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Counter("stablecog_things_total", "again", registry=ours_registry)
+    with pytest.raises(ValueError, match="takes labels"):
+        ours.labels("hit", "extra")
