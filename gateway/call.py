@@ -150,6 +150,7 @@ class CallStart:
     principal: str
     refused: GatewayError | None
     cache_control: CacheControl
+    request_id: str | None = None  # the `x-request-id` metadata, as sent
 
 
 @dataclass(frozen=True)

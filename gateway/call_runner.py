@@ -325,7 +325,7 @@ class CallRunner:
             return None
         if answer is None:
             return None
-        request_id = request_id_from(start.metadata.get("x-request-id"))
+        request_id = request_id_from(start.request_id)
         self._telemetry.emit(started)
         context.set_trailing_metadata((*answer.trailers, ("x-request-id", request_id)))
         seconds = time.perf_counter() - began
@@ -436,7 +436,7 @@ class CallRunner:
 
     def _start(self, service: str, method: str, context: Context) -> Call:
         start = self._call_start(context)
-        request_id = request_id_from(start.metadata.get("x-request-id"))
+        request_id = request_id_from(start.request_id)
         trace = (
             self._tracing.server_span(
                 f"{service}/{method}",
@@ -490,6 +490,7 @@ class CallRunner:
             principal=identified.principal,
             refused=identified.refused,
             cache_control=CacheControl.from_header(metadata.get("cache-control")),
+            request_id=metadata.get("x-request-id"),
         )
         # Not kept for metadata that changes call by call (a proxy's request id, a trace
         # context): it would never be asked for again.

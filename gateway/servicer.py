@@ -68,6 +68,7 @@ class _Remembered:
     prompt: str | None
     prompt_digest: str | None
     answer: tuple[Generated, str, Replayed] | None = None
+    saved: CreditsSaved | None = None  # the last caller's event (immutable), made once
 
 
 class GenerationServicer:
@@ -233,7 +234,11 @@ class GenerationServicer:
             )
             known.answer = answer
         # The answer is a copy of the hit's response: the same settings.
-        self._telemetry.emit(CreditsSaved(start.caller, hit.response.settings.num_outputs))
+        credits = hit.response.settings.num_outputs
+        saved = known.saved
+        if saved is None or saved.caller != start.caller or saved.credits != credits:
+            saved = known.saved = CreditsSaved(start.caller, credits)
+        self._telemetry.emit(saved)
         return answer[2]
 
     def _alarm_rejected_key(self) -> None:
