@@ -196,8 +196,9 @@ class CachingGenerator:
 
     def replay_hit(self, request_bytes: bytes, scope: str) -> Generated | None:
         """The hit `generate` would serve right now to a call whose request has these
-        deterministic bytes, for this account scope, found without awaiting anything;
-        counted as `generate` counts a hit. None when that cannot be told so (the call then
+        deterministic bytes, for this account scope, found without awaiting anything, and
+        not counted (the call runner counts a replayed call as a hit). None when that
+        cannot be told so (the call then
         runs `generate`): a shared backend, a request whose key is not remembered or was
         derived from other catalog defaults, or no entry. The response is shared by every
         call it answers: never modify it."""
@@ -225,7 +226,6 @@ class CachingGenerator:
                 self._replays.clear()
             replay = (stored, credits, Generated(response, generation_pb2.CACHE_RESULT_HIT))
             self._replays[key] = replay
-        self._telemetry.emit(_DECIDED[generation_pb2.CACHE_RESULT_HIT])
         return replay[2]
 
     def _key(self, call: GenerationCall) -> str:

@@ -56,7 +56,7 @@ from gateway.errors import (
     grpc_code,
     to_status,
 )
-from gateway.events import CallHandled, CallStarted, Telemetry
+from gateway.events import CallHandled, CallReplayed, CallStarted, Telemetry
 from gateway.identity import Identifier, IdentityPolicy
 from gateway.labels import sanitize_label
 from gateway.logs import REDACTED, LineTemplate, log_fields
@@ -102,19 +102,21 @@ Pipeline = Callable[[RequestT, Call, CallReport], Awaitable[Answer]]
 
 @dataclass(frozen=True)
 class Replayed:
-    """A call answered again: the response (shared by every call it answers, so never
-    modified), the trailers to send with it, the report to record (read, never written),
-    and the request's prompt (logged only with --log-prompts)."""
+    """A call answered again from the cache hit it repeats: the response (shared by every
+    call it answers, so never modified), the trailers to send with it, the report to
+    record (read, never written), the credits the hit saved, and the request's prompt
+    (logged only with --log-prompts)."""
 
     response: Message
     trailers: Sequence[tuple[str, str]]
     report: CallReport
+    credits_saved: int = 0
     prompt: str | None = None
 
 
-# Answers a call (its request's bytes, its start) from what an identical call was answered
-# with, emitting what the pipeline would have emitted for it; or returns None, having
-# emitted nothing, and the call runs in full. Synchronous and without I/O.
+# Answers a call (its request's bytes, its start) from the cache hit an identical call was
+# answered with, emitting nothing (the runner reports the call as one `CallReplayed`); or
+# returns None, and the call runs in full. Synchronous and without I/O.
 Replay = Callable[[bytes, CallStart], Replayed | None]
 
 
@@ -326,10 +328,13 @@ class CallRunner:
         if answer is None:
             return None
         request_id = request_id_from(start.request_id)
-        self._telemetry.emit(started)
         context.set_trailing_metadata((*answer.trailers, ("x-request-id", request_id)))
         seconds = time.perf_counter() - began
-        self._telemetry.emit(CallHandled(started.service, started.method, "OK", seconds, None))
+        self._telemetry.emit(
+            CallReplayed(
+                started.service, started.method, start.caller, answer.credits_saved, seconds
+            )
+        )
         self._log_replayed(request_id, started.method, start, answer, seconds)
         return answer.response
 

@@ -39,6 +39,19 @@ class CallHandled(Event):
 
 
 @dataclass(frozen=True)
+class CallReplayed(Event):
+    """An RPC of ours answered again from the cache hit it repeats (gateway.call_runner's
+    `Replay`): one event for what a full hit reports in four (started, a cache hit,
+    `credits` saved for `caller`, handled OK after `seconds`)."""
+
+    service: str
+    method: str
+    caller: str
+    credits: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class UpstreamRequestEnded(Event):
     """One HTTP request to the upstream ended (status_class: 2xx..5xx, error, timeout)."""
 

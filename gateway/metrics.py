@@ -28,6 +28,7 @@ from gateway.events import (
     CacheBackendFailed,
     CacheDecided,
     CallHandled,
+    CallReplayed,
     CallStarted,
     CatalogChecksSkipped,
     CircuitChanged,
@@ -85,6 +86,7 @@ LATENCY_BUCKETS = (
     600.0,
 )
 # Every CacheResult of the contract: what the call's response says.
+HIT = cache_result_name(generation_pb2.CACHE_RESULT_HIT)
 CACHE_RESULTS = tuple(
     cache_result_name(value)
     for value in generation_pb2.CacheResult.values()
@@ -338,6 +340,14 @@ class GatewayMetrics:
         series.handled[event.code] = series.handled.get(event.code, 0.0) + 1
         series.observe(event.seconds, {"trace_id": event.trace_id} if event.trace_id else None)
 
+    def _call_replayed(self, event: CallReplayed) -> None:
+        series = self.calls.of(event.service, event.method)
+        series.started += 1
+        series.handled["OK"] = series.handled.get("OK", 0.0) + 1
+        series.observe(event.seconds)
+        self._child(self.cache_requests, HIT).inc()
+        self._child(self.saved_credits, self.caller_label(event.caller)).inc(max(event.credits, 0))
+
     def _upstream_request_ended(self, event: UpstreamRequestEnded) -> None:
         self._child(self.upstream_duration, event.endpoint, event.status_class).observe(
             event.seconds
@@ -401,6 +411,7 @@ class GatewayMetrics:
     _handlers: ClassVar[dict[type[Event], Callable[[GatewayMetrics, Any], None]]] = {
         CallStarted: _call_started,
         CallHandled: _call_handled,
+        CallReplayed: _call_replayed,
         UpstreamRequestEnded: _upstream_request_ended,
         UpstreamFailed: _upstream_failed,
         UpstreamRetried: _upstream_retried,

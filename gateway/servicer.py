@@ -68,7 +68,6 @@ class _Remembered:
     prompt: str | None
     prompt_digest: str | None
     answer: tuple[Generated, str, Replayed] | None = None
-    saved: CreditsSaved | None = None  # the last caller's event (immutable), made once
 
 
 class GenerationServicer:
@@ -230,15 +229,16 @@ class GenerationServicer:
             answer = (
                 hit,
                 key.fingerprint,
-                Replayed(response, (("x-cache", HIT),), report, known.prompt),
+                Replayed(
+                    response,
+                    (("x-cache", HIT),),
+                    report,
+                    # What the full path's CreditsSaved says (the response's settings).
+                    credits_saved=settings.num_outputs,
+                    prompt=known.prompt,
+                ),
             )
             known.answer = answer
-        # The answer is a copy of the hit's response: the same settings.
-        credits = hit.response.settings.num_outputs
-        saved = known.saved
-        if saved is None or saved.caller != start.caller or saved.credits != credits:
-            saved = known.saved = CreditsSaved(start.caller, credits)
-        self._telemetry.emit(saved)
         return answer[2]
 
     def _alarm_rejected_key(self) -> None:
