@@ -154,7 +154,9 @@ class PlainCount:
         self.created = created
 
     def inc(self, amount: float = 1.0) -> None:
-        """Add `amount` (callers pass what is not negative, as prometheus_client requires)."""
+        """Add `amount`; a counter only goes up (as prometheus_client's)."""
+        if amount < 0:
+            raise ValueError("counters can only be incremented by non-negative amounts")
         self.value += amount
 
 
@@ -176,12 +178,14 @@ class PlainCounter:
         self._children: dict[tuple[str, ...], PlainCount] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> PlainCount:
+    def labels(self, *values: object) -> PlainCount:
+        """The child for these label values (as text, as prometheus_client keeps them)."""
         if len(values) != len(self._labelnames):
             raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
-        child = self._children.get(values)
+        key = tuple(str(value) for value in values)
+        child = self._children.get(key)
         if child is None:
-            child = self._children[values] = PlainCount(time.time())
+            child = self._children[key] = PlainCount(time.time())
         return child
 
     def _family(self) -> CounterMetricFamily:

@@ -62,23 +62,21 @@ class _Stamps:
     second, not once a line). One per thread that formats lines."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._stamp = ""
-        self._millisecond = -1
-        self._last = ""
+        # (second, its stamp, millisecond, the last stamp): replaced whole, never in parts.
+        self._last = (-1, "", -1, "")
 
     def __call__(self, created: float) -> str:
         second = int(created)
         # As LogRecord.msecs: the milliseconds truncated.
         millisecond = int((created - second) * 1000)
-        if millisecond == self._millisecond and second == self._second:
-            return self._last  # lines come several a millisecond when busy
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        self._millisecond = millisecond
-        self._last = f"{self._stamp}.{millisecond:03d}Z"
-        return self._last
+        last_second, stamp, last_millisecond, last = self._last
+        if millisecond == last_millisecond and second == last_second:
+            return last  # lines come several a millisecond when busy
+        if second != last_second:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        last = f"{stamp}.{millisecond:03d}Z"
+        self._last = (second, stamp, millisecond, last)
+        return last
 
 
 # The standard library's encoder, for what orjson refuses (an int past 64 bits, a key
@@ -136,6 +134,8 @@ class JsonFormatter(logging.Formatter):
 
 class _Renders(Protocol):
     def render(self, stamps: _Stamps, created: float, values: tuple[Any, ...]) -> str: ...
+
+    def logger_of(self, values: tuple[Any, ...]) -> str: ...
 
 
 # What the writer's queue holds: a record to format, a finished line, or a line to put
@@ -195,6 +195,12 @@ class _Stream(logging.StreamHandler):  # type: ignore[type-arg]
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A record that cannot be formatted: reported as one line, redacted (the standard
+        handler prints the record's arguments as they are, secrets included)."""
+        with contextlib.suppress(Exception):
+            self.write_lines([_unwritable(record.name)])
+
 
 class _Writer:
     """The writer thread: every `interval` seconds it takes everything queued, formats the
@@ -213,10 +219,11 @@ class _Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Write what is queued, then end the thread."""
+    def stop(self, within: float = 5.0) -> None:
+        """Write what is queued, then end the thread (given up after `within` seconds: a
+        stderr that blocks must not hold the process's exit)."""
         self._stopping.set()
-        self._thread.join()
+        self._thread.join(within)
 
     def _run(self) -> None:
         while not self._stopping.wait(self._interval):
@@ -233,14 +240,13 @@ class _Writer:
                 renders, created, values = item
                 try:
                     lines.append(renders.render(self._stamps, created, values))
-                except Exception:  # reported (redacted), not fatal; stderr may be what failed
-                    with contextlib.suppress(Exception):
-                        sys.stderr.write(redact(traceback.format_exc()))
+                except Exception:  # reported in its place, redacted; not fatal
+                    lines.append(_unwritable(renders.logger_of(values)))
                 continue
             try:
                 lines.append(self._stream.format(item))
-            except Exception:  # a record that cannot be formatted: reported, not fatal
-                self._stream.handleError(item)
+            except Exception:  # a record that cannot be formatted: reported in its place
+                lines.append(_unwritable(item.name))
         if lines:
             try:
                 self._stream.write_lines(lines)
@@ -250,12 +256,28 @@ class _Writer:
 
 
 class _Sink:
-    """Where `log_fields` puts finished lines while `configure`'s writer is in charge."""
+    """Where `log_fields` queues lines while `configure`'s writer is in charge."""
 
     def __init__(self, records: _Lines, enqueue: _Enqueue) -> None:
         self.records = records
         self.enqueue = enqueue
-        self.stamps = _Stamps()  # the event loop's (the writer thread has its own)
+
+
+def _unwritable(logger_name: str) -> str:
+    """The line written in place of one that could not be encoded: what failed, redacted
+    (the exception's type and message, never the values being logged)."""
+    kind, error = sys.exc_info()[:2]
+    return _json_line(
+        {
+            "time": _Stamps()(time.time()),
+            "level": "error",
+            "logger": "gateway.logs",
+            "message": "a log line could not be encoded; it is left out",
+            "for_logger": logger_name,
+            "exception": kind.__name__ if kind is not None else None,
+            "error": redact(str(error))[:500] if error is not None else None,
+        }
+    )
 
 
 _writer: _Writer | None = None
@@ -266,19 +288,26 @@ _ROOT = logging.getLogger()
 def log_fields(logger: logging.Logger, level: int, message: str, fields: Mapping[str, Any]) -> None:
     """Write what `logger.log(level, message, extra=fields)` would, for a caller that has
     checked `logger.isEnabledFor(level)`. While `configure`'s writer is the only handler
-    between `logger` and the stream, the fields are queued as they are and the writer
-    thread formats the line (so never modify `fields` afterwards); otherwise (tests
+    between `logger` and the stream, a copy of the fields is queued and the writer thread
+    formats the line (never modify a value in `fields` afterwards); otherwise (tests
     capturing records, a handler added by an embedding program) it is logged as a
     record."""
     sink = _sink
     if sink is None or not _only_writer(logger, sink.enqueue):
         logger.log(level, message, extra=fields)
         return
-    sink.records.put_nowait((_FIELDS_LINE, time.time(), (level, logger.name, message, fields)))
+    # A shallow copy: the caller's dict is free again (its values are what lines hold:
+    # strings, numbers, None, lists made for the line).
+    sink.records.put_nowait(
+        (_FIELDS_LINE, time.time(), (level, logger.name, message, dict(fields)))
+    )
 
 
 class _FieldsLine:
     """Puts `log_fields`' lines together in the writer thread."""
+
+    def logger_of(self, values: tuple[Any, ...]) -> str:
+        return str(values[1])
 
     def render(self, stamps: _Stamps, created: float, values: tuple[Any, ...]) -> str:
         level, name, message, fields = values
@@ -345,6 +374,9 @@ class LineTemplate:
         sink.records.put_nowait((self, time.time(), values))
         return True
 
+    def logger_of(self, values: tuple[Any, ...]) -> str:
+        return self._logger.name
+
     def render(self, stamps: _Stamps, created: float, values: tuple[Any, ...]) -> str:
         """The line, stamped `created`, with these values."""
         parts = self._parts
@@ -392,6 +424,13 @@ def stop() -> None:
     if _writer is not None:
         _writer.stop()
         _writer = None
+        # What is logged after this (late at exit) is written at once, not queued for
+        # a writer that is gone.
+        root = logging.getLogger()
+        if any(isinstance(h, _Enqueue) for h in root.handlers):
+            direct = logging.StreamHandler(sys.stderr)
+            direct.setFormatter(JsonFormatter())
+            root.handlers[:] = [direct if isinstance(h, _Enqueue) else h for h in root.handlers]
 
 
 atexit.register(stop)

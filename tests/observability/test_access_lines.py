@@ -228,3 +228,31 @@ def test_a_template_steps_aside_for_another_handler(
     template = logs.LineTemplate(logger, logging.INFO, "call", FIELDS, ("request_id",))
     with caplog.at_level(logging.INFO, logger="gateway.access"):
         assert template.write("r-2") is False
+
+
+def test_a_line_that_cannot_be_written_is_reported_in_its_place_redacted(
+    configured: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError(f"cannot show {KEY}")
+
+    logger = logging.getLogger("gateway.access")
+    with only_the_writer():
+        logger.info("before")
+        logger.info("a record %s %s", KEY)  # one argument short: formatting it fails
+        logs.log_fields(logger, logging.INFO, "call", {"odd": Unprintable()})
+        logger.info("after")
+    logs.stop()
+    text = capfd.readouterr().err
+    assert KEY not in text
+    lines = _lines(text)
+    messages = [line["message"] for line in lines]
+    assert messages[-4:] == [
+        "before",
+        "a log line could not be encoded; it is left out",
+        "a log line could not be encoded; it is left out",
+        "after",
+    ]
+    assert lines[-2]["error"] == "cannot show sc-[REDACTED]"
+    assert lines[-3]["for_logger"] == "gateway.access"

@@ -144,3 +144,11 @@ def test_a_plain_counter_exports_what_a_counter_does() -> None:
         Counter("stablecog_things_total", "again", registry=ours_registry)
     with pytest.raises(ValueError, match="takes labels"):
         ours.labels("hit", "extra")
+
+
+def test_a_plain_counter_refuses_what_a_counter_refuses() -> None:
+    counter = PlainCounter(CollectorRegistry(), "stablecog_more_total", "More.", ("code",))
+    with pytest.raises(ValueError, match="non-negative"):
+        counter.labels("x").inc(-1)
+    counter.labels(7).inc()  # kept as text, as prometheus_client does
+    assert counter.labels("7").value == 1.0
