@@ -28,7 +28,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -291,17 +291,8 @@ class CallRunner:
             trace_id = call.trace.trace_id if call.trace is not None else None
             self._telemetry.emit(CallHandled(service, method, code, seconds, trace_id))
             _end_span(call, report, code, error)
-            _log_call(
-                call.request_id,
-                method,
-                call.caller,
-                call.caller_raw,
-                trace_id,
-                report,
-                code,
-                error,
-                seconds,
-            )
+            logged = _Logged(call.request_id, method, call.caller, call.caller_raw, trace_id)
+            _log_call(logged, report, code, error, seconds)
 
     def replayed(
         self, started: CallStarted, raw: bytes, context: Context, replay: Replay
@@ -352,9 +343,8 @@ class CallRunner:
             report = answer.report
             if self._log_prompts and answer.prompt:
                 report = dataclasses.replace(report, prompt=answer.prompt)
-            entry = _access_entry(
-                "", method, start.caller, start.caller_raw, None, report, "OK", None, 0.0
-            )
+            logged = _Logged("", method, start.caller, start.caller_raw)
+            entry = _access_entry(logged, report, "OK", None, 0.0)
             template = LineTemplate(
                 access_log, logging.INFO, "call", entry, ("request_id", "latency_seconds")
             )
@@ -559,44 +549,35 @@ def _end_span(call: Call, report: CallReport, code: str, error: GatewayError | N
     )
 
 
+class _Logged(NamedTuple):
+    """Which call an access line is about."""
+
+    request_id: str
+    method: str
+    caller: str
+    caller_raw: str | None = None
+    trace_id: str | None = None
+
+
 def _log_call(
-    request_id: str,
-    method: str,
-    caller: str,
-    caller_raw: str | None,
-    trace_id: str | None,
-    report: CallReport,
-    code: str,
-    error: GatewayError | None,
-    seconds: float,
+    logged: _Logged, report: CallReport, code: str, error: GatewayError | None, seconds: float
 ) -> None:
     level = logging.ERROR if code in _ERROR_CODES else logging.INFO
     if not access_log.isEnabledFor(level):
         return
-    entry = _access_entry(
-        request_id, method, caller, caller_raw, trace_id, report, code, error, round(seconds, 6)
-    )
-    log_fields(access_log, level, "call", entry)
+    log_fields(access_log, level, "call", _access_entry(logged, report, code, error, seconds))
 
 
 def _access_entry(
-    request_id: str,
-    method: str,
-    caller: str,
-    caller_raw: str | None,
-    trace_id: str | None,
-    report: CallReport,
-    code: str,
-    error: GatewayError | None,
-    latency: object,
+    logged: _Logged, report: CallReport, code: str, error: GatewayError | None, seconds: float
 ) -> dict[str, object]:
     """A call's access-log fields, in the order every line has them."""
     entry: dict[str, object] = {
-        "request_id": request_id,
-        "method": method,
-        "caller": caller,
+        "request_id": logged.request_id,
+        "method": logged.method,
+        "caller": logged.caller,
         "grpc_code": code,
-        "latency_seconds": latency,
+        "latency_seconds": round(seconds, 6),
         "upstream_seconds": (
             None if report.upstream_seconds is None else round(report.upstream_seconds, 6)
         ),
@@ -622,8 +603,8 @@ def _access_entry(
         entry["prompt_sha256"] = report.prompt_digest
     if report.prompt is not None:
         entry["prompt"] = report.prompt
-    if caller_raw is not None:
-        entry["caller_raw"] = caller_raw
-    if trace_id is not None:
-        entry["trace_id"] = trace_id
+    if logged.caller_raw is not None:
+        entry["caller_raw"] = logged.caller_raw
+    if logged.trace_id is not None:
+        entry["trace_id"] = logged.trace_id
     return entry

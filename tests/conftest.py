@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from emulator.config import EmulatorConfig
 from emulator.server import Emulator
+from gateway import logs
 from gateway._gen.stablecog.v1 import generation_pb2_grpc
 from gateway.app import GatewayApp, Seams
 from gateway.config import Settings
@@ -49,6 +51,21 @@ async def emulator() -> AsyncIterator[Emulator]:
 
 
 GatewayFactory = Callable[..., Awaitable[GatewayApp]]
+
+
+@pytest.fixture
+def configured_logs(capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """gateway.logs.configure for one test (its writer on the captured stderr), then
+    pytest's own handlers back on the root logger."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure("INFO")
+    try:
+        yield
+    finally:
+        logs.stop()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 @pytest.fixture

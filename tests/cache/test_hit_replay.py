@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -314,21 +313,6 @@ async def test_no_replay_past_the_call_cap(make_gateway: GatewayFactory) -> None
         app.runner.in_flight.tasks.discard(held)  # type: ignore[arg-type]
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert ran == ["CreateGeneration"]
-
-
-@pytest.fixture
-def configured_logs(capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
-    """logs.configure for one test (its writer on the captured stderr), then pytest's own
-    handlers back on the root logger."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    logs.configure("INFO")
-    try:
-        yield
-    finally:
-        logs.stop()
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 async def test_a_replayed_hits_line_is_the_full_hits_line(

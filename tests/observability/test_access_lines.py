@@ -28,21 +28,6 @@ FIELDS = {
 }
 
 
-@pytest.fixture
-def configured(capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
-    """logs.configure for one test (its writer on the captured stderr), then pytest's own
-    handlers back on the root logger."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    logs.configure("INFO")
-    try:
-        yield
-    finally:
-        logs.stop()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 @contextlib.contextmanager
 def only_the_writer() -> Iterator[None]:
     """The root logger as in the gateway's process: the writer's handler alone (pytest
@@ -61,7 +46,7 @@ def _lines(text: str) -> list[dict[str, object]]:
 
 
 def test_the_fast_line_is_the_record_line(
-    configured: None, capfd: pytest.CaptureFixture[str]
+    configured_logs: None, capfd: pytest.CaptureFixture[str]
 ) -> None:
     logger = logging.getLogger("gateway.access")
     made: list[str] = []
@@ -95,7 +80,7 @@ def test_the_fast_line_is_the_record_line(
 
 
 def test_another_handler_gets_a_record(
-    configured: None, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+    configured_logs: None, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
     logger = logging.getLogger("gateway.access")
     with caplog.at_level(logging.INFO, logger="gateway.access"):
@@ -183,7 +168,7 @@ def test_keys_glued_to_words_and_bearer_in_any_case_are_redacted(text: str) -> N
 
 
 def test_a_field_that_cannot_be_encoded_does_not_fail_the_call(
-    configured: None, capfd: pytest.CaptureFixture[str]
+    configured_logs: None, capfd: pytest.CaptureFixture[str]
 ) -> None:
     class Unprintable:
         def __str__(self) -> str:
@@ -198,7 +183,7 @@ def test_a_field_that_cannot_be_encoded_does_not_fail_the_call(
 
 
 def test_a_template_writes_the_line_log_fields_writes(
-    configured: None, capfd: pytest.CaptureFixture[str]
+    configured_logs: None, capfd: pytest.CaptureFixture[str]
 ) -> None:
     logger = logging.getLogger("gateway.access")
     fields = dict(FIELDS, prompt="one line\u2028not two, caf\u00e9", caller_raw=None)
@@ -222,7 +207,7 @@ def test_a_template_writes_the_line_log_fields_writes(
 
 
 def test_a_template_steps_aside_for_another_handler(
-    configured: None, caplog: pytest.LogCaptureFixture
+    configured_logs: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     logger = logging.getLogger("gateway.access")
     template = logs.LineTemplate(logger, logging.INFO, "call", FIELDS, ("request_id",))
@@ -231,7 +216,7 @@ def test_a_template_steps_aside_for_another_handler(
 
 
 def test_a_line_that_cannot_be_written_is_reported_in_its_place_redacted(
-    configured: None, capfd: pytest.CaptureFixture[str]
+    configured_logs: None, capfd: pytest.CaptureFixture[str]
 ) -> None:
     class Unprintable:
         def __str__(self) -> str:
