@@ -43,7 +43,6 @@ from gateway.tracing import TraceParent
 M = TypeVar("M", bound=Message)
 
 _log = logging.getLogger(__name__)
-CacheResult = generation_pb2.CacheResult
 
 LOCK_LEASE_SECONDS = 10.0
 POLL_SECONDS = 0.05

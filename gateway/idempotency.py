@@ -79,7 +79,6 @@ from gateway.upscale import UpscaleCall, Upscaled, Upscaler, ensure_time_to_upsc
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
-CacheResult = generation_pb2.CacheResult
 Outcome = GatewayError | Message
 
 _RECORD_KEY = b"stablecog-gateway idempotency record v1"

@@ -62,7 +62,6 @@ from gateway.upstream_calls import with_retries
 from gateway.upstream_defaults import UPSCALE_CREDITS
 from gateway.validation import RequestValidator
 
-CacheResult = generation_pb2.CacheResult
 UPLOAD_FAILED = "UPLOAD_FAILED"
 
 

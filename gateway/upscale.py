@@ -19,8 +19,6 @@ from gateway.call import CacheControl, CallBudget
 from gateway.errors import DeadlineTooShort
 from gateway.tracing import TraceParent
 
-CacheResult = generation_pb2.CacheResult
-
 
 @dataclass(frozen=True)
 class UpscaleCall:

@@ -30,7 +30,6 @@ from gateway.media import upscale_cache_key
 from gateway.upscale import UpscaleCall, Upscaled, Upscaler, ensure_time_to_upscale
 
 _log = logging.getLogger(__name__)
-CacheResult = generation_pb2.CacheResult
 # How long shutdown lets cut flights end.
 CLOSE_SECONDS = 2.0
 

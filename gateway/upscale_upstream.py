@@ -21,8 +21,6 @@ from gateway.upstream import StablecogClient, UpstreamAnswer
 from gateway.upstream_calls import with_retries
 from gateway.upstream_defaults import UPSCALE_CREDITS
 
-CacheResult = generation_pb2.CacheResult
-
 
 class UpstreamUpscaler:
     """Sends every upscale to the upstream (reported as UNCACHEABLE: no cache took part)."""

@@ -24,8 +24,6 @@ from gateway.upstream import StablecogClient, UpstreamAnswer
 from gateway.upstream_calls import with_retries
 from gateway.upstream_defaults import DEFAULT_NUM_OUTPUTS
 
-CacheResult = generation_pb2.CacheResult
-
 
 class UpstreamGenerator:
     """Sends every call to the upstream (reported as BYPASS: no cache took part)."""
