@@ -124,7 +124,8 @@ class GenerationServicer:
     async def _create_generation(
         self, request: generation_pb2.GenerationRequest, call: Call, report: CallReport
     ) -> Answer:
-        valid_under = self._validator.verdicts_hold()
+        # Read before the checks: what they held under, should the call be remembered.
+        valid_under = self._validator.verdicts_hold() if self._hits is not None else None
         self._validate(request, report)
         idempotency_key = idempotency_key_from(call.metadata)
         key = self._keys.resolve(call.metadata)
@@ -150,18 +151,11 @@ class GenerationServicer:
             if error.metadata.get(REPLAY_METADATA) == "true":
                 report.cache_result = REPLAYED
             raise
-        response = generation_pb2.GenerationResponse()
-        response.CopyFrom(generated.response)
-        response.cache_result = generated.cache_result
+        response = _answer_of(generated)
         result = cache_result_name(generated.cache_result)
         if result in SAVED_RESULTS:
             self._telemetry.emit(CreditsSaved(call.caller, response.settings.num_outputs))
-        report.model_id = response.settings.model_id or report.model_id
-        report.outputs_requested = response.settings.num_outputs or report.outputs_requested
-        report.outputs_returned = len(response.outputs)
-        report.remaining_credits = response.remaining_credits
-        report.cache_result = result
-        report.upstream_seconds = generated.upstream_seconds
+        _report_answer(report, response, result, generated.upstream_seconds)
         trailers = [("x-cache", result)]
         if result == REPLAYED:
             trailers.append((REPLAY_TRAILER, "true"))
@@ -175,8 +169,7 @@ class GenerationServicer:
         return Answer(response, trailers=tuple(trailers))
 
     def _remember(self, request: generation_pb2.GenerationRequest, valid_under: object) -> None:
-        if self._hits is None:
-            return
+        assert self._hits is not None  # `valid_under` is read only when hits are replayed
         raw = request.SerializeToString(deterministic=True)
         if len(raw) > self._hits.largest_replayed_request:  # never replayed: not kept
             return
@@ -213,19 +206,14 @@ class GenerationServicer:
             return None
         answer = known.answer
         if answer is None or answer[0] is not hit or answer[1] != key.fingerprint:
-            response = generation_pb2.GenerationResponse()
-            response.CopyFrom(hit.response)
-            response.cache_result = generation_pb2.CACHE_RESULT_HIT
-            settings = response.settings
+            response = _answer_of(hit)
+            # As the full path fills it: the request's part, then the answer's.
             report = CallReport(
                 account=key.fingerprint,
-                model_id=settings.model_id or None,
-                outputs_requested=settings.num_outputs or known.outputs_requested,
-                outputs_returned=len(response.outputs),
-                remaining_credits=response.remaining_credits,
-                cache_result=HIT,
+                outputs_requested=known.outputs_requested,
                 prompt_digest=known.prompt_digest,
             )
+            _report_answer(report, response, HIT, None)
             answer = (
                 hit,
                 key.fingerprint,
@@ -234,7 +222,7 @@ class GenerationServicer:
                     (("x-cache", HIT),),
                     report,
                     # What the full path's CreditsSaved says (the response's settings).
-                    credits_saved=settings.num_outputs,
+                    credits_saved=response.settings.num_outputs,
                     prompt=known.prompt,
                 ),
             )
@@ -262,6 +250,29 @@ class GenerationServicer:
                 self._telemetry.emit(ValidationFailed(field))
             report.invalid_fields = fields
             raise
+
+
+def _answer_of(generated: Generated) -> generation_pb2.GenerationResponse:
+    """The caller's own copy of a generated response, saying how it was served."""
+    response = generation_pb2.GenerationResponse()
+    response.CopyFrom(generated.response)
+    response.cache_result = generated.cache_result
+    return response
+
+
+def _report_answer(
+    report: CallReport,
+    response: generation_pb2.GenerationResponse,
+    result: str,
+    upstream_seconds: float | None,
+) -> None:
+    """What the answer adds to the call's report."""
+    report.model_id = response.settings.model_id or report.model_id
+    report.outputs_requested = response.settings.num_outputs or report.outputs_requested
+    report.outputs_returned = len(response.outputs)
+    report.remaining_credits = response.remaining_credits
+    report.cache_result = result
+    report.upstream_seconds = upstream_seconds
 
 
 def _cache_allowed(control: CacheControl) -> bool:
