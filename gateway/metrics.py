@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.balance import BalanceBook
 from gateway.call import cache_result_name
-from gateway.call_series import CallSeries, PlainCounter
+from gateway.call_series import CallSeries, MethodSeries, PlainCounter
 from gateway.errors import GRPC_CODES as ERROR_CLASSES
 from gateway.errors import CallTimedOut, UpstreamError
 from gateway.events import (
@@ -336,17 +336,16 @@ class GatewayMetrics:
 
     def _call_handled(self, event: CallHandled) -> None:
         self.calls.in_flight -= 1
-        series = self.calls.of(event.service, event.method)
-        series.handled[event.code] = series.handled.get(event.code, 0.0) + 1
-        series.observe(event.seconds, {"trace_id": event.trace_id} if event.trace_id else None)
+        exemplar = {"trace_id": event.trace_id} if event.trace_id else None
+        _handled(self.calls.of(event.service, event.method), event.code, event.seconds, exemplar)
 
     def _call_replayed(self, event: CallReplayed) -> None:
+        """What CallStarted, CacheDecided(hit), CreditsSaved and CallHandled(OK) update."""
         series = self.calls.of(event.service, event.method)
         series.started += 1
-        series.handled["OK"] = series.handled.get("OK", 0.0) + 1
-        series.observe(event.seconds)
-        self._child(self.cache_requests, HIT).inc()
-        self._child(self.saved_credits, self.caller_label(event.caller)).inc(max(event.credits, 0))
+        self._cache_result(HIT)
+        self._saved(event.caller, event.credits)
+        _handled(series, "OK", event.seconds)
 
     def _upstream_request_ended(self, event: UpstreamRequestEnded) -> None:
         self._child(self.upstream_duration, event.endpoint, event.status_class).observe(
@@ -385,12 +384,16 @@ class GatewayMetrics:
             self.credits_remaining.labels(fingerprint).set(event.balance.credits)
 
     def _credits_saved(self, event: CreditsSaved) -> None:
-        caller = self.caller_label(event.caller)
-        self._child(self.saved_credits, caller).inc(max(event.credits, 0))
+        self._saved(event.caller, event.credits)
+
+    def _saved(self, caller: str, credits: int) -> None:
+        self._child(self.saved_credits, self.caller_label(caller)).inc(max(credits, 0))
 
     def _cache_decided(self, event: CacheDecided) -> None:
-        result = event.result if event.result in CACHE_RESULTS else OTHER
-        self._child(self.cache_requests, result).inc()
+        self._cache_result(event.result)
+
+    def _cache_result(self, result: str) -> None:
+        self._child(self.cache_requests, result if result in CACHE_RESULTS else OTHER).inc()
 
     def _idempotent_replayed(self, event: IdempotentReplayed) -> None:
         result = event.result if event.result in REPLAY_RESULTS else OTHER
@@ -425,3 +428,11 @@ class GatewayMetrics:
         ValidationFailed: _validation_failed,
         CatalogChecksSkipped: _catalog_checks_skipped,
     }
+
+
+def _handled(
+    series: MethodSeries, code: str, seconds: float, exemplar: dict[str, str] | None = None
+) -> None:
+    """One call of `series` answered with `code` after `seconds`."""
+    series.handled[code] = series.handled.get(code, 0.0) + 1
+    series.observe(seconds, exemplar)
