@@ -5,18 +5,15 @@ Stablecog API key or a bearer token is ever written, whatever a message or extra
 
 A call's access-log line must cost the event loop as little as possible. `log_fields` is
 the access log's way in: while `configure`'s writer is the only handler in its way, the
-loop queues the line's fields as they are (no LogRecord, no handler chain) and the writer
-thread encodes them; a `LineTemplate` queues only the values that change from line to
-line. Formatted in batches, many lines in one go, lines cost the interpreter less than
-formatted one at a time between calls (BENCHMARKS.md). Every other line is logged as
+loop queues a copy of the line's fields (no LogRecord, no handler chain); a `LineTemplate`
+queues only the values that change from line to line. Every other line is logged as
 usual, and the root logger's one handler queues the record itself. A writer thread takes
-everything queued every 20 ms, formats what is among it and writes the lot with one
-write. Nothing wakes a thread
-per line, and nothing hands items over one at a time: the standard library's
-QueueHandler/QueueListener pair did both, and that per-line work on the GIL was most of an
-access line's cost (BENCHMARKS.md). The records' caller, thread and process fields are not
-collected (no line shows them). `configure` stops the writer at exit, so every line queued
-is written.
+everything queued every 20 ms, encodes it and writes the lot with one write: encoded many
+at a time, lines cost the interpreter less than one at a time between calls, and nothing
+wakes a thread per line or hands items over one at a time (the standard library's
+QueueHandler/QueueListener pair did both; BENCHMARKS.md). The records' caller, thread and
+process fields are not collected (no line shows them). `configure` stops the writer at
+exit, so every line queued is written.
 """
 
 from __future__ import annotations
@@ -92,16 +89,16 @@ _OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
-def _json_line(entry: dict[str, Any]) -> str:
-    """One compact JSON object, redacted. orjson, not json: the line is encoded on the event
-    loop for every call, and orjson takes ~0.6 us where json takes ~4-7 (BENCHMARKS.md).
-    They write the same JSON for what lines hold (strings, numbers, None, lists, dicts),
-    except that orjson leaves non-ASCII text as UTF-8 instead of `\\u` escapes (but for
-    the line breaks above), writes NaN and infinities as null, and an enum as its value."""
+def _json_line(value: Any) -> str:
+    """`value` (a line's fields, or one of them) as compact JSON, redacted. orjson, not
+    json: ~0.6 us a line where json takes ~4-7 (BENCHMARKS.md). They write the same JSON
+    for what lines hold (strings, numbers, None, lists, dicts), except that orjson leaves
+    non-ASCII text as UTF-8 instead of `\\u` escapes (but for the line breaks above),
+    writes NaN and infinities as null, and an enum as its value."""
     try:
-        text = orjson.dumps(entry, default=str, option=_OPTIONS).decode()
+        text = orjson.dumps(value, default=str, option=_OPTIONS).decode()
     except TypeError:  # an int past 64 bits, a key that is not a string
-        text = _FALLBACK(entry)
+        text = _FALLBACK(value)
     if not text.isascii():
         for char, escaped in _LINE_BREAKS.items():
             text = text.replace(char, escaped)
@@ -196,8 +193,9 @@ class _Stream(logging.StreamHandler):  # type: ignore[type-arg]
         self.stream.flush()
 
     def handleError(self, record: logging.LogRecord) -> None:
-        """A record that cannot be formatted: reported as one line, redacted (the standard
-        handler prints the record's arguments as they are, secrets included)."""
+        """A record it cannot write (as the direct handler `stop` leaves, late at exit):
+        reported as one line, redacted (the standard handler prints the record's arguments
+        as they are, secrets included)."""
         with contextlib.suppress(Exception):
             self.write_lines([_unwritable(record.name)])
 
@@ -392,14 +390,7 @@ def _value(value: Any) -> str:
     """One value as `_json_line` writes it inside a line."""
     if type(value) is float or type(value) is int:  # no text: nothing to escape or redact
         return orjson.dumps(value).decode()
-    try:
-        text = orjson.dumps(value, default=str, option=_OPTIONS).decode()
-    except TypeError:
-        text = _FALLBACK(value)
-    if not text.isascii():
-        for char, escaped in _LINE_BREAKS.items():
-            text = text.replace(char, escaped)
-    return redact(text)
+    return _json_line(value)
 
 
 def _only_writer(logger: logging.Logger, enqueue: _Enqueue) -> bool:
@@ -428,7 +419,7 @@ def stop() -> None:
         # a writer that is gone.
         root = logging.getLogger()
         if any(isinstance(h, _Enqueue) for h in root.handlers):
-            direct = logging.StreamHandler(sys.stderr)
+            direct = _Stream()
             direct.setFormatter(JsonFormatter())
             root.handlers[:] = [direct if isinstance(h, _Enqueue) else h for h in root.handlers]
 

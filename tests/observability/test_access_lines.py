@@ -241,3 +241,19 @@ def test_a_line_that_cannot_be_written_is_reported_in_its_place_redacted(
     ]
     assert lines[-2]["error"] == "cannot show sc-[REDACTED]"
     assert lines[-3]["for_logger"] == "gateway.access"
+
+
+def test_lines_logged_after_stop_are_written_at_once_and_redacted(
+    configured_logs: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logger = logging.getLogger("gateway.access")
+    with only_the_writer():
+        logs.stop()  # as at exit: nothing queues any more
+        logger.info("late")
+        logger.info("late and broken %s %s", KEY)
+    text = capfd.readouterr().err
+    assert KEY not in text
+    assert [line["message"] for line in _lines(text)][-2:] == [
+        "late",
+        "a log line could not be encoded; it is left out",
+    ]
