@@ -138,11 +138,11 @@ class CallBudget:
         return cls(configured, caller_deadline=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CallStart:
     """What a call's metadata alone says about it. Identical metadata gives an identical
     start (under an identity policy that reads nothing else), so the call runner derives it
-    once per distinct metadata and reuses it."""
+    once per distinct metadata and reuses it (compared and hashed as itself)."""
 
     metadata: Mapping[str, str] = field(repr=False)  # holds a forwarded key
     caller: str

@@ -100,7 +100,7 @@ class Answer:
 Pipeline = Callable[[RequestT, Call, CallReport], Awaitable[Answer]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed as itself (it holds a Message)
 class Replayed:
     """A call answered again from the cache hit it repeats: the response (shared by every
     call it answers, so never modified), the trailers to send with it, the report to
@@ -191,10 +191,8 @@ class CallRunner:
         self._starts: dict[object, CallStart] | None = (
             {} if self._identify.reads_only_metadata else None
         )
-        # (answer, start) ids -> (answer, start, their access-line template, its fields).
-        self._lines: dict[
-            tuple[int, int], tuple[Replayed, CallStart, LineTemplate, dict[str, object]]
-        ] = {}
+        # (answer, start) -> their access-line template and its fields.
+        self._lines: dict[tuple[Replayed, CallStart], tuple[LineTemplate, dict[str, object]]] = {}
 
     def unary(
         self,
@@ -337,9 +335,9 @@ class CallRunner:
         is theirs)."""
         if not access_log.isEnabledFor(logging.INFO):
             return
-        key = (id(answer), id(start))
+        key = (answer, start)
         known = self._lines.get(key)
-        if known is None or known[0] is not answer or known[1] is not start:
+        if known is None:
             report = answer.report
             if self._log_prompts and answer.prompt:
                 report = dataclasses.replace(report, prompt=answer.prompt)
@@ -350,10 +348,10 @@ class CallRunner:
             )
             if len(self._lines) >= LINE_TEMPLATES:
                 self._lines.clear()
-            known = self._lines[key] = (answer, start, template, entry)
+            known = self._lines[key] = (template, entry)
         latency = round(seconds, 6)
-        if not known[2].write(request_id, latency):  # another handler: a record, as usual
-            entry = dict(known[3], request_id=request_id, latency_seconds=latency)
+        if not known[0].write(request_id, latency):  # another handler: a record, as usual
+            entry = dict(known[1], request_id=request_id, latency_seconds=latency)
             log_fields(access_log, logging.INFO, "call", entry)
 
     def _admits(self) -> bool:
