@@ -307,3 +307,21 @@ async def test_a_forwarded_key_never_reaches_a_span(
     await eventually(lambda: len(collected.named(SERVER_SPAN)) == 1)
     exported = json.dumps([str(s) for _, s in collected.spans])
     assert ACCOUNT_KEY not in exported and ACCOUNT_KEY[3:20] not in exported
+
+
+async def test_hits_are_not_replayed_while_tracing(
+    make_gateway: GatewayFactory, receiver: tuple[Receiver, int]
+) -> None:
+    """A replayed call would have no span: with tracing on, every hit runs in full."""
+    collected, port = receiver
+    app = await traced_gateway(make_gateway, port, cache="memory")
+    results = [(await call(app, request(seed=8)))[1] for _ in range(3)]
+    await app.stop(grace=1.0)  # flushes the exporter
+    assert results == ["miss", "hit", "hit"]
+    await eventually(lambda: len(collected.named(SERVER_SPAN)) == 3)
+    spans = collected.named(SERVER_SPAN)
+    assert sorted(attributes(s)["stablecog.cache_result"] for s in spans) == [
+        "hit",
+        "hit",
+        "miss",
+    ]
