@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from emulator.server import Emulator
 from gateway import logs
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.app import GatewayApp, Seams
+from gateway.identity import token_digest
 from tests.conftest import ACCOUNT_KEY, INITIAL_CREDITS, OTHER_KEY, FakeClock, GatewayFactory
 from tests.fixtures import call, call_trailers, request_with, upstream_calls
 from tests.services import RedisServer
@@ -342,3 +344,17 @@ async def test_a_replayed_hits_line_is_the_full_hits_line(
     for line in replayed:
         assert list(line.items()) == list(full.items())  # the same fields, in the same order
     assert full["cache_result"] == "hit" and full["logger"] == "gateway.access"
+
+
+async def test_no_replay_under_token_identity(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    """Token identity reads a table that can change, so every call is identified again."""
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f"search: {token_digest('gw-token-search')}\n")
+    app = await make_gateway(
+        cache="memory", identity="token", caller_tokens=tokens, x_caller="ignore"
+    )
+    ran = full_runs(app)
+    metadata = [("authorization", "Bearer gw-token-search")]
+    results = [(await call(app, request(seed=21), metadata=metadata))[1] for _ in range(3)]
+    assert results == ["miss", "hit", "hit"]
+    assert len(ran) == 3
