@@ -17,9 +17,9 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from gateway._gen.stablecog.v1 import generation_pb2
-from gateway.balance import BalanceBook
+from gateway.balance import Balance, BalanceBook
 from gateway.call import cache_result_name
-from gateway.call_series import CallSeries, MethodSeries, PlainCounter
+from gateway.call_series import CallSeries, MethodSeries, PlainCount, PlainCounter
 from gateway.errors import GRPC_CODES as ERROR_CLASSES
 from gateway.errors import CallTimedOut, UpstreamError
 from gateway.events import (
@@ -55,6 +55,9 @@ from gateway.upstream_errors import STATIC_REASONS
 
 # How many raw `x-caller` values `caller_label` remembers the label of.
 CALLER_LABEL_MEMO = 1024
+# Bounds of the memos of raw values (model id and caller, account) -> their labels and
+# children; cleared when full, as the raw values are not ours to choose.
+SPENT_MEMO = 1024
 # Generations take seconds to minutes (the upstream's worker gives up after 240 s, the
 # gateway after --upstream-timeout, 600 s by default); cache hits take milliseconds. The
 # gateway and upstream histograms share buckets so their quantiles compare.
@@ -207,15 +210,21 @@ class GatewayMetrics:
             "(account: a short non-reversible fingerprint of the key).",
             ("account",),
         )
-        self.credits_spent = counter(
+        # Updated by every generation: plain numbers (gateway.call_series).
+        self.credits_spent = PlainCounter(
+            registry,
             "stablecog_credits_spent_total",
             "Credits charged by the upstream for generations.",
             per_model,
         )
-        self.images_generated = counter(
-            "stablecog_images_generated_total", "Images the upstream returned.", per_model
+        self.images_generated = PlainCounter(
+            registry,
+            "stablecog_images_generated_total",
+            "Images the upstream returned.",
+            per_model,
         )
-        self.images_filtered = counter(
+        self.images_filtered = PlainCounter(
+            registry,
             "stablecog_images_filtered_total",
             "Images requested but not returned (the upstream silently drops filtered outputs).",
             per_model,
@@ -266,6 +275,11 @@ class GatewayMetrics:
         # Label children resolved once and kept: `.labels()` takes a lock and builds keys on
         # every call. Only series that are never removed are kept here.
         self._children: dict[tuple[object, ...], Any] = {}
+        # (raw model id, raw caller) -> the credits, generated and filtered children; raw
+        # account -> its label; account label -> its balance gauge (dropped on retirement).
+        self._spent: dict[tuple[str, str], tuple[PlainCount, PlainCount, PlainCount]] = {}
+        self._account_labels: dict[str, str] = {}
+        self._balance_gauges: dict[str, Any] = {}
         self._initialise(grpc_methods, known_models)
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -306,6 +320,7 @@ class GatewayMetrics:
         self._retired.add(fingerprint)
         self._retired.discard(successor)
         self._balances.forget(fingerprint)
+        self._balance_gauges.pop(fingerprint, None)
         with contextlib.suppress(KeyError):
             self.credits_remaining.remove(fingerprint)
 
@@ -362,26 +377,53 @@ class GatewayMetrics:
         self.circuit_state.set(event.value)
 
     def _credits_spent(self, event: CreditsSpent) -> None:
-        caller = self.caller_label(event.caller)
-        model = self._models(sanitize_label(event.model_id) or UNKNOWN)
-        self._child(self.credits_spent, model, caller).inc(max(event.credits, 0))
-        self._child(self.images_generated, model, caller).inc(max(event.outputs_returned, 0))
-        self._child(self.images_filtered, model, caller).inc(
-            max(event.outputs_requested - event.outputs_returned, 0)
-        )
-        fingerprint = self._accounts(sanitize_label(event.account) or UNKNOWN)
-        # One gauge per account; the accounts past the bound would mix in `other`.
-        if event.balance is None or fingerprint == OTHER or fingerprint in self._retired:
-            return
-        if self._balances.offer(fingerprint, event.balance):
-            self.credits_remaining.labels(fingerprint).set(event.balance.credits)
+        children = self._spent.get((event.model_id, event.caller))
+        if children is None:
+            children = self._spent_children(event.model_id, event.caller)
+        spent, generated, filtered = children
+        spent.inc(max(event.credits, 0))
+        generated.inc(max(event.outputs_returned, 0))
+        filtered.inc(max(event.outputs_requested - event.outputs_returned, 0))
+        if event.balance is not None:
+            self._offer_balance(self._account_label(event.account), event.balance)
 
-    def _balance_observed(self, event: BalanceObserved) -> None:
-        fingerprint = self._accounts(sanitize_label(event.account) or UNKNOWN)
+    def _spent_children(
+        self, model_id: str, caller: str
+    ) -> tuple[PlainCount, PlainCount, PlainCount]:
+        labels = (self._models(sanitize_label(model_id) or UNKNOWN), self.caller_label(caller))
+        children = (
+            self.credits_spent.labels(*labels),
+            self.images_generated.labels(*labels),
+            self.images_filtered.labels(*labels),
+        )
+        if len(self._spent) >= SPENT_MEMO:
+            self._spent.clear()
+        self._spent[(model_id, caller)] = children
+        return children
+
+    def _account_label(self, account: str) -> str:
+        label = self._account_labels.get(account)
+        if label is None:
+            label = self._accounts(sanitize_label(account) or UNKNOWN)
+            if len(self._account_labels) >= SPENT_MEMO:
+                self._account_labels.clear()
+            self._account_labels[account] = label
+        return label
+
+    def _offer_balance(self, fingerprint: str, balance: Balance) -> None:
+        """One gauge per account; the accounts past the bound would mix in `other`."""
         if fingerprint == OTHER or fingerprint in self._retired:
             return
-        if self._balances.offer(fingerprint, event.balance):
-            self.credits_remaining.labels(fingerprint).set(event.balance.credits)
+        if self._balances.offer(fingerprint, balance):
+            gauge = self._balance_gauges.get(fingerprint)
+            if gauge is None:
+                gauge = self._balance_gauges[fingerprint] = self.credits_remaining.labels(
+                    fingerprint
+                )
+            gauge.set(balance.credits)
+
+    def _balance_observed(self, event: BalanceObserved) -> None:
+        self._offer_balance(self._account_label(event.account), event.balance)
 
     def _credits_saved(self, event: CreditsSaved) -> None:
         self._saved(event.caller, event.credits)

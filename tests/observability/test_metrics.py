@@ -23,6 +23,7 @@ from gateway.labels import OTHER, sanitize_label
 from gateway.metrics import (
     CACHE_RESULTS,
     LATENCY_BUCKETS,
+    SPENT_MEMO,
     UPSTREAM_REASONS,
     GatewayMetrics,
 )
@@ -244,6 +245,46 @@ def test_other_unbounded_labels_are_bounded(registry: CollectorRegistry) -> None
     assert value(registry, "stablecog_credits_remaining", account="acct0") == 10
     # A gauge mixing several accounts would mean nothing: accounts past the bound are dropped.
     assert value(registry, "stablecog_credits_remaining", account=OTHER) is None
+
+
+def test_the_per_generation_memos_stay_bounded_and_count_as_without_them(
+    registry: CollectorRegistry,
+) -> None:
+    """The raw (model id, caller) and account memos are cleared when full; a value seen
+    before and after a clearing keeps counting into its own series."""
+    metrics = build(registry, max_models=2, max_accounts=2)
+    for i in range(SPENT_MEMO + 10):
+        metrics.emit(spent(model_id=f"raw-{i}", account=f"acct-{i}", balance=None))
+        metrics.emit(spent(model_id="model-a", account="acct-a", balance=Balance(i, i)))
+    assert len(metrics._spent) <= SPENT_MEMO
+    assert len(metrics._account_labels) <= SPENT_MEMO
+    # raw-0 and model-a took the two free model labels; every later raw id is `other`.
+    assert value(registry, "stablecog_credits_spent_total", model="raw-0", caller="svc") == 1
+    assert value(registry, "stablecog_credits_spent_total", model="model-a", caller="svc") == (
+        SPENT_MEMO + 10
+    )
+    assert value(registry, "stablecog_credits_spent_total", model=OTHER, caller="svc") == (
+        SPENT_MEMO + 9
+    )
+    assert value(registry, "stablecog_credits_remaining", account="acct-a") == SPENT_MEMO + 9
+
+
+def test_a_retired_account_s_balance_stays_gone_until_it_is_current_again(
+    registry: CollectorRegistry,
+) -> None:
+    metrics = build(registry)
+    metrics.emit(spent(account="old", balance=Balance(50, observed_at=1.0)))
+    metrics.retire_account("old", successor="new")
+    assert value(registry, "stablecog_credits_remaining", account="old") is None
+    # An answer still in flight for the old key does not bring its series back.
+    metrics.emit(spent(account="old", balance=Balance(49, observed_at=2.0)))
+    assert value(registry, "stablecog_credits_remaining", account="old") is None
+    metrics.emit(spent(account="new", balance=Balance(70, observed_at=3.0)))
+    # Rotated back: the old key is current again and its gauge is made anew.
+    metrics.retire_account("new", successor="old")
+    metrics.emit(spent(account="old", balance=Balance(48, observed_at=4.0)))
+    assert value(registry, "stablecog_credits_remaining", account="old") == 48
+    assert value(registry, "stablecog_credits_remaining", account="new") is None
 
 
 def test_unknown_validation_fields_and_cache_results_count_as_other(
