@@ -8,7 +8,7 @@ import pytest
 
 from gateway._gen.stablecog.v1 import generation_pb2
 from gateway.errors import UpstreamBadResponse
-from gateway.translate import request_to_json, response_from_json
+from gateway.translate import request_to_json, response_from_body, response_from_json
 from tests.contract_samples import REQUEST_FIELDS, every_field_set, sample_value
 
 SETTINGS = {
@@ -130,6 +130,40 @@ def test_empty_outputs_are_a_valid_answer() -> None:
 def test_malformed_bodies_raise(payload: Any) -> None:
     with pytest.raises(UpstreamBadResponse):
         response_from_json(payload)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{",
+        b'{"outputs": [], "remaining_credits": NaN}',
+        b'{"outputs": [], "remaining_credits": Infinity}',
+        b'{"outputs": [], "remaining_credits": 1' + b"0" * 30 + b"}",
+        '{"outputs": []}'.encode("utf-16"),
+        b'{"outputs": [], "remaining_credits": 1, "x": "\xff"}',
+    ],
+)
+def test_bodies_that_are_not_json_raise_as_charged(body: bytes) -> None:
+    with pytest.raises(UpstreamBadResponse) as raised:
+        response_from_body(body)
+    assert "may have been charged" in str(raised.value)
+
+
+def test_integer_settings_take_whole_numbers_in_range_and_nothing_else() -> None:
+    settings = {**SETTINGS, "width": 512.0, "height": -(2**31), "seed": 2**63 - 1}
+    parsed = response_from_json(good_body(settings=settings)).settings
+    assert (parsed.width, parsed.height, parsed.seed) == (512, -(2**31), 2**63 - 1)
+    for key, bad in (("width", True), ("width", 2**31), ("height", -(2**31) - 1), ("seed", 2**63)):
+        with pytest.raises(UpstreamBadResponse, match=f"settings.{key}"):
+            response_from_json(good_body(settings={**SETTINGS, key: bad}))
+
+
+def test_a_body_parses_as_its_json() -> None:
+    import json
+
+    body = json.dumps(good_body()).encode()
+    assert response_from_body(body) == response_from_json(good_body())
 
 
 def test_every_field_sent_is_one_the_upstream_reads() -> None:

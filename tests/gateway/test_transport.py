@@ -76,3 +76,20 @@ async def test_the_upstream_transport_keeps_nothing_sent_and_maybe_charged_apart
             assert sent_for(refused.value) is Sent.NOTHING
         finally:
             await upstream.aclose()
+
+
+def test_json_bodies_are_compact_utf8_and_refuse_what_json_refuses() -> None:
+    import json
+    import math
+
+    from gateway.transport import json_body
+
+    payload = {"prompt": "é ✓ \u2028 null", "num_outputs": 1, "seed": 2**63, "x": [None, 7.5]}
+    assert (
+        json_body(payload)
+        == json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    )
+    for bad in (math.nan, math.inf, -math.inf):
+        for payload in ({"a": bad}, {"a": [1, {"b": bad}]}, {"a": (bad,), "b": None}):
+            with pytest.raises(ValueError, match="not JSON compliant"):
+                json_body(payload)
