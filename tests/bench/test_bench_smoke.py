@@ -29,8 +29,18 @@ def test_the_quick_bench_completes_with_sane_figures(tmp_path: Path) -> None:
         timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "| target | measured | goal | met |" in run.stdout
-    results = json.loads(out.read_text())["results"]
+    assert "| target | measured | goal | met | the floor, same run |" in run.stdout
+    document = json.loads(out.read_text())
+    results = document["results"]
+    # Every target is judged, and those the floor measures carry its figure and verdict.
+    targets = {t["target"]: t for t in document["targets"]}
+    assert len(targets) == 8
+    for name in ("2 hit throughput / bare", "3 added p99 at 50% (ms)", "6 cold start / bare"):
+        assert math.isfinite(targets[name]["floor"]) and isinstance(
+            targets[name]["floor_met"], bool
+        )
+        assert f"| {name} | {targets[name]['measured']:.2f} |" in run.stdout
+    assert "floor" not in targets["5 upstream requests"]
 
     def positive(*path: str) -> float:
         value: object = results
