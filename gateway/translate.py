@@ -7,9 +7,10 @@ default); a set field is sent even when it holds a zero value. A response that i
 the documented shape raises `UpstreamBadResponse`; unknown extra JSON fields are ignored.
 
 A 200's body is parsed with orjson (0.8 us against json's 3.5 for the documented answer;
-every miss parses one). It is stricter than json: UTF-8 only, no NaN or Infinity literals
-and no integer past 64 bits, each of which was refused anyway as out of range or not
-finite; they are now "not JSON", the same error.
+every miss parses one). It is stricter than json: UTF-8 only (json also read UTF-16 and
+UTF-32, which Stablecog does not send), and no NaN or Infinity literal or integer past 64
+bits (json read them and they were then refused as not finite or out of range). Each is
+now "not JSON": the same UpstreamBadResponse, which says the call may have been charged.
 """
 
 from __future__ import annotations
