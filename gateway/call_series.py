@@ -162,8 +162,9 @@ class PlainCount:
 
 class PlainCounter:
     """A labelled counter in plain numbers, exported when scraped as prometheus_client's
-    Counter exports it (`_total` and `_created`), for a counter a cache hit updates (cache
-    results, credits saved): `labels(...)` is looked up once by the caller and kept."""
+    Counter exports it (`_total` and `_created`), for a counter every hit or generation
+    updates (cache results, credits saved and spent, images): `labels(...)` is looked up
+    once by the caller and kept."""
 
     def __init__(
         self,

@@ -58,6 +58,8 @@ CALLER_LABEL_MEMO = 1024
 # Bounds of the memos of raw values (model id and caller, account) -> their labels and
 # children; cleared when full, as the raw values are not ours to choose.
 SPENT_MEMO = 1024
+# Raw values longer than this are not remembered (a label keeps 63 characters of them).
+MEMO_MAX_CHARS = 128
 # Generations take seconds to minutes (the upstream's worker gives up after 240 s, the
 # gateway after --upstream-timeout, 600 s by default); cache hits take milliseconds. The
 # gateway and upstream histograms share buckets so their quantiles compare.
@@ -384,8 +386,10 @@ class GatewayMetrics:
         spent.inc(max(event.credits, 0))
         generated.inc(max(event.outputs_returned, 0))
         filtered.inc(max(event.outputs_requested - event.outputs_returned, 0))
+        # The account takes its place in the bound even without a balance, as it always has.
+        fingerprint = self._account_label(event.account)
         if event.balance is not None:
-            self._offer_balance(self._account_label(event.account), event.balance)
+            self._offer_balance(fingerprint, event.balance)
 
     def _spent_children(
         self, model_id: str, caller: str
@@ -396,18 +400,20 @@ class GatewayMetrics:
             self.images_generated.labels(*labels),
             self.images_filtered.labels(*labels),
         )
-        if len(self._spent) >= SPENT_MEMO:
-            self._spent.clear()
-        self._spent[(model_id, caller)] = children
+        if len(model_id) <= MEMO_MAX_CHARS and len(caller) <= MEMO_MAX_CHARS:
+            if len(self._spent) >= SPENT_MEMO:
+                self._spent.clear()
+            self._spent[(model_id, caller)] = children
         return children
 
     def _account_label(self, account: str) -> str:
         label = self._account_labels.get(account)
         if label is None:
             label = self._accounts(sanitize_label(account) or UNKNOWN)
-            if len(self._account_labels) >= SPENT_MEMO:
-                self._account_labels.clear()
-            self._account_labels[account] = label
+            if len(account) <= MEMO_MAX_CHARS:
+                if len(self._account_labels) >= SPENT_MEMO:
+                    self._account_labels.clear()
+                self._account_labels[account] = label
         return label
 
     def _offer_balance(self, fingerprint: str, balance: Balance) -> None:

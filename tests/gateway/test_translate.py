@@ -138,16 +138,28 @@ def test_malformed_bodies_raise(payload: Any) -> None:
         b"",
         b"{",
         b'{"outputs": [], "remaining_credits": NaN}',
-        b'{"outputs": [], "remaining_credits": Infinity}',
-        b'{"outputs": [], "remaining_credits": 1' + b"0" * 30 + b"}",
+        b'{"outputs": [], "remaining_credits": 1, "ignored": Infinity}',
+        b'{"outputs": [], "remaining_credits": 1, "ignored": 1e400}',
         '{"outputs": []}'.encode("utf-16"),
+        b"\xef\xbb\xbf" + b'{"outputs": []}',
         b'{"outputs": [], "remaining_credits": 1, "x": "\xff"}',
+        b'{"outputs": [{"id": "\\ud800", "url": "u"}], "remaining_credits": 1}',
+        b'{"outputs": [], "x": ' + b"[" * 1100 + b"]" * 1100 + b"}",
     ],
 )
 def test_bodies_that_are_not_json_raise_as_charged(body: bytes) -> None:
-    with pytest.raises(UpstreamBadResponse) as raised:
+    with pytest.raises(UpstreamBadResponse, match="not JSON") as raised:
         response_from_body(body)
     assert "may have been charged" in str(raised.value)
+
+
+@pytest.mark.parametrize("seed", ["18446744073709551616", "-9223372036854775809", "1" + "0" * 30])
+def test_integers_past_64_bits_are_out_of_range(seed: str) -> None:
+    import json
+
+    body = json.dumps(good_body()).replace('"seed": 42', f'"seed": {seed}').encode()
+    with pytest.raises(UpstreamBadResponse, match=r"settings\.seed` is out of range"):
+        response_from_body(body)
 
 
 def test_integer_settings_take_whole_numbers_in_range_and_nothing_else() -> None:

@@ -80,7 +80,7 @@ async def test_the_upstream_transport_keeps_nothing_sent_and_maybe_charged_apart
             await upstream.aclose()
 
 
-def test_json_bodies_are_compact_utf8_and_refuse_what_json_refuses() -> None:
+def test_json_bodies_are_compact_utf8_and_refuse_nan_and_infinities_as_json_did() -> None:
     import json
     import math
 

@@ -269,6 +269,38 @@ def test_the_per_generation_memos_stay_bounded_and_count_as_without_them(
     assert value(registry, "stablecog_credits_remaining", account="acct-a") == SPENT_MEMO + 9
 
 
+def test_callers_on_one_model_keep_their_own_series_across_a_memo_clearing(
+    registry: CollectorRegistry,
+) -> None:
+    metrics = build(registry, max_accounts=1)
+    for i in range(SPENT_MEMO + 5):
+        metrics.emit(spent(caller="svc", model_id="m", credits=1, account="acct"))
+        metrics.emit(spent(caller="batch", model_id="m", credits=2, account="late"))
+        metrics.emit(spent(caller="svc", model_id=f"raw-{i}", account="acct"))
+    assert value(registry, "stablecog_credits_spent_total", model="m", caller="svc") == (
+        SPENT_MEMO + 5
+    )
+    assert value(registry, "stablecog_credits_spent_total", model="m", caller="batch") == 2 * (
+        SPENT_MEMO + 5
+    )
+    # `late` came after the one account slot was taken: no gauge under its own name.
+    metrics.emit(spent(account="late", balance=Balance(5, observed_at=1.0)))
+    metrics.emit(spent(account="acct", balance=Balance(7, observed_at=1.0)))
+    assert value(registry, "stablecog_credits_remaining", account="late") is None
+    assert value(registry, "stablecog_credits_remaining", account="acct") == 7
+
+
+def test_an_account_without_a_balance_still_takes_its_place_in_the_bound(
+    registry: CollectorRegistry,
+) -> None:
+    metrics = build(registry, max_accounts=1)
+    metrics.emit(spent(account="first", balance=None))  # an unreadable answer
+    metrics.emit(spent(account="second", balance=Balance(5, observed_at=1.0)))
+    assert value(registry, "stablecog_credits_remaining", account="second") is None
+    metrics.emit(spent(account="first", balance=Balance(9, observed_at=2.0)))
+    assert value(registry, "stablecog_credits_remaining", account="first") == 9
+
+
 def test_a_retired_account_s_balance_stays_gone_until_it_is_current_again(
     registry: CollectorRegistry,
 ) -> None:
