@@ -51,3 +51,7 @@ class BoundedLabel:
             return OTHER
         self._seen.add(value)
         return value
+
+    def forget(self, value: str) -> None:
+        """Free `value`'s place (its series is gone): the next new value may take it."""
+        self._seen.discard(value)

@@ -325,6 +325,11 @@ class GatewayMetrics:
         self._balance_gauges.pop(fingerprint, None)
         with contextlib.suppress(KeyError):
             self.credits_remaining.remove(fingerprint)
+        # Its place in the accounts' bound goes to the next account: else, after as many
+        # rotations as the bound, the current key would be `other` and lose its gauge
+        # (and a low-credits alert its series). The memo may hold `other` for one that fits.
+        self._accounts.forget(fingerprint)
+        self._account_labels.clear()
 
     def set_reachable(self, dependency: str, reachable: bool) -> None:
         """The result of a reachability check (gateway.reachability)."""
@@ -409,7 +414,10 @@ class GatewayMetrics:
     def _account_label(self, account: str) -> str:
         label = self._account_labels.get(account)
         if label is None:
-            label = self._accounts(sanitize_label(account) or UNKNOWN)
+            sanitized = sanitize_label(account) or UNKNOWN
+            if sanitized in self._retired:  # its series is gone: it takes no place
+                return sanitized
+            label = self._accounts(sanitized)
             if len(account) <= MEMO_MAX_CHARS:
                 if len(self._account_labels) >= SPENT_MEMO:
                     self._account_labels.clear()

@@ -269,6 +269,21 @@ def test_the_per_generation_memos_stay_bounded_and_count_as_without_them(
     assert value(registry, "stablecog_credits_remaining", account="acct-a") == SPENT_MEMO + 9
 
 
+def test_the_current_key_keeps_its_gauge_after_more_rotations_than_the_bound(
+    registry: CollectorRegistry,
+) -> None:
+    metrics = build(registry, max_accounts=2)
+    metrics.emit(spent(account="k0", balance=Balance(100, observed_at=0.0)))
+    for i in range(1, 6):
+        metrics.retire_account(f"k{i - 1}", successor=f"k{i}")
+        # A late answer for the retired key neither brings its series back nor takes a place.
+        metrics.emit(spent(account=f"k{i - 1}", balance=Balance(1, observed_at=i)))
+        metrics.emit(spent(account=f"k{i}", balance=Balance(100 - i, observed_at=i)))
+        assert value(registry, "stablecog_credits_remaining", account=f"k{i}") == 100 - i
+        assert value(registry, "stablecog_credits_remaining", account=f"k{i - 1}") is None
+    assert value(registry, "stablecog_credits_remaining", account=OTHER) is None
+
+
 def test_callers_on_one_model_keep_their_own_series_across_a_memo_clearing(
     registry: CollectorRegistry,
 ) -> None:
