@@ -212,8 +212,11 @@ class CallRunner:
         started = CallStarted(service, method)  # immutable: made once per method
 
         async def handle(raw: bytes, context: Context) -> Message:
-            if replay is not None:
-                replayed = self.replayed(started, raw, context, replay)
+            start = None
+            if replay is not None and self._offers_replays():
+                began = time.perf_counter()
+                start = self._call_start(context)  # the full path's too, if not replayed
+                replayed = self.replayed(started, raw, context, replay, start, began)
                 if replayed is not None:
                     return replayed
             return await self.run(
@@ -223,6 +226,7 @@ class CallRunner:
                 request_type.FromString,
                 pipeline,
                 max_request_bytes=max_request_bytes,
+                start=start,
             )
 
         return grpc.unary_unary_rpc_method_handler(
@@ -240,11 +244,13 @@ class CallRunner:
         pipeline: Pipeline[RequestT],
         *,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        start: CallStart | None = None,
     ) -> Message:
-        """One call of the method `started` names (its event, made once per method)."""
+        """One call of the method `started` names (its event, made once per method);
+        `start`, the call's start if it was already derived (for a replay offer)."""
         began = time.perf_counter()
         service, method = started.service, started.method
-        call = self._start(service, method, context)
+        call = self._start(service, method, context, start)
         report = CallReport()
         self._telemetry.emit(started)
         code = "UNKNOWN"
@@ -292,21 +298,31 @@ class CallRunner:
             logged = _Logged(call.request_id, method, call.caller, call.caller_raw, trace_id)
             _log_call(logged, report, code, error, seconds)
 
+    def _offers_replays(self) -> bool:
+        """Whether a call may be replayed now: the gateway is not draining and has room
+        for it, tracing is off (the call's span is made on the full path), and the
+        identity policy reads only the metadata (sidecar mode: else the start could not
+        be remembered, and deriving it is most of what a replay saves)."""
+        return (
+            not self.draining
+            and not self._tracing.enabled
+            and self._starts is not None
+            and self._admits()
+        )
+
     def replayed(
-        self, started: CallStarted, raw: bytes, context: Context, replay: Replay
+        self,
+        started: CallStarted,
+        raw: bytes,
+        context: Context,
+        replay: Replay,
+        start: CallStart,
+        began: float,
     ) -> Message | None:
-        """The call answered by `replay` and recorded as `run` records a call, or None to
-        run it. Only a call nothing sets apart is offered: the gateway is not draining and
-        has room for it, tracing is off (the call's span is made on the full path), the
-        identity policy reads only the metadata (sidecar mode), and its caller is
-        identified. It is answered without awaiting anything, so it is never in
-        flight while the gateway drains or abandons calls."""
-        began = time.perf_counter()
-        if self.draining or self._tracing.enabled or not self._admits():
-            return None
-        if self._starts is None:  # its start would be derived twice for a call not replayed
-            return None
-        start = self._call_start(context)
+        """The call (`start`, begun at `began`) answered by `replay` and recorded as `run`
+        records a call, or None to run it; offered only when `_offers_replays`, and only
+        for an identified caller. It is answered without awaiting anything, so it is never
+        in flight while the gateway drains or abandons calls."""
         if start.refused is not None:
             return None
         try:
@@ -427,8 +443,9 @@ class CallRunner:
                 reason="UNDECODABLE_REQUEST",
             ) from None
 
-    def _start(self, service: str, method: str, context: Context) -> Call:
-        start = self._call_start(context)
+    def _start(self, service: str, method: str, context: Context, start: CallStart | None) -> Call:
+        if start is None:
+            start = self._call_start(context)
         request_id = request_id_from(start.request_id)
         trace = (
             self._tracing.server_span(

@@ -130,6 +130,28 @@ async def test_a_replayed_hit_echoes_the_callers_request_id(gateway: GatewayApp)
     assert len(ran) == 2  # the miss and the first hit: both calls with an id were replayed
 
 
+async def test_a_call_offered_a_replay_derives_its_start_once(gateway: GatewayApp) -> None:
+    """A start that is not remembered (its metadata names the call) is derived once, for
+    the replay offer and the full path alike."""
+    identify = gateway.runner._identify
+    derived: list[str | None] = []
+
+    class Counting:
+        needs_auth_context = identify.needs_auth_context
+        reads_only_metadata = identify.reads_only_metadata
+
+        def __call__(self, metadata: Any, auth_context: Any) -> Any:
+            derived.append(metadata.get("x-request-id"))
+            return identify(metadata, auth_context)
+
+    gateway.runner._identify = Counting()  # type: ignore[assignment]
+    ran = full_runs(gateway)
+    for i in range(3):  # a miss, then hits: each offered a replay first
+        await call(gateway, request(seed=6), metadata=[("x-request-id", f"req-{i}")])
+    assert derived == ["req-0", "req-1", "req-2"]
+    assert len(ran) == 2  # the miss and the first hit ran in full; the third was replayed
+
+
 async def test_replays_follow_the_cache_entry_and_its_ttl(
     make_gateway: GatewayFactory, emulator: Emulator
 ) -> None:
